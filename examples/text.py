@@ -94,7 +94,7 @@ MAX_SENTENCE_CHARS = 160
 LINE_CHARS = frozenset(string.ascii_letters + string.digits + " .,;:'!?-()/")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_CODE_CHARS = frozenset("_{}[]<>=\\|@#$%^*~`\"")
+_CODE_CHARS = frozenset('_{}[]<>=\\|@#$%^*~`"')
 _PRINTABLE = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
 
 

@@ -1,0 +1,211 @@
+"""The `edgeq` command line (typer + rich). Library code never prints; this module does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError, InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="edgeq: quantize a float model once, deploy it to every edge runtime.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+InputShapes = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="Fix an input's shape: NAME=D1,D2,... (one per input)."),
+]
+InputValues = Annotated[
+    list[str] | None,
+    typer.Option("--input-value", help="Bind a scalar input to a constant: NAME=VALUE."),
+]
+
+
+def _fail(exc: EdgeqError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{suffix}{unit}"
+        n /= 1000
+    return f"{n:.3g}P{unit}"
+
+
+def _load_prepared(model: Path, input_shape: list[str] | None, input_value: list[str] | None, *,
+                   require_static: bool):  # type: ignore[no-untyped-def]  # fmt: skip
+    from edgeq.onnx_io import load_model
+    from edgeq.passes import prepare
+    from edgeq.specs import parse_input_shapes, parse_input_values
+
+    graph = load_model(model)
+    shapes = parse_input_shapes(input_shape or [])
+    values = parse_input_values(input_value or [])
+    from edgeq.passes import fix_input_shapes, inputs_to_constants
+
+    if values:
+        graph = inputs_to_constants(graph, values)
+    if shapes:
+        graph = fix_input_shapes(graph, shapes)
+    if all(v.is_static for v in graph.inputs):
+        return prepare(graph), True
+    if require_static:
+        from edgeq.passes import require_static as check
+
+        check(graph)
+    return graph, False
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Inputs/outputs, op histogram, parameters, MACs, unfixed dims, unsupported ops."""
+    from edgeq.summary import summarize
+
+    try:
+        graph, prepared = _load_prepared(model, input_shape, input_value, require_static=False)
+        summary = summarize(graph)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps(asdict(summary), default=str))
+        return
+    io = Table(title=f"{model.name} (opset {summary.opset})", show_lines=False)
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, items in (("input", summary.inputs), ("output", summary.outputs)):
+        for t in items:
+            shape = "?" if t.shape is None else "x".join(str(d) for d in t.shape)
+            io.add_row(kind, t.name, t.dtype, shape)
+    console.print(io)
+    hist = Table(title="ops" + (" (after folding)" if prepared else ""))
+    hist.add_column("op")
+    hist.add_column("count", justify="right")
+    for op, count in summary.op_histogram.items():
+        hist.add_row(op, str(count))
+    console.print(hist)
+    console.print(
+        f"parameters: {_human(summary.parameters)} ({_human(summary.parameter_bytes, 'B')}); "
+        + (f"MACs: {_human(summary.macs)}" if summary.macs is not None else "MACs: unknown")
+    )
+    for name, dims in summary.unfixed.items():
+        console.print(
+            f"[yellow]unfixed:[/] input '{name}' dims {dims}; fix with --input-shape {name}=..."
+        )
+    if summary.unsupported_by_edgeq:
+        console.print("[red]ops edgeq cannot run:[/] " + ", ".join(summary.unsupported_by_edgeq))
+    for target, ops in summary.unsupported_by_target.items():
+        console.print(f"[red]not supported on {target}:[/] {', '.join(ops)}")
+    for target, ops in summary.fallback_by_target.items():
+        console.print(f"[yellow]leave the accelerator on {target}:[/] {', '.join(ops)}")
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help=".npz with one array per model input (random if absent).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    compare: Annotated[bool, typer.Option(help="Compare with onnxruntime float32.")] = True,
+) -> None:
+    """Run the model with edgeq's JAX interpreter (fixed shapes) and compare with onnxruntime."""
+    from edgeq.interpreter import Interpreter
+    from edgeq.specs import parse_input_values
+
+    try:
+        graph, _ = _load_prepared(model, input_shape, input_value, require_static=True)
+        rng = np.random.default_rng(seed)
+        if inputs is not None:
+            if not inputs.is_file():
+                raise InputError(f"--inputs file '{inputs}' does not exist")
+            with np.load(inputs) as data:
+                feeds = {k: data[k] for k in data.files}
+        else:
+            feeds = {
+                v.name: rng.standard_normal(v.shape).astype(v.dtype)  # type: ignore[arg-type]
+                if np.issubdtype(v.dtype, np.floating)
+                else np.zeros(v.shape, v.dtype)  # type: ignore[arg-type]
+                for v in graph.inputs
+            }
+        interp = Interpreter(graph)
+        t0 = time.perf_counter()
+        outputs = interp(feeds)
+        elapsed = time.perf_counter() - t0
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"{model.name}: JAX interpreter (first call {elapsed:.2f}s incl. compile)")
+    for col in ("output", "shape", "min", "max"):
+        table.add_column(col)
+    if compare:
+        table.add_column("rel. max err vs onnxruntime", justify="right")
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        ort_feeds = dict(feeds)
+        ort_feeds.update({k: np.asarray(v, dtype=_ort_dtype(sess, k)) for k, v in
+                          parse_input_values(input_value or []).items()})  # fmt: skip
+        names = [o.name for o in sess.get_outputs()]
+        ref = dict(zip(names, sess.run(None, ort_feeds), strict=True))
+    for name, value in outputs.items():
+        row = [name, "x".join(map(str, value.shape)), f"{value.min():.4g}", f"{value.max():.4g}"]
+        if compare:
+            r = ref[name]
+            err = float(np.abs(value - r).max() / max(float(np.abs(r).max()), 1e-12))
+            row.append(f"{err:.2e}")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _ort_dtype(sess, name: str) -> np.dtype:  # type: ignore[no-untyped-def]
+    types = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32}
+    for i in sess.get_inputs():
+        if i.name == name:
+            return np.dtype(types.get(i.type, np.float32))
+    return np.dtype(np.float32)
+
+
+@app.command()
+def ops() -> None:
+    """List the ONNX ops edgeq's JAX interpreter supports."""
+    from edgeq.ops import supported_ops
+
+    console.print(", ".join(supported_ops()))
+
+
+@app.command()
+def version() -> None:
+    """Print the edgeq version."""
+    console.print(__version__)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+
+
+if __name__ == "__main__":
+    app()

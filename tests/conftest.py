@@ -1,0 +1,74 @@
+"""Shared fixtures: real model files from the registry packages, tiny ONNX builders."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {package} missing: run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+
+
+@pytest.fixture(scope="session")
+def cls_model() -> Path:
+    return package_file("rapidocr_onnxruntime", "models", "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+
+
+@pytest.fixture(scope="session")
+def rec_model() -> Path:
+    return package_file("rapidocr_onnxruntime", "models", "ch_PP-OCRv4_rec_infer.onnx")
+
+
+@pytest.fixture(scope="session")
+def det_model() -> Path:
+    return package_file("rapidocr_onnxruntime", "models", "ch_PP-OCRv4_det_infer.onnx")
+
+
+@pytest.fixture(scope="session")
+def vad_model() -> Path:
+    return package_file("silero_vad", "data", "silero_vad_16k_op15.onnx")
+
+
+@pytest.fixture(scope="session")
+def vad_seq_model() -> Path:
+    return package_file("silero_vad", "data", "silero_vad_16k_sequence.onnx")
+
+
+@pytest.fixture(scope="session")
+def minilm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from examples.minilm_onnx import write_minilm_onnx
+
+    return write_minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
+
+
+def make_model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[tuple[str, int, list[int | str]]],
+    outputs: list[tuple[str, int, list[int | str] | None]],
+    initializers: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
+) -> onnx.ModelProto:
+    """A small ONNX model from nodes; inputs/outputs as (name, elem_type, shape)."""
+    graph = helper.make_graph(
+        nodes,
+        "test",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        initializer=[numpy_helper.from_array(v, k) for k, v in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+F32 = TensorProto.FLOAT
+I64 = TensorProto.INT64
