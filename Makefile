@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgeq demo
+	$(PY) -m examples.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x tests
