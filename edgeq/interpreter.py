@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Array = Any
 ValueHook = Callable[[Node, str, Array], None]
+ValueTransform = Callable[[str, Array], Array]
 
 # ops evaluated lazily (their sub-graphs decide per node)
 _NO_EAGER = frozenset({"If", "Loop", "Scan"})
@@ -75,18 +76,29 @@ def run_subgraph(
 
 
 def evaluate(
-    graph: Graph, feeds: Mapping[str, Array], hook: ValueHook | None = None
+    graph: Graph,
+    feeds: Mapping[str, Array],
+    hook: ValueHook | None = None,
+    transform: ValueTransform | None = None,
 ) -> dict[str, Array]:
     """Run every node; return the environment of all values. `hook(node, name, value)` sees
-    every produced value (the calibration engine accumulates statistics there)."""
+    every produced value (the calibration engine accumulates statistics there);
+    `transform(name, value)` may replace a graph input or a produced value before anything
+    consumes it (the simulator's fake-quantization)."""
     env: dict[str, Array] = dict(graph.constants)
     env.update(feeds)
+    if transform is not None:
+        for name in feeds:
+            env[name] = transform(name, env[name])
     for node in graph.nodes:
         outs = run_node(node, env, graph.opset)
-        if hook is not None:
-            for name, value in zip(node.outputs, outs, strict=False):
-                if name:
-                    hook(node, name, value)
+        for name, value in zip(node.outputs, outs, strict=False):
+            if not name:
+                continue
+            if transform is not None:
+                value = env[name] = transform(name, value)
+            if hook is not None:
+                hook(node, name, value)
     return env
 
 

@@ -32,6 +32,63 @@ class OpSupport:
         return "*" in self.supported or op_type in self.supported
 
 
+SHARED_SCALE_OPS = (
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Concat", "MaxPool",
+    "GlobalMaxPool", "Slice", "Split", "Gather", "Pad", "Resize", "DepthToSpace", "SpaceToDepth",
+    "Expand", "Tile",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QuantRules:
+    """What a target's runtime can run, as data. The planner enforces it before calibration."""
+
+    act8: str | None = "int8"  # dtype used for 8-bit activations (None: not supported)
+    act16: str | None = None  # dtype for 16-bit activations (None: not supported)
+    default_act_bits: int = 8  # 0: float activations (weight-only) by default
+    float_activations: bool = True  # tensors may stay float (weight-only, keep_float, masks)
+    w8: str | None = "int8"
+    w4: str | None = None
+    weight_symmetric: bool = True  # default
+    weight_asymmetric_allowed: bool = False
+    narrow_weights: bool = True  # int8 weights in [-127, 127]
+    default_granularity: str = "per_channel"
+    default_granularity_4bit: str = "per_block"
+    default_block_size: int = 32
+    per_channel_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM")
+    per_block_ops: tuple[str, ...] = ()
+    block_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    block_requires_act_bits: int = 0  # e.g. QNN: 4-bit blockwise only with 16-bit activations
+    rounding: str = "half_even"
+    min_range: float = 0.0
+    integer_only: bool = False  # every op's constants quantized too (TFLite full-integer)
+    fuse_bias_add: bool = False  # MatMul + Add(const) is one op with an int32 bias
+    shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
+    fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], where: str) -> QuantRules:
+        names = set(QuantRules.__dataclass_fields__)
+        unknown = set(data) - names
+        if unknown:
+            raise InputError(f"target profile {where}: unknown [quant] key(s) {sorted(unknown)}")
+        values = dict(data)
+        for key in ("per_channel_ops", "per_block_ops", "block_sizes", "shared_scale_ops"):
+            if key in values:
+                values[key] = tuple(values[key])
+        values["fixed"] = {
+            op: {dt: (float(sz[0]), int(sz[1])) for dt, sz in table.items()}
+            for op, table in data.get("fixed", {}).items()
+        }
+        return QuantRules(**values)
+
+    def act_dtype(self, bits: int) -> str | None:
+        return {8: self.act8, 16: self.act16}.get(bits)
+
+    def weight_dtype(self, bits: int) -> str | None:
+        return {8: self.w8, 4: self.w4}.get(bits)
+
+
 @dataclass(frozen=True)
 class TargetProfile:
     name: str
@@ -40,11 +97,12 @@ class TargetProfile:
     runtime: str
     exporter: str
     ops: OpSupport = field(default_factory=OpSupport)
+    quant: QuantRules = field(default_factory=QuantRules)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> TargetProfile:
-        known = {"name", "description", "artifact", "runtime", "exporter", "ops"}
+        known = {"name", "description", "artifact", "runtime", "exporter", "ops", "quant"}
         ops = data.get("ops", {})
         bad_ops = set(ops) - {"supported", "unsupported", "fallback"}
         if bad_ops:
@@ -60,6 +118,7 @@ class TargetProfile:
                 unsupported=tuple(ops.get("unsupported", [])),
                 fallback=tuple(ops.get("fallback", [])),
             ),
+            quant=QuantRules.from_dict(data.get("quant", {}), data["name"]),
             raw={k: v for k, v in data.items() if k not in known},
         )
 

@@ -24,7 +24,9 @@ def relative_max_error(ours: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
-def test_matches_onnxruntime_on_real_inputs(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_matches_onnxruntime_on_real_inputs(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     case = CASES[name]
     path = case.model_path(tmp_path_factory.mktemp(name))
     graph = prepare(load_model(path), case.input_shapes, case.input_values)
@@ -37,7 +39,9 @@ def test_matches_onnxruntime_on_real_inputs(name: str, tmp_path_factory: pytest.
         ours = interp(feed)
         ort_feed = dict(feed)
         ort_feed.update({k: np.array(v, np.int64) for k, v in case.input_values.items()})
-        for out_name, ref in zip(graph.output_names, sess.run(graph.output_names, ort_feed), strict=True):
+        for out_name, ref in zip(
+            graph.output_names, sess.run(graph.output_names, ort_feed), strict=True
+        ):
             assert ours[out_name].shape == ref.shape
             worst = max(worst, relative_max_error(ours[out_name], ref))
     assert worst <= TOLERANCE.get(name, 1e-4), f"{name}: relative max error {worst:.2e}"

@@ -23,11 +23,11 @@ from edgeq.passes import (
 from tests.conftest import F32, I64, make_model
 
 
-def c(name: str, value: float | list[float] | list[int], dtype: type = np.float32) -> onnx.NodeProto:
+def c(
+    name: str, value: float | list[float] | list[int], dtype: type = np.float32
+) -> onnx.NodeProto:
     arr = np.asarray(value, dtype=dtype)
-    return helper.make_node(
-        "Constant", [], [name], value=onnx.numpy_helper.from_array(arr, name)
-    )
+    return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(arr, name))
 
 
 def check_against_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], **kw) -> Graph:  # type: ignore[no-untyped-def]

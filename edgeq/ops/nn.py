@@ -131,7 +131,7 @@ def conv_transpose(
         for i in range(n):
             total = strides[i] * (in_sizes[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - target[i]
             total = max(total, 0)
-            if auto_pad == "SAME_UPPER" or (output_shape is not None and auto_pad != "SAME_LOWER"):
+            if auto_pad == "SAME_UPPER":  # otherwise (NOTSET too) the odd pixel goes first
                 pb.append(total // 2), pe.append(total - total // 2)
             else:
                 pb.append(total - total // 2), pe.append(total // 2)
@@ -373,34 +373,50 @@ def _nearest(coords: np.ndarray, mode: str, in_size: int) -> np.ndarray:
     return np.clip(idx, 0, in_size - 1).astype(np.int64)
 
 
-@register("Resize", ignore=("antialias", "keep_aspect_ratio_policy", "axes"))
+@register("Resize")
 def resize(
     x: Array,
     roi: Array = None,
     scales: Array = None,
     sizes: Array = None,
     *,
+    antialias: int = 0,
+    axes: list[int] | None = None,
     coordinate_transformation_mode: str = "half_pixel",
     cubic_coeff_a: float = -0.75,
     exclude_outside: int = 0,
     extrapolation_value: float = 0.0,
+    keep_aspect_ratio_policy: str = "stretch",
     mode: str = "nearest",
     nearest_mode: str = "round_prefer_floor",
 ) -> Array:
+    if antialias and mode != "nearest":
+        raise UnsupportedOpError("Resize antialias=1 not supported", "export with antialias=0")
     in_shape = jnp.shape(x)
     rank = len(in_shape)
+    # scales/sizes/roi list the resized `axes` only (opset 18); default: every axis
+    ax = [a + rank if a < 0 else a for a in axes] if axes is not None else list(range(rank))
+    scale_v, out_shape = [1.0] * rank, list(in_shape)
     if sizes is not None and np.asarray(sizes).size:
-        out_shape = static_ints(sizes, "sizes", "Resize")
-        scale_v = [o / i for o, i in zip(out_shape, in_shape, strict=True)]
+        want = static_ints(sizes, "sizes", "Resize")
+        ratios = [w / in_shape[a] for a, w in zip(ax, want, strict=True)]
+        if keep_aspect_ratio_policy in ("not_larger", "not_smaller"):
+            common = (min if keep_aspect_ratio_policy == "not_larger" else max)(ratios)
+            ratios = [common] * len(ax)
+            want = [int(math.floor(common * in_shape[a] + 0.5)) for a in ax]
+        for a, w, r in zip(ax, want, ratios, strict=True):
+            out_shape[a], scale_v[a] = w, r
     else:
-        scale_v = [float(v) for v in np.asarray(scales).reshape(-1)]
-        out_shape = [int(math.floor(i * s)) for i, s in zip(in_shape, scale_v, strict=True)]
+        for a, v in zip(ax, np.asarray(scales).reshape(-1), strict=True):
+            scale_v[a] = float(v)
+            out_shape[a] = int(math.floor(in_shape[a] * scale_v[a]))
     roi_v = np.asarray(roi, np.float64).reshape(-1) if roi is not None and np.asarray(roi).size else None
     y = x
     for axis in range(rank):
         if out_shape[axis] == in_shape[axis] and scale_v[axis] == 1.0:
             continue
-        r = (roi_v[axis], roi_v[axis + rank]) if roi_v is not None else (0.0, 1.0)
+        i = ax.index(axis)
+        r = (roi_v[i], roi_v[i + len(ax)]) if roi_v is not None else (0.0, 1.0)
         coords = _source_coords(coordinate_transformation_mode, out_shape[axis], in_shape[axis], scale_v[axis], r)
         if mode == "nearest":
             y = jnp.take(y, _nearest(coords, nearest_mode, in_shape[axis]), axis=axis)

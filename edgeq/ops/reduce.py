@@ -17,7 +17,8 @@ def _make(name: str, fn: Any) -> None:
         ax = static_ints(axes_, "axes", name) if axes_ is not None else list(axes or [])
         if not ax:
             if noop_with_empty_axes:
-                return x
+                # reduce over no axes: the elementwise part still applies (ReduceL1 -> |x|)
+                return fn(x, axis=(), keepdims=bool(keepdims))
             ax = list(range(jnp.ndim(x)))
         return fn(x, axis=tuple(ax), keepdims=bool(keepdims))
 

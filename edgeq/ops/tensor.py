@@ -143,9 +143,19 @@ def slice_(
     st = static_ints(steps, "steps", "Slice") if steps is not None else [1] * len(s)
     index = [slice(None)] * rank
     for a, b, c, d in zip(ax, s, e, st, strict=True):
-        # Python slicing clamps out-of-range starts/ends exactly as ONNX specifies
-        index[_norm_axis(a, rank)] = slice(b, c, d)
+        a = _norm_axis(a, rank)
+        index[a] = _onnx_slice(b, c, d, jnp.shape(x)[a])
     return x[tuple(index)]
+
+
+def _onnx_slice(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX's clamping; Python's differs for a negative step and start < -dim (ONNX: 0)."""
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return slice(start, None if end < 0 else end, step)
 
 
 @register("Slice", since=1)
@@ -167,7 +177,11 @@ def gather(x: Array, indices: Array, *, axis: int = 0) -> Array:
 
 @register("GatherElements")
 def gather_elements(x: Array, indices: Array, *, axis: int = 0) -> Array:
+    rank = jnp.ndim(x)
+    axis = _norm_axis(axis, rank)
     dim = jnp.shape(x)[axis]
+    # indices may be smaller than x off the axis (the output takes their shape)
+    x = x[tuple(slice(None) if i == axis else slice(0, n) for i, n in enumerate(jnp.shape(indices)))]
     idx = jnp.where(indices < 0, indices + dim, indices)
     return jnp.take_along_axis(x, idx, axis=axis)
 

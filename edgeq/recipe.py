@@ -1,0 +1,186 @@
+"""Recipes: what the user asks for, as a frozen dataclass (loadable from TOML).
+
+Fields left as None take the target profile's default. Overrides match a node by name regex
+(`name:...`) or by op type (`op:Conv`); precedence is single and documented:
+node name > op type > global. `keep_float` lists node matchers whose outputs stay float.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeq.errors import InputError
+
+Granularity = Literal["per_tensor", "per_channel", "per_block"]
+GRANULARITIES = ("per_tensor", "per_channel", "per_block")
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """The per-node settable part of a recipe; None means "inherit"."""
+
+    weight_bits: int | None = None
+    act_bits: int | None = None  # 0 means float (weight-only)
+    granularity: Granularity | None = None
+    block_size: int | None = None
+    weight_symmetric: bool | None = None
+    act_symmetric: bool | None = None
+    act_observer: str | None = None
+    weight_method: str | None = None  # "minmax" | "mse"
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in (None, 4, 8, 16):
+            raise InputError(f"weight_bits must be 4, 8 or 16, got {self.weight_bits}")
+        if self.act_bits not in (None, 0, 8, 16):
+            raise InputError(f"act_bits must be 8, 16 or 0 (float), got {self.act_bits}")
+        if self.granularity not in (None, *GRANULARITIES):
+            raise InputError(
+                f"granularity must be one of {GRANULARITIES}, got '{self.granularity}'"
+            )
+        if self.block_size is not None and (self.block_size <= 0 or self.block_size % 2):
+            raise InputError(f"block_size must be a positive even number, got {self.block_size}")
+        if self.weight_method not in (None, "minmax", "mse"):
+            raise InputError(f"weight_method must be minmax or mse, got '{self.weight_method}'")
+
+    def merged(self, over: LayerConfig) -> LayerConfig:
+        """self with every non-None field of `over` applied."""
+        changes = {f.name: getattr(over, f.name) for f in fields(over)}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def set_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class Override:
+    match: str  # "name:<regex>" or "op:<OpType>"
+    config: LayerConfig
+
+    def __post_init__(self) -> None:
+        kind, _, pattern = self.match.partition(":")
+        if kind not in ("name", "op") or not pattern:
+            raise InputError(
+                f"override match '{self.match}' must be 'name:<regex>' or 'op:<OpType>'"
+            )
+        if kind == "name":
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise InputError(f"override regex '{pattern}' is invalid: {exc}") from None
+
+    @property
+    def kind(self) -> str:
+        return self.match.partition(":")[0]
+
+    def matches(self, node_name: str, op_type: str) -> bool:
+        kind, _, pattern = self.match.partition(":")
+        if kind == "op":
+            return op_type == pattern
+        return re.search(pattern, node_name) is not None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Global settings, overrides, and nodes kept in float."""
+
+    base: LayerConfig = field(default_factory=LayerConfig)
+    overrides: tuple[Override, ...] = ()
+    keep_float: tuple[str, ...] = ()  # matchers like overrides: "name:<regex>" / "op:<Type>"
+    mask_handling: bool = True  # additive attention masks never set a range
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        for m in self.keep_float:
+            Override(m, LayerConfig())  # validates the matcher
+
+    def config_for(self, node_name: str, op_type: str) -> tuple[LayerConfig, str]:
+        """Effective config for a node and where it came from (precedence name > op > global)."""
+        config, source = self.base, "global"
+        for kind in ("op", "name"):
+            for o in self.overrides:
+                if o.kind == kind and o.matches(node_name, op_type):
+                    config, source = config.merged(o.config), f"override {o.match}"
+        return config, source
+
+    def keeps_float(self, node_name: str, op_type: str) -> str | None:
+        for m in self.keep_float:
+            if Override(m, LayerConfig()).matches(node_name, op_type):
+                return m
+        return None
+
+    # ---- (de)serialization ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "recipe": self.base.set_fields(),
+            "keep_float": list(self.keep_float),
+            "mask_handling": self.mask_handling,
+            "override": [{"match": o.match, **o.config.set_fields()} for o in self.overrides],
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Recipe:
+        known = {"version", "recipe", "keep_float", "mask_handling", "override"}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"recipe: unknown key(s) {sorted(unknown)}", f"known: {sorted(known)}")
+        if data.get("version", RECIPE_VERSION) != RECIPE_VERSION:
+            raise InputError(f"recipe version {data['version']} is not {RECIPE_VERSION}")
+        base = _layer_config(data.get("recipe", {}), "[recipe]")
+        overrides = []
+        for i, o in enumerate(data.get("override", [])):
+            o = dict(o)
+            if "match" not in o:
+                raise InputError(f"recipe: [[override]] #{i + 1} has no 'match'")
+            match = o.pop("match")
+            overrides.append(Override(match, _layer_config(o, f"[[override]] {match}")))
+        return Recipe(
+            base=base,
+            overrides=tuple(overrides),
+            keep_float=tuple(data.get("keep_float", ())),
+            mask_handling=bool(data.get("mask_handling", True)),
+        )
+
+    @staticmethod
+    def load(path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"recipe file '{path}' does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"recipe '{path}' is not valid TOML: {exc}") from None
+        return Recipe.from_dict(data)
+
+
+def _layer_config(data: dict[str, Any], where: str) -> LayerConfig:
+    names = {f.name for f in fields(LayerConfig)}
+    unknown = set(data) - names
+    if unknown:
+        raise InputError(f"recipe {where}: unknown key(s) {sorted(unknown)}", f"known: {sorted(names)}")
+    return LayerConfig(**data)
+
+
+def recipe_from_cli(
+    bits: int | None = None,
+    act_bits: int | None = None,
+    granularity: str | None = None,
+    block_size: int | None = None,
+    observer: str | None = None,
+    base: Recipe | None = None,
+) -> Recipe:
+    """A recipe from CLI flags, applied over an optional recipe file."""
+    recipe = base or Recipe()
+    flags = LayerConfig(
+        weight_bits=bits, act_bits=act_bits, granularity=granularity,  # type: ignore[arg-type]
+        block_size=block_size, act_observer=observer,
+    )  # fmt: skip
+    return replace(recipe, base=recipe.base.merged(flags))
+
+
+__all__ = ["LayerConfig", "Override", "Recipe", "asdict", "recipe_from_cli"]
