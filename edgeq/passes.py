@@ -226,6 +226,113 @@ def fold_batchnorm(graph: Graph) -> Graph:
     return eliminate_dead_nodes(g)
 
 
+def fold_affine_into_conv(graph: Graph) -> Graph:
+    """Conv → Mul(constant) / Add(constant) chains (PP-LCNet's learnable affine blocks, BN
+    written as Mul/Add) fold into the Conv's weights and bias when the constant is a scalar or
+    per-output-channel. Same math, fewer tensors to quantize."""
+    g = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        consumers = g.consumers()
+        for conv in g.nodes:
+            if conv.op_type != "Conv" or conv.inputs[1] not in g.constants:
+                continue
+            out = conv.outputs[0]
+            users = consumers.get(out, [])
+            if len(users) != 1 or out in g.output_names or users[0].op_type not in ("Mul", "Add"):
+                continue
+            op = users[0]
+            other = op.inputs[1] if op.inputs[0] == out else op.inputs[0]
+            w = g.constants[conv.inputs[1]]
+            c_out = w.shape[0]
+            per_channel = _per_channel_constant(g.constants.get(other), c_out, w.ndim)
+            if per_channel is None:
+                continue
+            b = g.constants.get(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+            b64 = np.zeros(c_out) if b is None else b.astype(np.float64)
+            if op.op_type == "Mul":
+                w_new = w.astype(np.float64) * per_channel.reshape((-1,) + (1,) * (w.ndim - 1))
+                b_new = b64 * per_channel
+            else:
+                w_new, b_new = w.astype(np.float64), b64 + per_channel
+            w_name = g.unique_name(f"{conv.name}.weight_affine")
+            g.constants[w_name] = w_new.astype(w.dtype)
+            b_name = g.unique_name(f"{conv.name}.bias_affine")
+            g.constants[b_name] = b_new.astype(w.dtype)
+            conv.inputs = [conv.inputs[0], w_name, b_name]
+            conv.outputs = list(op.outputs)
+            g.nodes.remove(op)
+            changed = True
+            break
+    return eliminate_dead_nodes(g)
+
+
+def fold_affine_into_next_conv(graph: Graph) -> Graph:
+    """Mul(scalar) / Add(scalar) feeding only an unpadded Conv (1x1 pointwise convs after
+    PP-LCNet's post-activation affine blocks) fold into that Conv:
+    conv(s·h + a) = conv_{s·W}(h) + a·ΣW. Exact only without padding, so padded convs are left."""
+    g = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        producers, consumers = g.producers(), g.consumers()
+        for conv in g.nodes:
+            if conv.op_type != "Conv" or conv.inputs[1] not in g.constants or not _unpadded(conv):
+                continue
+            x = conv.inputs[0]
+            op = producers.get(x)
+            if op is None or op.op_type not in ("Mul", "Add") or len(consumers.get(x, [])) != 1:
+                continue
+            if x in g.output_names:
+                continue
+            other = op.inputs[1] if op.inputs[0] != op.inputs[1] and op.inputs[0] not in g.constants else op.inputs[0]
+            data = op.inputs[0] if other == op.inputs[1] else op.inputs[1]
+            arr = g.constants.get(other)
+            if data in g.constants or arr is None or arr.size != 1 or not np.issubdtype(arr.dtype, np.floating):
+                continue
+            value = float(arr.reshape(-1)[0])
+            w = g.constants[conv.inputs[1]]
+            b = g.constants.get(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+            b64 = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+            if op.op_type == "Mul":
+                w_new, b_new = w.astype(np.float64) * value, b64
+            else:
+                w_new = w.astype(np.float64)
+                b_new = b64 + value * w_new.reshape(w.shape[0], -1).sum(axis=1)
+            w_name = g.unique_name(f"{conv.name}.weight_affine_in")
+            b_name = g.unique_name(f"{conv.name}.bias_affine_in")
+            g.constants[w_name] = w_new.astype(w.dtype)
+            g.constants[b_name] = b_new.astype(w.dtype)
+            conv.inputs = [data, w_name, b_name]
+            g.nodes.remove(op)
+            changed = True
+            break
+    return eliminate_dead_nodes(g)
+
+
+def _unpadded(conv: Node) -> bool:
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        return True
+    if auto_pad != "NOTSET":
+        return all(k == 1 for k in conv.attrs.get("kernel_shape", [0]))
+    return not any(conv.attrs.get("pads", []))
+
+
+def _per_channel_constant(arr: np.ndarray | None, channels: int, rank: int) -> np.ndarray | None:
+    """The constant as a [channels] float64 vector if it broadcasts per output channel of an
+    NC... tensor (a scalar, or shape [C,1,..] / [1,C,1,..] with C = channels or 1)."""
+    if arr is None or not np.issubdtype(arr.dtype, np.floating) or arr.ndim > rank:
+        return None
+    if arr.size == 1:
+        return np.full(channels, float(arr.reshape(-1)[0]))
+    shape = (1,) * (rank - arr.ndim) + arr.shape
+    if shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1):
+        return arr.reshape(-1).astype(np.float64)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # canonicalization
 # ---------------------------------------------------------------------------------------------
@@ -586,6 +693,17 @@ STANDARD_PASSES: tuple[tuple[str, Pass], ...] = (
     ("remove_identity", remove_identity),
     ("eliminate_dead_nodes", eliminate_dead_nodes),
     ("toposort", toposort),
+    ("infer_shapes", infer_shapes),
+)
+
+
+# Rewrites that keep the math exact but change float rounding enough to matter on
+# ill-conditioned models; they make graphs friendlier to quantize (fewer requantization points),
+# so the quantization pipeline runs them after `prepare`.
+QUANTIZATION_PASSES: tuple[tuple[str, Pass], ...] = (
+    ("fold_affine_into_conv", fold_affine_into_conv),
+    ("fold_affine_into_next_conv", fold_affine_into_next_conv),
+    ("eliminate_dead_nodes", eliminate_dead_nodes),
     ("infer_shapes", infer_shapes),
 )
 

@@ -89,6 +89,7 @@ class TensorSpec:
     group: str | None = None  # shared-scale group root
     bias_of: tuple[str, str] | None = None  # (input activation, weight)
     masked_floor: float | None = None
+    clip: tuple[float, float] | None = None  # consumers ignore values outside (Relu, HardSwish...)
     source: str = ""
     reason: str = ""
     node: str = ""
@@ -257,8 +258,50 @@ def make_spec(graph: Graph, recipe: Recipe, target: TargetProfile, **observer_se
                             reason="masked scores: mask fill ignored, range floor max-16")  # fmt: skip
             spec.tensors[out] = t
     _assign_groups(spec, graph, producers)
+    _consumer_clips(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
     return spec
+
+
+def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:
+    """Input interval outside which a saturating op's output no longer changes."""
+    op = node.op_type
+    if op == "Relu":
+        return (0.0, np.inf)
+    if op == "HardSwish":
+        return (-3.0, np.inf)
+    if op == "HardSigmoid":
+        alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+        ends = sorted(((0.0 - beta) / alpha, (1.0 - beta) / alpha))
+        return (ends[0], ends[1])
+    if op == "Clip":
+        def bound(i: int, attr: str, default: float) -> float | None:
+            if len(node.inputs) > i and node.inputs[i]:
+                arr = graph.constants.get(node.inputs[i])
+                return None if arr is None else float(arr.reshape(-1)[0])
+            return float(node.attrs.get(attr, default))
+
+        lo, hi = bound(1, "min", -np.inf), bound(2, "max", np.inf)
+        return None if lo is None or hi is None else (lo, hi)
+    return None
+
+
+def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]]) -> None:
+    """A tensor read only by saturating ops (Relu, HardSwish, HardSigmoid, Clip) needs no
+    resolution outside their active input region: clipping its range there is exact and
+    buys resolution where it matters (TFLite's fused-ReLU ranges, generalized)."""
+    for name, t in list(spec.tensors.items()):
+        if t.role != "activation" or t.group is not None or name in graph.output_names:
+            continue
+        users = consumers.get(name, [])
+        regions = [_active_region(u, graph) for u in users]
+        if not users or any(r is None for r in regions):
+            continue
+        lo = min(r[0] for r in regions)  # type: ignore[index]
+        hi = max(r[1] for r in regions)  # type: ignore[index]
+        ops = sorted({u.op_type for u in users})
+        spec.tensors[name] = replace(t, clip=(lo, hi), reason=(t.reason + "; " if t.reason else "")
+                                     + f"range clipped to {'/'.join(ops)} active input region")
 
 
 def _check_node(node: Node, eff: _Effective, target: TargetProfile) -> None:
@@ -526,6 +569,8 @@ def _group_ranges(spec: PlanSpec, observers: Mapping[str, Observer],
         floors = [spec.tensors[n].masked_floor for n in names if spec.tensors[n].masked_floor]
         if floors:
             lo = min(lo, hi - max(floors))  # type: ignore[type-var]
+        if len(names) == 1 and t.clip is not None:
+            lo, hi = max(lo, t.clip[0]), min(hi, t.clip[1])
         ranges[root] = (float(lo), float(hi))
     return ranges
 

@@ -119,7 +119,7 @@ def assert_close(
 ) -> None:
     ref, got = np.asarray(ref), np.asarray(got)
     assert got.shape == ref.shape, f"{name}: shape {got.shape} != onnxruntime {ref.shape}"
-    assert got.dtype.kind == ref.dtype.kind, f"{name}: dtype {got.dtype} != onnxruntime {ref.dtype}"
+    assert got.dtype == ref.dtype, f"{name}: dtype {got.dtype} != onnxruntime {ref.dtype}"
     if exact is None:
         exact = ref.dtype.kind in "biu"
     if exact:
@@ -154,8 +154,10 @@ def compare(
 ) -> dict[str, np.ndarray]:
     """Run `model` in onnxruntime (no graph optimizations) and in edgeq; assert they agree.
 
-    Values must satisfy max|a - b| <= rtol_rel * max(1, max|ref|); integer and bool outputs
-    must be equal. Returns onnxruntime's outputs.
+    Outputs must have the same names, shapes and dtypes (not only the same kind: a float64 leak
+    would be a bug); values must satisfy max|a - b| <= rtol_rel * max(1, max|ref|), NaN and
+    infinities in the same places; integer and bool outputs must be equal (or pass exact=True).
+    Returns onnxruntime's outputs.
     """
     ref = run_onnxruntime(model, feeds)
     got = run_edgeq(model, feeds)

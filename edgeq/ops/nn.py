@@ -235,7 +235,9 @@ def max_pool(
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
     padding = _pool_padding(x, kernel_shape, strides, dilations, auto_pad, pads, ceil_mode)
-    init = jnp.array(-jnp.inf, jnp.asarray(x).dtype)
+    dtype = jnp.asarray(x).dtype
+    lowest = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min  # (u)int8
+    init = jnp.array(lowest, dtype)
     return lax.reduce_window(
         x, init, lax.max, (1, 1, *kernel_shape), (1, 1, *strides),
         [(0, 0), (0, 0), *padding], window_dilation=(1, 1, *dilations),
@@ -403,7 +405,7 @@ def resize(
         if keep_aspect_ratio_policy in ("not_larger", "not_smaller"):
             common = (min if keep_aspect_ratio_policy == "not_larger" else max)(ratios)
             ratios = [common] * len(ax)
-            want = [int(math.floor(common * in_shape[a] + 0.5)) for a in ax]
+            want = [math.floor(common * in_shape[a] + 0.5) for a in ax]
         for a, w, r in zip(ax, want, ratios, strict=True):
             out_shape[a], scale_v[a] = w, r
     else:

@@ -26,18 +26,21 @@ def _lstm_direction(x: Array, w: Array, r: Array, b: Array, h0: Array, c0: Array
     def step(carry: tuple[Array, Array], xt: Array) -> tuple[tuple[Array, Array], Array]:
         h, c = carry
         g = xt + jnp.matmul(h, r.T, precision=HIGHEST)
-        if clip is not None:
-            g = jnp.clip(g, -clip, clip)
         i, o, f, cc = jnp.split(g, 4, axis=-1)
-        i = jax.nn.sigmoid(i + pi * c)
-        f = jax.nn.sigmoid(f + pf * c)
-        c_new = f * c + i * jnp.tanh(cc)
-        o = jax.nn.sigmoid(o + po * c_new)
+        # clip bounds the inputs of the gate activations, peephole terms included
+        i = jax.nn.sigmoid(_clip(i + pi * c, clip))
+        f = jax.nn.sigmoid(_clip(f + pf * c, clip))
+        c_new = f * c + i * jnp.tanh(_clip(cc, clip))
+        o = jax.nn.sigmoid(_clip(o + po * c_new, clip))
         h_new = o * jnp.tanh(c_new)
         return (h_new, c_new), h_new
 
     (h, c), ys = lax.scan(step, (h0, c0), x_proj, reverse=reverse)
     return ys, h, c
+
+
+def _clip(x: Array, clip: float | None) -> Array:
+    return x if clip is None else jnp.clip(x, -clip, clip)
 
 
 @register("LSTM")

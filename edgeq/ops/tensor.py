@@ -181,7 +181,7 @@ def gather_elements(x: Array, indices: Array, *, axis: int = 0) -> Array:
     axis = _norm_axis(axis, rank)
     dim = jnp.shape(x)[axis]
     # indices may be smaller than x off the axis (the output takes their shape)
-    x = x[tuple(slice(None) if i == axis else slice(0, n) for i, n in enumerate(jnp.shape(indices)))]
+    x = x[tuple(slice(None) if i == axis else slice(n) for i, n in enumerate(jnp.shape(indices)))]
     idx = jnp.where(indices < 0, indices + dim, indices)
     return jnp.take_along_axis(x, idx, axis=axis)
 
