@@ -55,22 +55,42 @@ def collect_statistics(
     stats: Mapping[str, tuple[str, Statistic]],
     batches: Iterable[Mapping[str, np.ndarray]],
     progress: Callable[[int], None] | None = None,
+    group_bytes: int = 64 << 20,
 ) -> CalibrationStats:
     """Run every batch ([B, *input_shape] per input) and update `stats` (key -> (tensor,
     statistic)). The forward is vmapped over the batch axis of a batch-1 graph and jitted
-    together with the statistic updates."""
+    together with the statistic updates.
+
+    Statistics of the same kind on tensors of the same shape are stacked and updated by one
+    vmapped update (XLA compiles one kernel set per group instead of one per tensor, which
+    dominated compile time on 200-tensor models); groups are capped at `group_bytes` per
+    sample so stacking never holds much more than the forward itself."""
     tensors = sorted({t for t, _ in stats.values()})
+    groups = _group_statistics(graph, stats, group_bytes)
 
     def forward(feeds: Mapping[str, Any]) -> dict[str, Any]:
         env = evaluate(graph, feeds)
         return {t: env[t] for t in tensors}
 
     @jax.jit
-    def step(states: dict[str, Any], batch: Mapping[str, Any]) -> dict[str, Any]:
+    def step(states: list[Any], batch: Mapping[str, Any]) -> list[Any]:
         values = jax.vmap(forward)(batch)
-        return {k: stat.update(states[k], values[t]) for k, (t, stat) in stats.items()}
+        out = []
+        for (stat, keys), state in zip(groups, states, strict=True):
+            if len(keys) == 1:
+                out.append(stat.update(state, values[stats[keys[0]][0]]))
+                continue
+            stacked = jax.numpy.stack([values[stats[k][0]] for k in keys])
+            out.append(jax.vmap(stat.update)(state, stacked))
+        return out
 
-    states: dict[str, Any] = {k: stat.init() for k, (_, stat) in stats.items()}
+    states: list[Any] = []
+    for stat, keys in groups:
+        init = stat.init()
+        if len(keys) == 1:
+            states.append(init)
+        else:
+            states.append({n: np.stack([np.asarray(v)] * len(keys)) for n, v in init.items()})
     t0 = time.perf_counter()
     n_samples = n_batches = 0
     with jax.enable_x64(True):
@@ -82,8 +102,29 @@ def collect_statistics(
             n_batches += 1
             if progress is not None:
                 progress(size)
-        host = {k: {n: np.asarray(v) for n, v in s.items()} for k, s in states.items()}
+        host: dict[str, dict[str, np.ndarray]] = {}
+        for (_, keys), state in zip(groups, states, strict=True):
+            for j, k in enumerate(keys):
+                host[k] = {n: np.asarray(v if len(keys) == 1 else v[j]) for n, v in state.items()}
     return CalibrationStats(host, n_samples, n_batches, time.perf_counter() - t0)
+
+
+def _group_statistics(
+    graph: Graph, stats: Mapping[str, tuple[str, Statistic]], group_bytes: int
+) -> list[tuple[Statistic, list[str]]]:
+    by_kind: dict[tuple[Any, ...], list[str]] = {}
+    for key, (tensor, stat) in stats.items():
+        info = graph.info(tensor)
+        shape = tuple(info.shape) if info is not None and info.shape is not None else (key,)
+        dtype = str(info.dtype) if info is not None else ""
+        by_kind.setdefault((stat, shape, dtype), []).append(key)
+    groups: list[tuple[Statistic, list[str]]] = []
+    for (stat, shape, _), keys in by_kind.items():
+        per = 4 * int(np.prod([d for d in shape if isinstance(d, int)] or [1]))
+        cap = max(1, group_bytes // max(per, 1))
+        for i in range(0, len(keys), cap):
+            groups.append((stat, keys[i : i + cap]))
+    return groups
 
 
 def calibrate(

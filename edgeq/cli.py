@@ -189,6 +189,110 @@ def _ort_dtype(sess, name: str) -> np.dtype:  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    calib: Annotated[str, typer.Option("--calib", help="Calibration data: folder of .npy/.npz/images, or a .txt with --tokenizer.")],
+    target: Annotated[str, typer.Option("--target", help="Target profile: ane, mlx, qnn, onnx, rpi, tflm.")] = "onnx",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Plan folder to write.")] = Path("plan"),
+    bits: Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")] = None,
+    act_bits: Annotated[int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")] = None,
+    granularity: Annotated[str | None, typer.Option(help="per_tensor, per_channel or per_block.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Block size for per_block weights.")] = None,
+    observer: Annotated[str | None, typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy).")] = None,
+    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")] = None,
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    preprocess: Annotated[Path | None, typer.Option(help="Image preprocessing spec (TOML/JSON).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text calibration data.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples to use (deterministic subset).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed for the subset.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Samples per compiled step.")] = 8,
+    report_samples: Annotated[int, typer.Option(help="Held-out samples for the per-layer SQNR report.")] = 8,
+) -> None:
+    """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from edgeq.pipeline import calibrate_model
+    from edgeq.recipe import Recipe, recipe_from_cli
+    from edgeq.specs import parse_input_shapes, parse_input_values
+
+    try:
+        base = Recipe.load(recipe_file) if recipe_file else None
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base)
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("compiling + calibrating", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            run_ = calibrate_model(
+                model, calib, target, recipe,
+                input_shapes=parse_input_shapes(input_shape or []),
+                input_values=parse_input_values(input_value or []),
+                samples=calib_samples, seed=seed, batch_size=batch_size,
+                report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
+                progress=progress,
+            )  # fmt: skip
+        run_.plan.save(out)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    plan = run_.plan
+    counts: dict[str, int] = {}
+    for t in plan.tensors.values():
+        key = f"{t.role} {t.dtype}" + (f" {t.granularity}" if t.role == "weight" else "")
+        counts[key] = counts.get(key, 0) + 1
+    table = Table(title=f"plan for {model.name} → {target}  ({out})")
+    table.add_column("tensors")
+    table.add_column("count", justify="right")
+    for key, n in sorted(counts.items()):
+        table.add_row(key, str(n))
+    console.print(table)
+    cal = plan.calibration
+    console.print(f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f}s "
+                  f"({cal['observed_tensors']} observed tensors)")  # fmt: skip
+    _print_outputs(plan)
+
+
+def _print_outputs(plan) -> None:  # type: ignore[no-untyped-def]
+    rows = [r for r in plan.report.get("layers", []) if r.get("output")]
+    for r in rows:
+        console.print(f"output {r['tensor']}: SQNR {r['sqnr_db']:.1f} dB vs float "
+                      f"({plan.report['samples']} {'held-out' if plan.report.get('held_out') else 'calibration'} samples)")  # fmt: skip
+
+
+@app.command()
+def report(
+    plan_dir: Annotated[Path, typer.Argument(help="A plan folder written by `edgeq calibrate`.")],
+    top: Annotated[int, typer.Option(help="Rows to show (worst layers first).")] = 25,
+) -> None:
+    """Per-layer SQNR of a plan against float, worst layers first."""
+    from edgeq.plan import QuantPlan
+
+    try:
+        plan = QuantPlan.load(plan_dir)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    rows = plan.report.get("layers", [])
+    console.print(f"target [bold]{plan.target}[/], model {plan.model.get('file', '?')}, "
+                  f"{plan.calibration.get('samples', '?')} calibration samples, plan {plan.plan_hash()[:12]}")  # fmt: skip
+    if not rows:
+        console.print("[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]")
+        return
+    table = Table(title=f"per-layer SQNR vs float (errors propagated), worst {min(top, len(rows))} of {len(rows)}")
+    for col in ("#", "tensor", "op", "SQNR dB", "dtype", "scale", "zp", "provenance"):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(rows[:top], 1):
+        t = plan.tensors.get(r["tensor"])
+        scale = f"{float(t.scale):.3g}" if t is not None and t.scale is not None and t.scale.ndim == 0 else ""
+        zp = str(int(t.zero_point)) if t is not None and t.zero_point is not None and t.zero_point.ndim == 0 else ""
+        table.add_row(str(i), r["tensor"], r["op"], f"{r['sqnr_db']:.1f}", t.dtype if t else "",
+                      scale, zp, t.provenance if t else "")  # fmt: skip
+    console.print(table)
+    _print_outputs(plan)
+
+
+@app.command()
 def ops() -> None:
     """List the ONNX ops edgeq's JAX interpreter supports."""
     from edgeq.ops import supported_ops

@@ -1,0 +1,136 @@
+"""The calibration pipeline as one call (used by the CLI, the benchmarks and the tests):
+load → prepare (fixed shapes, folding, canonical ops, quantization-friendly folds) → resolve
+the recipe against the target (fails before any data is read) → stream calibration data →
+QuantPlan → per-layer SQNR report on held-out samples."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.calibrate import collect_statistics
+from edgeq.graph import Graph
+from edgeq.onnx_io import load_model
+from edgeq.passes import QUANTIZATION_PASSES, prepare, run_passes
+from edgeq.plan import QuantPlan
+from edgeq.planner import finalize_plan, make_spec
+from edgeq.recipe import Recipe
+from edgeq.simulate import layer_sqnr
+from edgeq.targets import load_target
+
+log = logging.getLogger(__name__)
+
+
+def prepare_for_quantization(
+    graph: Graph,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_values: Mapping[str, Any] | None = None,
+) -> Graph:
+    """`prepare` plus the quantization-friendly folds (affine blocks into convs)."""
+    return run_passes(prepare(graph, input_shapes, input_values), QUANTIZATION_PASSES)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class CalibrationRun:
+    graph: Graph
+    plan: QuantPlan
+    calib_names: list[str]
+    report_names: list[str]
+
+
+def calibrate_model(
+    model: str | Path,
+    calib: Any,
+    target: str,
+    recipe: Recipe | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_values: Mapping[str, Any] | None = None,
+    samples: int | None = 256,
+    seed: int = 0,
+    batch_size: int = 8,
+    report_samples: int = 8,
+    preprocess: Any = None,
+    tokenizer: str | Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CalibrationRun:
+    """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
+    for `target`. `progress(stage, done, total)` is called as work advances."""
+    from edgeq.calibration import batches, disjoint, open_source
+
+    recipe = recipe or Recipe()
+    profile = load_target(target)
+    model = Path(model)
+    graph = prepare_for_quantization(load_model(model), input_shapes, input_values)
+    spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
+    source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
+    total = len(source)
+    n_calib = min(samples or total, total)
+    n_report = min(report_samples, max(total - n_calib, 0))
+    calib_names, report_names = disjoint(source, n_calib, n_report or None, seed) if n_report else (
+        disjoint(source, n_calib, None, seed)[0], [])  # fmt: skip
+    if not report_names and report_samples:
+        report_names = calib_names[:report_samples]  # no held-out data: say so in the plan
+    observers = spec.observers()
+
+    def tick(n: int) -> None:
+        if progress is not None:
+            tick.done += n  # type: ignore[attr-defined]
+            progress("calibrate", tick.done, len(calib_names))  # type: ignore[attr-defined]
+
+    tick.done = 0  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
+    result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick)
+    plan = finalize_plan(
+        graph, spec, result.states,
+        model={
+            "file": model.name, "sha256": file_sha256(model),
+            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+            "input_values": dict(input_values or {}),
+        },
+        calibration={
+            "source": str(calib) if isinstance(calib, str | Path) else type(calib).__name__,
+            "samples": result.samples, "seed": seed, "batch_size": batch_size,
+            "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
+        },
+    )  # fmt: skip
+    if report_names:
+        feeds = [source.load(n) for n in report_names]
+        from edgeq.calibration import validate
+
+        feeds = [validate(f, graph.inputs, n) for f, n in zip(feeds, report_names, strict=True)]
+        if progress is not None:
+            progress("report", 0, len(feeds))
+        plan.report = {
+            "samples": len(feeds),
+            "held_out": bool(set(report_names).isdisjoint(calib_names)),
+            "layers": layer_sqnr(graph, plan, feeds),
+        }
+    return CalibrationRun(graph, plan, calib_names, report_names)
+
+
+def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
+    """Re-prepare the model exactly as the plan was made (shapes/values from the plan)."""
+    shapes = {k: tuple(v) for k, v in plan.model.get("input_shapes", {}).items()}
+    values = plan.model.get("input_values", {})
+    return prepare_for_quantization(load_model(model), shapes, values)
+
+
+def feeds_from(samples: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    return [dict(s) for s in samples]
