@@ -107,7 +107,8 @@ def bias_safe_weight_scale(
     bias: np.ndarray, input_scale: float, weight_scale: np.ndarray
 ) -> np.ndarray:
     """Raise per-channel weight scales where the int32 bias would overflow (rather than clip)."""
-    needed = np.abs(np.asarray(bias, np.float64)) / (float(input_scale) * (INT32_MAX - 1))
+    # aim 1% below the int32 limit so float rounding of the scale cannot push it over
+    needed = np.abs(np.asarray(bias, np.float64)) / (float(input_scale) * INT32_MAX * 0.99)
     ws = np.asarray(weight_scale, np.float64)
     if ws.ndim == 0:
         return np.float32(max(float(ws), float(needed.max(initial=0.0))))

@@ -1,0 +1,252 @@
+"""Issue #3 benchmark: the static PTQ engine on real models, evaluation data disjoint from
+calibration (text lines / sentences from the `eval` split, calibration from `calib`).
+
+    python -m benchmarks.ptq [--quick] [--skip-ort] [--skip-rss]
+
+Reports: PP-OCRv4 rec W8A8 CER vs float (several observers); MiniLM W8A8 mean cosine and
+nearest-neighbour agreement; weight-only INT4 (per-channel, per-block 32) for both, with
+weight bytes; calibration time for 64 rec samples beside onnxruntime's quantize_static (MinMax,
+Percentile) on the same samples in the same run, and their CER; peak RSS of calibration with
+64 and 1024 samples (separate processes). Writes benchmarks/results/ptq.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import machine, md_table, peak_rss_mb, write_results
+from edgeq import Interpreter, load_model
+from edgeq.pipeline import calibrate_model, prepare_for_quantization
+from edgeq.plan import QuantPlan
+from edgeq.recipe import LayerConfig, Recipe
+from edgeq.simulate import Simulator
+from examples.models import CASES, minilm_feeds
+
+N_CALIB = 64
+
+
+def weight_bytes(plan: QuantPlan, graph: Any) -> tuple[int, int]:
+    """(float32 bytes, quantized bytes incl. scales/zero points) of the plan's weights."""
+    f32 = q = 0
+    for t in plan.tensors.values():
+        if t.role != "weight" or not t.is_quantized:
+            continue
+        n = graph.constants[t.name].size
+        f32 += 4 * n
+        bits = t.qdtype.bits
+        q += n * bits // 8 + 2 * int(np.size(t.scale)) + (0 if t.symmetric else int(np.size(t.scale)))
+    return f32, q
+
+
+# ---- PP-OCRv4 rec ----------------------------------------------------------------------------
+def rec_eval(n_eval: int) -> tuple[list[np.ndarray], list[str]]:
+    from examples.ocr import rec_preprocess, rec_samples
+
+    samples = rec_samples(n_eval, split="eval")
+    return [rec_preprocess(s.image) for s in samples], [s.text for s in samples]
+
+
+def cer_of(run: Any, xs: list[np.ndarray], refs: list[str]) -> float:
+    from examples.ocr import character_error_rate, ctc_greedy_decode
+
+    out_name = None
+    preds = []
+    for x in xs:
+        out = run({"x": x})
+        out_name = out_name or next(iter(out))
+        preds.append(ctc_greedy_decode(out[out_name]))
+    return character_error_rate(preds, refs)
+
+
+def bench_rec(n_eval: int, observers: list[str]) -> list[dict[str, Any]]:
+    case = CASES["ppocr-rec"]
+    calib = case.make_feeds(N_CALIB, "calib")
+    xs, refs = rec_eval(n_eval)
+    rows = []
+    graph = None
+    for label, recipe in [
+        *[(f"W8A8 per-channel, {o}", Recipe(base=LayerConfig(act_observer=o))) for o in observers],
+        ("W4 weight-only per-channel", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_channel"))),
+        ("W4 weight-only per-block 32", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_block", block_size=32))),
+    ]:  # fmt: skip
+        t0 = time.perf_counter()
+        run = calibrate_model(case.model_path(), calib, "onnx", recipe,
+                              input_shapes=case.input_shapes, report_samples=0)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        graph = run.graph
+        if not rows:
+            rows.append({"model": "ppocr-rec", "config": "float (edgeq JAX)",
+                         "metric": f"CER {cer_of(Interpreter(graph), xs, refs):.2%}"})  # fmt: skip
+        f32, qb = weight_bytes(run.plan, graph)
+        rows.append({
+            "model": "ppocr-rec", "config": label,
+            "metric": f"CER {cer_of(Simulator(graph, run.plan), xs, refs):.2%}",
+            "calib_s": round(seconds, 1), "weights": f"{qb / f32:.3f}x of fp32",
+        })  # fmt: skip
+    return rows
+
+
+# ---- MiniLM ----------------------------------------------------------------------------------
+def bench_minilm(n_eval: int, work: Path) -> list[dict[str, Any]]:
+    from examples.text import english_sentences
+
+    case = CASES["minilm"]
+    path = case.model_path(work)
+    calib = case.make_feeds(N_CALIB, "calib")
+    evalf = minilm_feeds(english_sentences(n_eval, split="eval"))  # type: ignore[arg-type]
+    graph = prepare_for_quantization(load_model(path), case.input_shapes)
+    ref = Interpreter(graph)
+    emb_f = np.concatenate([ref(f)["sentence_embedding"] for f in evalf])
+    rows = [{"model": "minilm", "config": "float (edgeq JAX)", "metric": "cosine 1.0000"}]
+    for label, recipe in [
+        ("W8A8 per-channel, minmax", Recipe(base=LayerConfig(act_observer="minmax"))),
+        ("W8A8 per-channel, percentile", Recipe(base=LayerConfig(act_observer="percentile"))),
+        ("W4 weight-only per-channel", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_channel"))),
+        ("W4 weight-only per-block 32", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_block", block_size=32))),
+    ]:  # fmt: skip
+        t0 = time.perf_counter()
+        run = calibrate_model(path, calib, "onnx", recipe, input_shapes=case.input_shapes, report_samples=0)
+        seconds = time.perf_counter() - t0
+        sim = Simulator(run.graph, run.plan)
+        emb_q = np.concatenate([sim(f)["sentence_embedding"] for f in evalf])
+        cos = np.sum(emb_f * emb_q, axis=1) / (np.linalg.norm(emb_f, axis=1) * np.linalg.norm(emb_q, axis=1))
+        sim_f, sim_q = emb_f @ emb_f.T, emb_q @ emb_q.T
+        np.fill_diagonal(sim_f, -np.inf)
+        np.fill_diagonal(sim_q, -np.inf)
+        nn = float(np.mean(sim_f.argmax(axis=1) == sim_q.argmax(axis=1)))
+        f32, qb = weight_bytes(run.plan, run.graph)
+        emb = run.plan.tensors.get("embeddings.word_embeddings.weight")
+        rows.append({
+            "model": "minilm", "config": label,
+            "metric": f"cosine {cos.mean():.4f} (min {cos.min():.4f}), NN agreement {nn:.2%}",
+            "calib_s": round(seconds, 1), "weights": f"{qb / f32:.3f}x of fp32",
+            "embeddings": "quantized" if emb is not None and emb.is_quantized else "float",
+        })  # fmt: skip
+    return rows
+
+
+# ---- timing vs onnxruntime -------------------------------------------------------------------
+def bench_timing(n_eval: int) -> list[dict[str, Any]]:
+    """64 rec samples: edgeq (load + prepare + calibrate + plan) vs quantize_static."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import (
+        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+    )  # fmt: skip
+
+    case = CASES["ppocr-rec"]
+    calib = case.make_feeds(N_CALIB, "calib")
+    xs, refs = rec_eval(n_eval)
+    rows = []
+    t0 = time.perf_counter()
+    run = calibrate_model(case.model_path(), calib, "onnx", Recipe(base=LayerConfig(act_observer="minmax")),
+                          input_shapes=case.input_shapes, report_samples=0)  # fmt: skip
+    rows.append({"tool": "edgeq calibrate (minmax, incl. load/prepare/compile)",
+                 "seconds": round(time.perf_counter() - t0, 1),
+                 "CER": f"{cer_of(Simulator(run.graph, run.plan), xs, refs):.2%}"})  # fmt: skip
+    tmp = Path(tempfile.mkdtemp())
+    # quantize_static needs the opset raised and fixed shapes on this model (TARGETS.md)
+    m = version_converter.convert_version(onnx.load(str(case.model_path())), 13)
+    for dim, v in zip(m.graph.input[0].type.tensor_type.shape.dim, case.input_shapes["x"], strict=True):
+        dim.dim_value = v
+    src = tmp / "rec13.onnx"
+    onnx.save(m, src)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    import onnxruntime as ort
+
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
+        dst = tmp / f"q_{method.name}.onnx"
+        t0 = time.perf_counter()
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+        rows.append({"tool": f"onnxruntime quantize_static {method.name} (QDQ, per-channel)",
+                     "seconds": round(seconds, 1),
+                     "CER": f"{cer_of(lambda f, s=sess: {'y': s.run(None, f)[0]}, xs, refs):.2%}"})  # fmt: skip
+    return rows
+
+
+# ---- peak RSS --------------------------------------------------------------------------------
+RSS_CHILD = """
+import json, sys, numpy as np
+from benchmarks.common import peak_rss_mb
+from edgeq.pipeline import calibrate_model
+from edgeq.recipe import LayerConfig, Recipe
+from examples.models import CASES
+from examples.ocr import rec_preprocess, render_text_line
+from examples.text import text_lines
+n = int(sys.argv[1])
+case = CASES["ppocr-rec"]
+lines = (text_lines(1200, split="calib") * 2)[:n]
+def stream():  # rendered one at a time: the source never holds the set
+    for i, t in enumerate(lines):
+        yield {"x": rec_preprocess(render_text_line(t, seed=i))}
+run = calibrate_model(case.model_path(), stream, "onnx", Recipe(base=LayerConfig(act_observer="minmax")),
+                      input_shapes=case.input_shapes, samples=n, report_samples=0)
+print(json.dumps({"samples": run.plan.calibration["samples"], "peak_rss_mb": round(peak_rss_mb(), 1),
+                  "seconds": run.plan.calibration["seconds"]}))
+"""
+
+
+def bench_rss(counts: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    root = Path(__file__).resolve().parent.parent
+    for n in counts:
+        out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(n)], capture_output=True, text=True,
+                             cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)  # fmt: skip
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer eval samples / observers")
+    parser.add_argument("--skip-ort", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/edgeq-bench"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    n_eval = 100 if args.quick else 200
+    observers = ["minmax"] if args.quick else ["minmax", "ema_minmax", "percentile", "mse"]
+    data: dict[str, Any] = {"machine": machine()}
+    data["accuracy"] = bench_rec(n_eval, observers) + bench_minilm(n_eval, args.work)
+    if not args.skip_ort:
+        data["timing"] = bench_timing(n_eval)
+    if not args.skip_rss:
+        data["rss"] = bench_rss([64, 1024])
+    md = "# PTQ engine benchmark (issue #3)\n\n" + f"{machine()}; calibration: {N_CALIB} samples " \
+         "from the calib split; evaluation: the disjoint eval split.\n\n## Accuracy\n\n"  # fmt: skip
+    md += md_table(data["accuracy"], ["model", "config", "metric", "calib_s", "weights", "embeddings"])
+    if "timing" in data:
+        md += f"\n## Calibration time, {N_CALIB} PP-OCRv4 rec samples (same run)\n\n"
+        md += md_table(data["timing"], ["tool", "seconds", "CER"])
+    if "rss" in data:
+        md += "\n## Peak RSS of calibration (separate processes)\n\n"
+        md += md_table(data["rss"], ["samples", "peak_rss_mb", "seconds"])
+    write_results("ptq" if not args.quick else "ptq-quick", data, md)
+    print(md)
+    _ = replace, peak_rss_mb
+
+
+if __name__ == "__main__":
+    main()
