@@ -61,7 +61,9 @@ def bench_case(name: str, work: Path, samples: int, runs: int) -> dict[str, obje
         ort_feed = {**feed, **consts}
         ref = dict(zip(outs, sess.run(outs, ort_feed), strict=True))
         ref_no = dict(zip(outs, sess_noopt.run(outs, ort_feed), strict=True))
-        f64 = exact({k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feed.items()})
+        f64 = exact(
+            {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feed.items()}
+        )
         for o in outs:
             err_ort = max(err_ort, rel(ours[o], ref[o]))
             err_noopt = max(err_noopt, rel(ours[o], ref_no[o]))

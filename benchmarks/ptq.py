@@ -45,7 +45,11 @@ def weight_bytes(plan: QuantPlan, graph: Any) -> tuple[int, int]:
         n = graph.constants[t.name].size
         f32 += 4 * n
         bits = t.qdtype.bits
-        q += n * bits // 8 + 2 * int(np.size(t.scale)) + (0 if t.symmetric else int(np.size(t.scale)))
+        q += (
+            n * bits // 8
+            + 2 * int(np.size(t.scale))
+            + (0 if t.symmetric else int(np.size(t.scale)))
+        )
     return f32, q
 
 
@@ -77,6 +81,7 @@ def bench_rec(n_eval: int, observers: list[str]) -> list[dict[str, Any]]:
     graph = None
     for label, recipe in [
         *[(f"W8A8 per-channel, {o}", Recipe(base=LayerConfig(act_observer=o))) for o in observers],
+        ("W8A8 per-channel, minmax + refine 12", Recipe(base=LayerConfig(act_observer="minmax"), refine_top=12)),
         ("W4 weight-only per-channel", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_channel"))),
         ("W4 weight-only per-block 32", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_block", block_size=32))),
     ]:  # fmt: skip
@@ -112,15 +117,20 @@ def bench_minilm(n_eval: int, work: Path) -> list[dict[str, Any]]:
     for label, recipe in [
         ("W8A8 per-channel, minmax", Recipe(base=LayerConfig(act_observer="minmax"))),
         ("W8A8 per-channel, percentile", Recipe(base=LayerConfig(act_observer="percentile"))),
+        ("W8A8 per-channel, minmax + refine 12", Recipe(base=LayerConfig(act_observer="minmax"), refine_top=12)),
         ("W4 weight-only per-channel", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_channel"))),
         ("W4 weight-only per-block 32", Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_block", block_size=32))),
     ]:  # fmt: skip
         t0 = time.perf_counter()
-        run = calibrate_model(path, calib, "onnx", recipe, input_shapes=case.input_shapes, report_samples=0)
+        run = calibrate_model(
+            path, calib, "onnx", recipe, input_shapes=case.input_shapes, report_samples=0
+        )
         seconds = time.perf_counter() - t0
         sim = Simulator(run.graph, run.plan)
         emb_q = np.concatenate([sim(f)["sentence_embedding"] for f in evalf])
-        cos = np.sum(emb_f * emb_q, axis=1) / (np.linalg.norm(emb_f, axis=1) * np.linalg.norm(emb_q, axis=1))
+        cos = np.sum(emb_f * emb_q, axis=1) / (
+            np.linalg.norm(emb_f, axis=1) * np.linalg.norm(emb_q, axis=1)
+        )
         sim_f, sim_q = emb_f @ emb_f.T, emb_q @ emb_q.T
         np.fill_diagonal(sim_f, -np.inf)
         np.fill_diagonal(sim_q, -np.inf)
@@ -142,7 +152,11 @@ def bench_timing(n_eval: int) -> list[dict[str, Any]]:
     import onnx
     from onnx import version_converter
     from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )  # fmt: skip
 
     case = CASES["ppocr-rec"]
@@ -158,7 +172,9 @@ def bench_timing(n_eval: int) -> list[dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp())
     # quantize_static needs the opset raised and fixed shapes on this model (TARGETS.md)
     m = version_converter.convert_version(onnx.load(str(case.model_path())), 13)
-    for dim, v in zip(m.graph.input[0].type.tensor_type.shape.dim, case.input_shapes["x"], strict=True):
+    for dim, v in zip(
+        m.graph.input[0].type.tensor_type.shape.dim, case.input_shapes["x"], strict=True
+    ):
         dim.dim_value = v
     src = tmp / "rec13.onnx"
     onnx.save(m, src)
@@ -236,7 +252,9 @@ def main() -> None:
         data["rss"] = bench_rss([64, 1024])
     md = "# PTQ engine benchmark (issue #3)\n\n" + f"{machine()}; calibration: {N_CALIB} samples " \
          "from the calib split; evaluation: the disjoint eval split.\n\n## Accuracy\n\n"  # fmt: skip
-    md += md_table(data["accuracy"], ["model", "config", "metric", "calib_s", "weights", "embeddings"])
+    md += md_table(
+        data["accuracy"], ["model", "config", "metric", "calib_s", "weights", "embeddings"]
+    )
     if "timing" in data:
         md += f"\n## Calibration time, {N_CALIB} PP-OCRv4 rec samples (same run)\n\n"
         md += md_table(data["timing"], ["tool", "seconds", "CER"])

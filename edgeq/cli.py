@@ -191,23 +191,56 @@ def _ort_dtype(sess, name: str) -> np.dtype:  # type: ignore[no-untyped-def]
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="The .onnx model.")],
-    calib: Annotated[str, typer.Option("--calib", help="Calibration data: folder of .npy/.npz/images, or a .txt with --tokenizer.")],
-    target: Annotated[str, typer.Option("--target", help="Target profile: ane, mlx, qnn, onnx, rpi, tflm.")] = "onnx",
+    calib: Annotated[
+        str,
+        typer.Option(
+            "--calib",
+            help="Calibration data: folder of .npy/.npz/images, or a .txt with --tokenizer.",
+        ),
+    ],
+    target: Annotated[
+        str, typer.Option("--target", help="Target profile: ane, mlx, qnn, onnx, rpi, tflm.")
+    ] = "onnx",
     out: Annotated[Path, typer.Option("-o", "--out", help="Plan folder to write.")] = Path("plan"),
     bits: Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")] = None,
-    act_bits: Annotated[int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")] = None,
-    granularity: Annotated[str | None, typer.Option(help="per_tensor, per_channel or per_block.")] = None,
-    block_size: Annotated[int | None, typer.Option(help="Block size for per_block weights.")] = None,
-    observer: Annotated[str | None, typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy).")] = None,
-    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")] = None,
+    act_bits: Annotated[
+        int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")
+    ] = None,
+    granularity: Annotated[
+        str | None, typer.Option(help="per_tensor, per_channel or per_block.")
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="Block size for per_block weights.")
+    ] = None,
+    observer: Annotated[
+        str | None,
+        typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
+    ] = None,
+    recipe_file: Annotated[
+        Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
+    ] = None,
+    refine: Annotated[
+        int | None,
+        typer.Option(
+            help="Refine the N most noise-sensitive activation ranges against the output (slower, more accurate)."
+        ),
+    ] = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
-    preprocess: Annotated[Path | None, typer.Option(help="Image preprocessing spec (TOML/JSON).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text calibration data.")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration samples to use (deterministic subset).")] = 256,
+    preprocess: Annotated[
+        Path | None, typer.Option(help="Image preprocessing spec (TOML/JSON).")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer.json for text calibration data.")
+    ] = None,
+    calib_samples: Annotated[
+        int, typer.Option(help="Calibration samples to use (deterministic subset).")
+    ] = 256,
     seed: Annotated[int, typer.Option(help="Seed for the subset.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples per compiled step.")] = 8,
-    report_samples: Annotated[int, typer.Option(help="Held-out samples for the per-layer SQNR report.")] = 8,
+    report_samples: Annotated[
+        int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
+    ] = 8,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -218,7 +251,7 @@ def calibrate(
 
     try:
         base = Recipe.load(recipe_file) if recipe_file else None
-        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base)
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
             task = bar.add_task("compiling + calibrating", total=None)
@@ -277,15 +310,27 @@ def report(
     console.print(f"target [bold]{plan.target}[/], model {plan.model.get('file', '?')}, "
                   f"{plan.calibration.get('samples', '?')} calibration samples, plan {plan.plan_hash()[:12]}")  # fmt: skip
     if not rows:
-        console.print("[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]")
+        console.print(
+            "[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]"
+        )
         return
-    table = Table(title=f"per-layer SQNR vs float (errors propagated), worst {min(top, len(rows))} of {len(rows)}")
+    table = Table(
+        title=f"per-layer SQNR vs float (errors propagated), worst {min(top, len(rows))} of {len(rows)}"
+    )
     for col in ("#", "tensor", "op", "SQNR dB", "dtype", "scale", "zp", "provenance"):
         table.add_column(col, overflow="fold")
     for i, r in enumerate(rows[:top], 1):
         t = plan.tensors.get(r["tensor"])
-        scale = f"{float(t.scale):.3g}" if t is not None and t.scale is not None and t.scale.ndim == 0 else ""
-        zp = str(int(t.zero_point)) if t is not None and t.zero_point is not None and t.zero_point.ndim == 0 else ""
+        scale = (
+            f"{float(t.scale):.3g}"
+            if t is not None and t.scale is not None and t.scale.ndim == 0
+            else ""
+        )
+        zp = (
+            str(int(t.zero_point))
+            if t is not None and t.zero_point is not None and t.zero_point.ndim == 0
+            else ""
+        )
         table.add_row(str(i), r["tensor"], r["op"], f"{r['sqnr_db']:.1f}", t.dtype if t else "",
                       scale, zp, t.provenance if t else "")  # fmt: skip
     console.print(table)

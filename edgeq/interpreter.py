@@ -109,9 +109,8 @@ def input_specs(graph: Graph) -> dict[str, jax.ShapeDtypeStruct]:
         if not v.is_static:
             raise DynamicShapeError(
                 f"input '{v.name}' has unfixed dims {_shape_str(v.shape)}",
-                f"fix it with --input-shape {v.name}=" + ",".join(
-                    str(d) if isinstance(d, int) else "N" for d in (v.shape or ())
-                ),
+                f"fix it with --input-shape {v.name}="
+                + ",".join(str(d) if isinstance(d, int) else "N" for d in (v.shape or ())),
             )
         specs[v.name] = jax.ShapeDtypeStruct(tuple(int(d) for d in v.shape or ()), v.dtype)
     return specs

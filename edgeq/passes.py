@@ -92,7 +92,9 @@ def inputs_to_constants(graph: Graph, values: Mapping[str, np.ndarray | float | 
         arr = np.asarray(value).astype(v.dtype)
         if v.shape is not None and len(v.shape) == arr.ndim == 0:
             pass
-        elif v.shape is not None and arr.size == int(np.prod([d for d in v.shape if isinstance(d, int)])):
+        elif v.shape is not None and arr.size == int(
+            np.prod([d for d in v.shape if isinstance(d, int)])
+        ):
             arr = arr.reshape([d for d in v.shape if isinstance(d, int)] or ())
         g.constants[name] = arr
         g.inputs = [x for x in g.inputs if x.name != name]
@@ -124,12 +126,12 @@ def constant_fold(graph: Graph) -> Graph:
         folded = 0
         for node in g.nodes:
             outs = [o for o in node.outputs if o]
-            if node.op_type != "If" and outs and all(o in result.concrete for o in outs):
-                if sum(result.concrete[o].nbytes for o in outs) <= MAX_FOLD_BYTES:
-                    for o in outs:
-                        g.constants[o] = result.concrete[o]
-                    folded += 1
-                    continue
+            foldable = node.op_type != "If" and outs and all(o in result.concrete for o in outs)
+            if foldable and sum(result.concrete[o].nbytes for o in outs) <= MAX_FOLD_BYTES:
+                for o in outs:
+                    g.constants[o] = result.concrete[o]
+                folded += 1
+                continue
             keep.append(node)
         g.nodes = keep
         inlined = _inline_constant_ifs(g)
@@ -286,10 +288,19 @@ def fold_affine_into_next_conv(graph: Graph) -> Graph:
                 continue
             if x in g.output_names:
                 continue
-            other = op.inputs[1] if op.inputs[0] != op.inputs[1] and op.inputs[0] not in g.constants else op.inputs[0]
+            other = (
+                op.inputs[1]
+                if op.inputs[0] != op.inputs[1] and op.inputs[0] not in g.constants
+                else op.inputs[0]
+            )
             data = op.inputs[0] if other == op.inputs[1] else op.inputs[1]
             arr = g.constants.get(other)
-            if data in g.constants or arr is None or arr.size != 1 or not np.issubdtype(arr.dtype, np.floating):
+            if (
+                data in g.constants
+                or arr is None
+                or arr.size != 1
+                or not np.issubdtype(arr.dtype, np.floating)
+            ):
                 continue
             value = float(arr.reshape(-1)[0])
             w = g.constants[conv.inputs[1]]
@@ -377,8 +388,16 @@ class _Matcher:
 
 
 def _clip_bounds(m: _Matcher, clip: Node) -> tuple[float | None, float | None]:
-    lo = m.scalar(clip.inputs[1]) if len(clip.inputs) > 1 and clip.inputs[1] else clip.attrs.get("min")
-    hi = m.scalar(clip.inputs[2]) if len(clip.inputs) > 2 and clip.inputs[2] else clip.attrs.get("max")
+    lo = (
+        m.scalar(clip.inputs[1])
+        if len(clip.inputs) > 1 and clip.inputs[1]
+        else clip.attrs.get("min")
+    )
+    hi = (
+        m.scalar(clip.inputs[2])
+        if len(clip.inputs) > 2 and clip.inputs[2]
+        else clip.attrs.get("max")
+    )
     return lo, hi
 
 
@@ -485,7 +504,11 @@ def _rewrite_gelu(g: Graph) -> bool:
             continue
         scaled = m.producers.get(erf.inputs[0])
         x = None
-        if scaled is not None and scaled.op_type == "Div" and m.is_const(scaled.inputs[1], sqrt2, 1e-5):
+        if (
+            scaled is not None
+            and scaled.op_type == "Div"
+            and m.is_const(scaled.inputs[1], sqrt2, 1e-5)
+        ):
             x = scaled.inputs[0]
         elif scaled is not None and scaled.op_type == "Mul":
             operand = m.const_operand(scaled)
@@ -530,7 +553,11 @@ def _rewrite_layernorm(g: Graph) -> bool:
             continue
         x = mean.inputs[0]
         subs = [n for n in m.consumers.get(mean.outputs[0], []) if n.op_type == "Sub"]
-        if len(subs) != 1 or subs[0].inputs != [x, mean.outputs[0]] or not m.private(mean.outputs[0]):
+        if (
+            len(subs) != 1
+            or subs[0].inputs != [x, mean.outputs[0]]
+            or not m.private(mean.outputs[0])
+        ):
             continue
         sub = subs[0]
         d = sub.outputs[0]
@@ -544,14 +571,22 @@ def _rewrite_layernorm(g: Graph) -> bool:
         if sq is None or div is None or not m.private(sq.outputs[0]):
             continue
         (var,) = m.consumers[sq.outputs[0]]
-        if var.op_type != "ReduceMean" or not _last_axis_reduce(m, var) or not m.private(var.outputs[0]):
+        if (
+            var.op_type != "ReduceMean"
+            or not _last_axis_reduce(m, var)
+            or not m.private(var.outputs[0])
+        ):
             continue
         (add_eps,) = m.consumers[var.outputs[0]]
         eps_operand = m.const_operand(add_eps) if add_eps.op_type == "Add" else None
         if eps_operand is None or not m.private(add_eps.outputs[0]):
             continue
         (sqrt,) = m.consumers[add_eps.outputs[0]]
-        if sqrt.op_type != "Sqrt" or div.inputs[1] != sqrt.outputs[0] or not m.private(sqrt.outputs[0]):
+        if (
+            sqrt.op_type != "Sqrt"
+            or div.inputs[1] != sqrt.outputs[0]
+            or not m.private(sqrt.outputs[0])
+        ):
             continue
         final, scale, bias = div, None, None
         if m.private(div.outputs[0]):

@@ -71,7 +71,7 @@ def calibrate_model(
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
     for `target`. `progress(stage, done, total)` is called as work advances."""
-    from edgeq.calibration import batches, disjoint, open_source
+    from edgeq.calibration import batches, disjoint, open_source, subset
 
     recipe = recipe or Recipe()
     profile = load_target(target)
@@ -82,8 +82,10 @@ def calibrate_model(
     total = len(source)
     n_calib = min(samples or total, total)
     n_report = min(report_samples, max(total - n_calib, 0))
-    calib_names, report_names = disjoint(source, n_calib, n_report or None, seed) if n_report else (
-        disjoint(source, n_calib, None, seed)[0], [])  # fmt: skip
+    if n_report:
+        calib_names, report_names = disjoint(source, n_calib, n_report, seed)
+    else:
+        calib_names, report_names = subset(source, n_calib, seed), []
     if not report_names and report_samples:
         report_names = calib_names[:report_samples]  # no held-out data: say so in the plan
     observers = spec.observers()
@@ -110,10 +112,19 @@ def calibrate_model(
             "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
         },
     )  # fmt: skip
+    from edgeq.calibration import validate
+
+    if recipe.refine_top > 0:
+        from edgeq.refine import refine_ranges
+
+        names = calib_names[: recipe.refine_samples]
+        refine_feeds = [validate(source.load(n), graph.inputs, n) for n in names]
+        plan = refine_ranges(
+            graph, plan, refine_feeds, top_k=recipe.refine_top,
+            progress=(lambda d, t: progress("refine", d, t)) if progress else None,
+        )  # fmt: skip
     if report_names:
         feeds = [source.load(n) for n in report_names]
-        from edgeq.calibration import validate
-
         feeds = [validate(f, graph.inputs, n) for f, n in zip(feeds, report_names, strict=True)]
         if progress is not None:
             progress("report", 0, len(feeds))

@@ -101,7 +101,9 @@ class QuantPlan:
         return self.tensors.get(name)
 
     def quantized(self, role: str | None = None) -> list[TensorQuant]:
-        return [t for t in self.tensors.values() if t.is_quantized and (role is None or t.role == role)]
+        return [
+            t for t in self.tensors.values() if t.is_quantized and (role is None or t.role == role)
+        ]
 
     def with_weight_values(self, name: str, values: np.ndarray, provenance: str) -> QuantPlan:
         """A plan whose weight `name` takes integer values from an algorithm (GPTQ, AdaRound...)."""
@@ -220,7 +222,9 @@ def graph_fingerprint(graph: Graph) -> str:
     for v in graph.inputs:
         h.update(f"in:{v.name}:{v.dtype}:{v.shape}".encode())
     for node in graph.nodes:
-        attrs = {k: v for k, v in node.attrs.items() if not isinstance(v, Graph | list | np.ndarray)}
+        attrs = {
+            k: v for k, v in node.attrs.items() if not isinstance(v, Graph | list | np.ndarray)
+        }
         h.update(f"{node.op_type}:{node.inputs}:{node.outputs}:{sorted(attrs.items())}".encode())
     for name in sorted(graph.constants):
         arr = np.ascontiguousarray(graph.constants[name])

@@ -45,7 +45,9 @@ def weight_operand(node: Node, graph: Graph) -> tuple[int, int, int] | None:
     consts = graph.constants
 
     def const(i: int) -> bool:
-        return len(node.inputs) > i and node.inputs[i] in consts and _is_float(consts[node.inputs[i]])
+        return (
+            len(node.inputs) > i and node.inputs[i] in consts and _is_float(consts[node.inputs[i]])
+        )
 
     if op == "Conv" and const(1):
         return 1, 0, 1
@@ -56,7 +58,12 @@ def weight_operand(node: Node, graph: Graph) -> tuple[int, int, int] | None:
     if op == "Gemm" and const(1):
         trans = int(node.attrs.get("transB", 0))
         return (1, 0, 1) if trans else (1, 1, 0)
-    if op == "Gather" and const(0) and consts[node.inputs[0]].ndim == 2 and int(node.attrs.get("axis", 0)) == 0:
+    if (
+        op == "Gather"
+        and const(0)
+        and consts[node.inputs[0]].ndim == 2
+        and int(node.attrs.get("axis", 0)) == 0
+    ):
         return 0, 0, 1  # embedding table [vocab, dim]: per row, blocks along dim
     return None
 
@@ -65,7 +72,12 @@ def _is_float(arr: np.ndarray) -> bool:
     return np.issubdtype(arr.dtype, np.floating)
 
 
-FIXED_RANGE = {"Sigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
+FIXED_RANGE = {
+    "Sigmoid": (0.0, 1.0),
+    "Softmax": (0.0, 1.0),
+    "HardSigmoid": (0.0, 1.0),
+    "Tanh": (-1.0, 1.0),
+}
 PASS_THROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand", "Tile",
                 "DepthToSpace", "SpaceToDepth"}  # fmt: skip
 MASK_RANGE = (-64.0, 0.0)  # integer-only targets: additive masks clamp here (0 stays exact)
@@ -143,7 +155,7 @@ def _effective(recipe: Recipe, rules: QuantRules, node: Node | None) -> _Effecti
         block_size=rules.default_block_size,
         weight_symmetric=rules.weight_symmetric,
         act_symmetric=False,
-        act_observer="mse",
+        act_observer="minmax",
         weight_method="mse" if bits == 4 else "minmax",
     )
     explicit = frozenset(user.set_fields())
@@ -182,7 +194,11 @@ def _check_globals(recipe: Recipe, target: TargetProfile) -> None:
     if c.granularity == "per_block" and "granularity" in eff.explicit and not rules.per_block_ops:
         raise _fail(None, f"target '{target.name}' has no per-block weights",
                     "use --granularity per_channel")  # fmt: skip
-    if c.granularity == "per_block" and rules.per_block_ops and c.block_size not in rules.block_sizes:
+    if (
+        c.granularity == "per_block"
+        and rules.per_block_ops
+        and c.block_size not in rules.block_sizes
+    ):
         raise _fail(None, f"block size {c.block_size} is not one target '{target.name}' runs",
                     f"use one of {list(rules.block_sizes)}")  # fmt: skip
     if c.weight_symmetric is False and not rules.weight_asymmetric_allowed:
@@ -197,7 +213,9 @@ def _weight_bits(rules: QuantRules) -> list[int]:
     return [b for b in (8, 4) if rules.weight_dtype(b)]
 
 
-def make_spec(graph: Graph, recipe: Recipe, target: TargetProfile, **observer_settings: Any) -> PlanSpec:
+def make_spec(
+    graph: Graph, recipe: Recipe, target: TargetProfile, **observer_settings: Any
+) -> PlanSpec:
     """Decide, for every tensor, how it is quantized. Raises RecipeError before any work when
     the recipe asks for something the target cannot run."""
     rules = target.quant
@@ -251,8 +269,11 @@ def make_spec(graph: Graph, recipe: Recipe, target: TargetProfile, **observer_se
                 spec.tensors[out] = _mask_spec(out, node, eff, rules)
                 continue
             t = _activation_spec(out, node, eff, rules, eff.source)
-            if t.role == "activation" and node.op_type == "Add" and recipe.mask_handling and any(
-                i in int_derived for i in node.inputs if i
+            if (
+                t.role == "activation"
+                and node.op_type == "Add"
+                and recipe.mask_handling
+                and any(i in int_derived for i in node.inputs if i)
             ):
                 t = replace(t, masked_floor=MASKED_FLOOR,
                             reason="masked scores: mask fill ignored, range floor max-16")  # fmt: skip
@@ -275,6 +296,7 @@ def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:
         ends = sorted(((0.0 - beta) / alpha, (1.0 - beta) / alpha))
         return (ends[0], ends[1])
     if op == "Clip":
+
         def bound(i: int, attr: str, default: float) -> float | None:
             if len(node.inputs) > i and node.inputs[i]:
                 arr = graph.constants.get(node.inputs[i])
@@ -300,8 +322,12 @@ def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[N
         lo = min(r[0] for r in regions)  # type: ignore[index]
         hi = max(r[1] for r in regions)  # type: ignore[index]
         ops = sorted({u.op_type for u in users})
-        spec.tensors[name] = replace(t, clip=(lo, hi), reason=(t.reason + "; " if t.reason else "")
-                                     + f"range clipped to {'/'.join(ops)} active input region")
+        spec.tensors[name] = replace(
+            t,
+            clip=(lo, hi),
+            reason=(t.reason + "; " if t.reason else "")
+            + f"range clipped to {'/'.join(ops)} active input region",
+        )
 
 
 def _check_node(node: Node, eff: _Effective, target: TargetProfile) -> None:
@@ -327,11 +353,19 @@ def _check_node(node: Node, eff: _Effective, target: TargetProfile) -> None:
         if c.granularity == "per_block" and node.op_type not in rules.per_block_ops:
             raise _fail(node, f"asks for per-block weights; target '{target.name}' allows them only on "
                         f"{', '.join(rules.per_block_ops) or 'no op'}", "use per_channel")  # fmt: skip
-        if c.granularity == "per_block" and rules.block_requires_act_bits and c.act_bits != rules.block_requires_act_bits:
+        if (
+            c.granularity == "per_block"
+            and rules.block_requires_act_bits
+            and c.act_bits != rules.block_requires_act_bits
+        ):
             raise _fail(node, f"asks for per-block weights with {c.act_bits}-bit activations; target "
                         f"'{target.name}' runs blockwise weights only with {rules.block_requires_act_bits}-bit activations",
                         f"add act_bits = {rules.block_requires_act_bits} or use per_channel")  # fmt: skip
-    if "weight_symmetric" in eff.explicit and c.weight_symmetric is False and not rules.weight_asymmetric_allowed:
+    if (
+        "weight_symmetric" in eff.explicit
+        and c.weight_symmetric is False
+        and not rules.weight_asymmetric_allowed
+    ):
         raise _fail(node, f"asks for asymmetric weights; target '{target.name}' needs zero point 0",
                     "remove weight_symmetric = false")  # fmt: skip
 
@@ -353,11 +387,20 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
     if granularity == "per_block":
         k = arr.shape[w[2]]
         if node.op_type not in rules.per_block_ops:
-            granularity, reason = "per_channel", f"{target.name}: per-block only on {', '.join(rules.per_block_ops) or 'no op'}"
+            granularity, reason = (
+                "per_channel",
+                f"{target.name}: per-block only on {', '.join(rules.per_block_ops) or 'no op'}",
+            )
         elif rules.block_requires_act_bits and act_bits != rules.block_requires_act_bits:
-            granularity, reason = "per_channel", f"{target.name}: per-block needs {rules.block_requires_act_bits}-bit activations"
+            granularity, reason = (
+                "per_channel",
+                f"{target.name}: per-block needs {rules.block_requires_act_bits}-bit activations",
+            )
         elif k % int(c.block_size or 32):
-            granularity, reason = "per_channel", f"input dim {k} is not a multiple of block {c.block_size}"
+            granularity, reason = (
+                "per_channel",
+                f"input dim {k} is not a multiple of block {c.block_size}",
+            )
     if granularity == "per_channel" and node.op_type not in rules.per_channel_ops:
         granularity = "per_tensor"
         reason = (reason + "; " if reason else "") + (
@@ -379,7 +422,11 @@ def _bias_input(graph: Graph, node: Node, consumers: Mapping[str, list[Node]],
                 rules: QuantRules) -> tuple[str, str | None] | None:  # fmt: skip
     """(bias constant, fused accumulator tensor or None) for ops that take an int32 bias."""
     consts = graph.constants
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2] in consts:
+    if (
+        node.op_type in ("Conv", "ConvTranspose", "Gemm")
+        and len(node.inputs) > 2
+        and node.inputs[2] in consts
+    ):
         b = consts[node.inputs[2]]
         return (node.inputs[2], None) if b.ndim <= 1 and _is_float(b) else None
     if node.op_type == "MatMul" and rules.fuse_bias_add:
@@ -398,7 +445,9 @@ def _activation_spec(name: str, node: Node | None, eff: _Effective, rules: Quant
     c = eff.config
     node_name = node.name if node is not None else ""
     if not c.act_bits:
-        return TensorSpec(name, "float", reason="weight-only: activations stay float", node=node_name)
+        return TensorSpec(
+            name, "float", reason="weight-only: activations stay float", node=node_name
+        )
     dtype = rules.act_dtype(c.act_bits)
     assert dtype is not None
     symmetric = bool(c.act_symmetric) or (c.act_bits == 16 and dtype == "int16")
@@ -467,8 +516,14 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
     for node in graph.nodes:
         if node.op_type not in shared:
             continue
-        data_inputs = [node.inputs[0]] if node.op_type != "Concat" else [i for i in node.inputs if i]
-        members = [t for t in data_inputs + node.outputs if t in tensors and tensors[t].role == "activation"]
+        data_inputs = (
+            [node.inputs[0]] if node.op_type != "Concat" else [i for i in node.inputs if i]
+        )
+        members = [
+            t
+            for t in data_inputs + node.outputs
+            if t in tensors and tensors[t].role == "activation"
+        ]
         if len(members) < 2:
             continue
         for m in members[1:]:
@@ -476,13 +531,17 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
         if node.op_type in PASS_THROUGH:
             for out in node.outputs:
                 if out in tensors and tensors[out].role == "activation":
-                    tensors[out] = replace(tensors[out], reason="pass-through: same values as its input")
+                    tensors[out] = replace(
+                        tensors[out], reason="pass-through: same values as its input"
+                    )
     groups: dict[str, list[str]] = {}
     for name in list(parent):
         groups.setdefault(find(name), []).append(name)
     for root, members in groups.items():
         members = sorted(set(members) | {root}, key=lambda m: m != root)
-        fixed = next((tensors[m] for m in members if tensors[m].fixed or tensors[m].fixed_range), None)
+        fixed = next(
+            (tensors[m] for m in members if tensors[m].fixed or tensors[m].fixed_range), None
+        )
         dtypes = {tensors[m].dtype for m in members}
         if len(dtypes) > 1:  # mixed precision across a shape op: no sharing
             continue
@@ -587,7 +646,9 @@ def _activation_quant(t: TensorSpec, ranges: Mapping[str, tuple[float, float]],
             provenance = "fixed range"
         else:
             lo, hi = ranges.get(t.group or t.name, ranges.get(t.name, (0.0, 0.0)))
-            provenance = f"observer:{t.observer}" + (f" (shared with {t.group})" if t.group and t.group != t.name else "")
+            provenance = f"observer:{t.observer}" + (
+                f" (shared with {t.group})" if t.group and t.group != t.name else ""
+            )
         s, z = choose_qparams(lo, hi, q, t.symmetric, rules.min_range)
         scale, zp = np.float32(s), np.int64(z)
     return TensorQuant(t.name, "activation", t.dtype, scale=np.asarray(scale), zero_point=np.asarray(zp),
@@ -610,8 +671,14 @@ def _bias_quant(t: TensorSpec, graph: Graph, tensors: dict[str, TensorQuant]) ->
     b = graph.constants[t.name]
     x, w = tensors.get(x_name), tensors.get(w_name)
     if x is None or not x.is_quantized or w is None or not w.is_quantized or w.block is not None:
-        why = "input activation is float" if x is None or not x.is_quantized else "weight is per-block or float"
-        return TensorQuant(t.name, "float", "float32", reason=f"bias stays float: {why}", node=t.node)
+        why = (
+            "input activation is float"
+            if x is None or not x.is_quantized
+            else "weight is per-block or float"
+        )
+        return TensorQuant(
+            t.name, "float", "float32", reason=f"bias stays float: {why}", node=t.node
+        )
     assert x.scale is not None and w.scale is not None
     w_scale = w.scale
     safe = bias_safe_weight_scale(b, float(x.scale), w_scale)

@@ -53,7 +53,9 @@ class LayerConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def set_fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Recipe:
     overrides: tuple[Override, ...] = ()
     keep_float: tuple[str, ...] = ()  # matchers like overrides: "name:<regex>" / "op:<Type>"
     mask_handling: bool = True  # additive attention masks never set a range
+    refine_top: int = 0  # output-aware range refinement of the N most sensitive activations
+    refine_samples: int = 16
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -120,12 +124,15 @@ class Recipe:
             "recipe": self.base.set_fields(),
             "keep_float": list(self.keep_float),
             "mask_handling": self.mask_handling,
+            "refine_top": self.refine_top,
+            "refine_samples": self.refine_samples,
             "override": [{"match": o.match, **o.config.set_fields()} for o in self.overrides],
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Recipe:
-        known = {"version", "recipe", "keep_float", "mask_handling", "override"}
+        known = {"version", "recipe", "keep_float", "mask_handling", "override", "refine_top",
+                 "refine_samples"}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise InputError(f"recipe: unknown key(s) {sorted(unknown)}", f"known: {sorted(known)}")
@@ -144,6 +151,8 @@ class Recipe:
             overrides=tuple(overrides),
             keep_float=tuple(data.get("keep_float", ())),
             mask_handling=bool(data.get("mask_handling", True)),
+            refine_top=int(data.get("refine_top", 0)),
+            refine_samples=int(data.get("refine_samples", 16)),
         )
 
     @staticmethod
@@ -162,7 +171,9 @@ def _layer_config(data: dict[str, Any], where: str) -> LayerConfig:
     names = {f.name for f in fields(LayerConfig)}
     unknown = set(data) - names
     if unknown:
-        raise InputError(f"recipe {where}: unknown key(s) {sorted(unknown)}", f"known: {sorted(names)}")
+        raise InputError(
+            f"recipe {where}: unknown key(s) {sorted(unknown)}", f"known: {sorted(names)}"
+        )
     return LayerConfig(**data)
 
 
@@ -173,9 +184,12 @@ def recipe_from_cli(
     block_size: int | None = None,
     observer: str | None = None,
     base: Recipe | None = None,
+    refine: int | None = None,
 ) -> Recipe:
     """A recipe from CLI flags, applied over an optional recipe file."""
     recipe = base or Recipe()
+    if refine is not None:
+        recipe = replace(recipe, refine_top=refine)
     flags = LayerConfig(
         weight_bits=bits, act_bits=act_bits, granularity=granularity,  # type: ignore[arg-type]
         block_size=block_size, act_observer=observer,

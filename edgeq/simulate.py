@@ -36,7 +36,11 @@ class Simulator(Interpreter):
 
     def __init__(self, graph: Graph, plan: QuantPlan, taps: Collection[str] = (),
                  check_fingerprint: bool = True) -> None:  # fmt: skip
-        if check_fingerprint and plan.graph_fingerprint and plan.graph_fingerprint != graph_fingerprint(graph):
+        if (
+            check_fingerprint
+            and plan.graph_fingerprint
+            and plan.graph_fingerprint != graph_fingerprint(graph)
+        ):
             raise EdgeqError(
                 "the plan was made for a different graph (fingerprint mismatch)",
                 "prepare the model with the plan's input shapes/values, or re-calibrate",
@@ -49,7 +53,9 @@ class Simulator(Interpreter):
 
     def _transform(self, name: str, value: Any) -> Any:
         t = self._acts.get(name)
-        if t is None or not np.issubdtype(np.asarray(value).dtype if isinstance(value, np.ndarray) else value.dtype, np.floating):
+        if t is None or not np.issubdtype(
+            np.asarray(value).dtype if isinstance(value, np.ndarray) else value.dtype, np.floating
+        ):
             return value
         return t.fake_quant(value, self.plan.rounding)
 
@@ -60,7 +66,10 @@ class Simulator(Interpreter):
 
 
 def layer_sqnr(
-    graph: Graph, plan: QuantPlan, feeds: list[Mapping[str, np.ndarray]], tensors: Collection[str] | None = None
+    graph: Graph,
+    plan: QuantPlan,
+    feeds: list[Mapping[str, np.ndarray]],
+    tensors: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-tensor SQNR (dB) of the simulated forward against float, errors propagated, over
     `feeds`; worst first. Also the graph outputs."""

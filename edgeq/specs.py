@@ -36,7 +36,9 @@ def parse_input_values(specs: Iterable[str]) -> dict[str, float | int]:
     for spec in specs:
         name, sep, raw = spec.partition("=")
         if not sep or not name or not raw:
-            raise InputError(f"--input-value '{spec}' is not NAME=VALUE", "e.g. --input-value sr=16000")
+            raise InputError(
+                f"--input-value '{spec}' is not NAME=VALUE", "e.g. --input-value sr=16000"
+            )
         try:
             values[name] = int(raw)
         except ValueError:

@@ -97,8 +97,11 @@ def summarize(graph: Graph, targets: list[str] | None = None) -> ModelSummary:
         parameters=int(sum(a.size for a in params)),
         parameter_bytes=int(sum(a.nbytes for a in graph.constants.values())),
         macs=sum(node_macs(graph, n) for n in graph.nodes) if static and graph.value_info else None,
-        unfixed={v.name: [str(d) for d in v.shape or ("?",) if not isinstance(d, int)]
-                 for v in graph.inputs if not v.is_static},  # fmt: skip
+        unfixed={
+            v.name: [str(d) for d in v.shape or ("?",) if not isinstance(d, int)]
+            for v in graph.inputs
+            if not v.is_static
+        },
         unsupported_by_edgeq=unsupported,
         unsupported_by_target=by_target,
         fallback_by_target=fallback,

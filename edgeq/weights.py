@@ -10,7 +10,9 @@ from edgeq.qtypes import QDType, choose_qparams, dequantize, quantize
 INT32_MAX = 2**31 - 1
 
 
-def _grouped(w: np.ndarray, axis: int | None, block: int | None) -> tuple[np.ndarray, tuple[int, ...]]:
+def _grouped(
+    w: np.ndarray, axis: int | None, block: int | None
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """w rearranged to [groups, elements] and the shape the params take.
 
     per-tensor: one group; per-channel (axis, no block): one group per index of `axis`;

@@ -71,8 +71,8 @@ def parity_table(work: Path) -> Table:
             ref = sess.run(graph.output_names, {**feed, **consts})
             for o, r in zip(graph.output_names, ref, strict=True):
                 worst = max(worst, float(np.abs(ours[o] - r).max() / max(np.abs(r).max(), 1e-12)))
-        jax_ms = median_ms(lambda f=feeds[0]: interp(f), 10)
-        ort_ms = median_ms(lambda f=feeds[0]: sess.run(None, {**f, **consts}), 10)
+        jax_ms = median_ms(lambda f=feeds[0], run=interp: run(f), 10)
+        ort_ms = median_ms(lambda f=feeds[0], s=sess, c=consts: s.run(None, {**f, **c}), 10)
         table.add_row(
             name, str(len(graph.nodes)), f"{summary.parameters / 1e6:.2f}M",
             f"{(summary.macs or 0) / 1e6:.0f}M", f"{worst:.1e}", f"{jax_ms:.1f}", f"{ort_ms:.1f}",

@@ -106,7 +106,9 @@ class TargetProfile:
         ops = data.get("ops", {})
         bad_ops = set(ops) - {"supported", "unsupported", "fallback"}
         if bad_ops:
-            raise InputError(f"target profile '{data.get('name')}': unknown [ops] keys {sorted(bad_ops)}")
+            raise InputError(
+                f"target profile '{data.get('name')}': unknown [ops] keys {sorted(bad_ops)}"
+            )
         return TargetProfile(
             name=data["name"],
             description=data.get("description", ""),

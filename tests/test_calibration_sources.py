@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from edgeq.calibration import (
     CalibrationDataError,
     ImageFolder,
@@ -27,8 +29,6 @@ from edgeq.calibration import (
     subset,
     validate,
 )
-from PIL import Image
-
 from edgeq.errors import DynamicShapeError, EdgeqError
 from edgeq.graph import ValueInfo
 

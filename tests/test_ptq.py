@@ -27,7 +27,9 @@ from tests.conftest import F32, I64, make_model
 
 
 def _plan(graph, feeds, target="onnx", recipe=None):  # type: ignore[no-untyped-def]
-    spec = make_spec(graph, recipe or Recipe(base=LayerConfig(act_observer="minmax")), load_target(target))
+    spec = make_spec(
+        graph, recipe or Recipe(base=LayerConfig(act_observer="minmax")), load_target(target)
+    )
     observers = spec.observers()
     stats = collect_statistics(graph, {n: (n, o) for n, o in observers.items()},
                                stack_batches(feeds, 4))  # fmt: skip
@@ -143,7 +145,13 @@ def test_plan_save_load_round_trip(tmp_path: Path) -> None:
     assert again.plan_hash() == plan.plan_hash()
     for name, t in plan.tensors.items():
         u = again.tensors[name]
-        assert (t.role, t.dtype, t.axis, t.block, t.provenance) == (u.role, u.dtype, u.axis, u.block, u.provenance)
+        assert (t.role, t.dtype, t.axis, t.block, t.provenance) == (
+            u.role,
+            u.dtype,
+            u.axis,
+            u.block,
+            u.provenance,
+        )
         for key in ("scale", "zero_point", "values"):
             a, b = getattr(t, key), getattr(u, key)
             assert (a is None) == (b is None)
@@ -177,14 +185,20 @@ def _matmul_graph():  # type: ignore[no-untyped-def]
 
 def test_impossible_recipes_fail_before_calibration() -> None:
     g = _matmul_graph()
-    with pytest.raises(RecipeError, match="tflm.*4-bit"):
+    with pytest.raises(RecipeError, match=r"tflm.*4-bit"):
         make_spec(g, Recipe(base=LayerConfig(weight_bits=4)), load_target("tflm"))
     with pytest.raises(RecipeError, match="only quantized"):
         make_spec(g, Recipe(base=LayerConfig(act_bits=0)), load_target("qnn"))
     per_channel = Recipe(overrides=(Override("op:MatMul", LayerConfig(granularity="per_channel")),))
-    with pytest.raises(RecipeError, match="MatMul node 'proj'.*per-channel.*Conv"):
+    with pytest.raises(RecipeError, match=r"MatMul node 'proj'.*per-channel.*Conv"):
         make_spec(g, per_channel, load_target("qnn"))
-    block8 = Recipe(overrides=(Override("name:^proj$", LayerConfig(weight_bits=4, granularity="per_block", act_bits=8)),))
+    block8 = Recipe(
+        overrides=(
+            Override(
+                "name:^proj$", LayerConfig(weight_bits=4, granularity="per_block", act_bits=8)
+            ),
+        )
+    )
     with pytest.raises(RecipeError, match="16-bit activations"):
         make_spec(g, block8, load_target("qnn"))
     with pytest.raises(RecipeError, match="keep layers in float"):
@@ -239,7 +253,9 @@ def test_attention_mask_never_sets_a_range() -> None:
     g = _masked_attention()
     rng = np.random.default_rng(0)
     mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0]], np.int64)
-    feeds = [{"scores": rng.uniform(-4, 4, (1, 8)).astype(np.float32), "mask": mask} for _ in range(8)]
+    feeds = [
+        {"scores": rng.uniform(-4, 4, (1, 8)).astype(np.float32), "mask": mask} for _ in range(8)
+    ]
     plan = _plan(g, feeds)
     assert plan.tensors["additive"].role == "float" and "mask" in plan.tensors["additive"].reason
     masked = plan.tensors["masked"]
@@ -267,7 +283,9 @@ def test_statistics_accumulate_hessian_and_channel_magnitude() -> None:
     }
     result = collect_statistics(g, stats, stack_batches([{"x": x} for x in xs], 4))
     allx = np.concatenate(xs)
-    np.testing.assert_allclose(InputHessian(32).finalize(result.states["x.hessian"]), allx.T @ allx / 10, rtol=1e-5)
+    np.testing.assert_allclose(
+        InputHessian(32).finalize(result.states["x.hessian"]), allx.T @ allx / 10, rtol=1e-5
+    )
     mag = ChannelMagnitude(32).finalize(result.states["x.magnitude"])
     np.testing.assert_allclose(mag["max_abs"], np.abs(allx).max(axis=0), rtol=1e-6)
     assert result.samples == 10 and result.batches == 3
@@ -281,6 +299,8 @@ def test_same_shape_statistics_are_grouped_and_exact() -> None:
     g = prepare(model_to_graph(make_model(nodes, [("x", F32, [2, 3])], [("y", F32, [2, 3])])))
     obs = make_observer("minmax")
     xs = [np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5 for _ in range(3)]
-    result = collect_statistics(g, {t: (t, obs) for t in ("a", "b", "y", "n")}, stack_batches([{"x": x} for x in xs], 2))
+    result = collect_statistics(
+        g, {t: (t, obs) for t in ("a", "b", "y", "n")}, stack_batches([{"x": x} for x in xs], 2)
+    )
     assert float(result.states["a"]["max"]) == 2.5 and float(result.states["b"]["max"]) == 2.5
     assert float(result.states["n"]["min"]) == -2.5 and float(result.states["y"]["min"]) == 0.5

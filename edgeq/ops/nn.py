@@ -126,10 +126,20 @@ def conv_transpose(
     out_pad = list(output_padding or [0] * n)
     in_sizes = jnp.shape(x)[2:]
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(output_shape)[-n:] if output_shape else [s * st for s, st in zip(in_sizes, strides, strict=True)]
+        target = (
+            list(output_shape)[-n:]
+            if output_shape
+            else [s * st for s, st in zip(in_sizes, strides, strict=True)]
+        )
         pb, pe = [], []
         for i in range(n):
-            total = strides[i] * (in_sizes[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - target[i]
+            total = (
+                strides[i] * (in_sizes[i] - 1)
+                + out_pad[i]
+                + (kernel[i] - 1) * dilations[i]
+                + 1
+                - target[i]
+            )
             total = max(total, 0)
             if auto_pad == "SAME_UPPER":  # otherwise (NOTSET too) the odd pixel goes first
                 pb.append(total // 2), pe.append(total - total // 2)
@@ -237,7 +247,7 @@ def max_pool(
     padding = _pool_padding(x, kernel_shape, strides, dilations, auto_pad, pads, ceil_mode)
     dtype = jnp.asarray(x).dtype
     lowest = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min  # (u)int8
-    init = jnp.array(lowest, dtype)
+    init = np.array(lowest, dtype)
     return lax.reduce_window(
         x, init, lax.max, (1, 1, *kernel_shape), (1, 1, *strides),
         [(0, 0), (0, 0), *padding], window_dilation=(1, 1, *dilations),
@@ -265,7 +275,7 @@ def average_pool(
     wstrides = (1, 1, *strides)
     wdil = (1, 1, *dilations)
     full_pad = [(0, 0), (0, 0), *padding]
-    zero = jnp.array(0, jnp.asarray(x).dtype)
+    zero = np.array(0, jnp.asarray(x).dtype)
     total = lax.reduce_window(x, zero, lax.add, window, wstrides, full_pad, window_dilation=wdil)
     ones = jnp.ones((1, 1, *jnp.shape(x)[2:]), jnp.asarray(x).dtype)
     if count_include_pad:
@@ -276,7 +286,9 @@ def average_pool(
             ones, zero, lax.add, window, wstrides, [(0, 0), (0, 0), *extra], window_dilation=wdil
         )
     else:
-        count = lax.reduce_window(ones, zero, lax.add, window, wstrides, full_pad, window_dilation=wdil)
+        count = lax.reduce_window(
+            ones, zero, lax.add, window, wstrides, full_pad, window_dilation=wdil
+        )
     return total / count
 
 
@@ -411,15 +423,21 @@ def resize(
     else:
         for a, v in zip(ax, np.asarray(scales).reshape(-1), strict=True):
             scale_v[a] = float(v)
-            out_shape[a] = int(math.floor(in_shape[a] * scale_v[a]))
-    roi_v = np.asarray(roi, np.float64).reshape(-1) if roi is not None and np.asarray(roi).size else None
+            out_shape[a] = math.floor(in_shape[a] * scale_v[a])
+    roi_v = (
+        np.asarray(roi, np.float64).reshape(-1)
+        if roi is not None and np.asarray(roi).size
+        else None
+    )
     y = x
     for axis in range(rank):
         if out_shape[axis] == in_shape[axis] and scale_v[axis] == 1.0:
             continue
         i = ax.index(axis)
         r = (roi_v[i], roi_v[i + len(ax)]) if roi_v is not None else (0.0, 1.0)
-        coords = _source_coords(coordinate_transformation_mode, out_shape[axis], in_shape[axis], scale_v[axis], r)
+        coords = _source_coords(
+            coordinate_transformation_mode, out_shape[axis], in_shape[axis], scale_v[axis], r
+        )
         if mode == "nearest":
             y = jnp.take(y, _nearest(coords, nearest_mode, in_shape[axis]), axis=axis)
         elif mode == "linear":

@@ -21,7 +21,9 @@ def _lstm_direction(x: Array, w: Array, r: Array, b: Array, h0: Array, c0: Array
     hidden = jnp.shape(r)[-1]
     wb, rb = (b[: 4 * hidden], b[4 * hidden :]) if b is not None else (0.0, 0.0)
     x_proj = jnp.einsum("tbi,gi->tbg", x, w, precision=HIGHEST) + wb + rb
-    pi, po, pf = (p[:hidden], p[hidden : 2 * hidden], p[2 * hidden :]) if p is not None else (0, 0, 0)
+    pi, po, pf = (
+        (p[:hidden], p[hidden : 2 * hidden], p[2 * hidden :]) if p is not None else (0, 0, 0)
+    )
 
     def step(carry: tuple[Array, Array], xt: Array) -> tuple[tuple[Array, Array], Array]:
         h, c = carry
@@ -64,7 +66,9 @@ def lstm(
     layout: int = 0,
 ) -> tuple[Array, Array, Array]:
     if activations and [a.lower() for a in activations[:3]] != ["sigmoid", "tanh", "tanh"]:
-        raise UnsupportedOpError(f"LSTM activations {activations} not supported", "use the defaults")
+        raise UnsupportedOpError(
+            f"LSTM activations {activations} not supported", "use the defaults"
+        )
     if input_forget:
         raise UnsupportedOpError("LSTM input_forget=1 not supported")
     if layout:

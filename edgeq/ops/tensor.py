@@ -133,9 +133,7 @@ def _slice_axis(x: Array, axis: int, start: int, stop: int) -> Array:
 
 
 @register("Slice", since=10)
-def slice_(
-    x: Array, starts: Array, ends: Array, axes_: Array = None, steps: Array = None
-) -> Array:
+def slice_(x: Array, starts: Array, ends: Array, axes_: Array = None, steps: Array = None) -> Array:
     s = static_ints(starts, "starts", "Slice")
     e = static_ints(ends, "ends", "Slice")
     rank = jnp.ndim(x)
@@ -159,8 +157,12 @@ def _onnx_slice(start: int, end: int, step: int, dim: int) -> slice:
 
 
 @register("Slice", since=1)
-def slice_v1(x: Array, *, starts: list[int], ends: list[int], axes: list[int] | None = None) -> Array:
-    return slice_(x, np.asarray(starts), np.asarray(ends), None if axes is None else np.asarray(axes))
+def slice_v1(
+    x: Array, *, starts: list[int], ends: list[int], axes: list[int] | None = None
+) -> Array:
+    return slice_(
+        x, np.asarray(starts), np.asarray(ends), None if axes is None else np.asarray(axes)
+    )
 
 
 @register("Gather")
