@@ -56,6 +56,7 @@ def collect_statistics(
     batches: Iterable[Mapping[str, np.ndarray]],
     progress: Callable[[int], None] | None = None,
     group_bytes: int = 64 << 20,
+    token_mask: str | None = None,
 ) -> CalibrationStats:
     """Run every batch ([B, *input_shape] per input) and update `stats` (key -> (tensor,
     statistic)). The forward is vmapped over the batch axis of a batch-1 graph and jitted
@@ -64,13 +65,21 @@ def collect_statistics(
     Statistics of the same kind on tensors of the same shape are stacked and updated by one
     vmapped update (XLA compiles one kernel set per group instead of one per tensor, which
     dominated compile time on 200-tensor models); groups are capped at `group_bytes` per
-    sample so stacking never holds much more than the forward itself."""
+    sample so stacking never holds much more than the forward itself.
+
+    `token_mask` names an attention-mask input ([1, S], nonzero = real token): values at padded
+    positions (every axis of length S) become NaN, which observers ignore, so padding never
+    sets a range."""
     tensors = sorted({t for t, _ in stats.values()})
     groups = _group_statistics(graph, stats, group_bytes)
+    seq = int(graph.info(token_mask).shape[-1]) if token_mask else 0  # type: ignore[union-attr,index]
 
     def forward(feeds: Mapping[str, Any]) -> dict[str, Any]:
         env = evaluate(graph, feeds)
-        return {t: env[t] for t in tensors}
+        if not token_mask:
+            return {t: env[t] for t in tensors}
+        real = jax.numpy.reshape(feeds[token_mask] != 0, (-1,))
+        return {t: _mask_padding(env[t], real, seq) for t in tensors}
 
     @jax.jit
     def step(states: list[Any], batch: Mapping[str, Any]) -> list[Any]:
@@ -107,6 +116,31 @@ def collect_statistics(
             for j, k in enumerate(keys):
                 host[k] = {n: np.asarray(v if len(keys) == 1 else v[j]) for n, v in state.items()}
     return CalibrationStats(host, n_samples, n_batches, time.perf_counter() - t0)
+
+
+def _mask_padding(value: Any, real: Any, seq: int) -> Any:
+    """NaN at padded token positions along every axis (after the batch axis) of length `seq`."""
+    value = jax.numpy.asarray(value)
+    if not jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
+        return value
+    keep = None
+    for axis in range(1, value.ndim):
+        if value.shape[axis] == seq:
+            shape = [1] * value.ndim
+            shape[axis] = seq
+            m = jax.numpy.reshape(real, shape)
+            keep = m if keep is None else keep & m
+    return value if keep is None else jax.numpy.where(keep, value, jax.numpy.nan)
+
+
+def find_token_mask(graph: Graph) -> str | None:
+    """An integer [1, S] input named like an attention mask (S > 1), if the model has one."""
+    for v in graph.inputs:
+        shape = v.shape or ()
+        if ("mask" in v.name.lower() and np.issubdtype(v.dtype, np.integer)
+                and len(shape) == 2 and shape[0] == 1 and isinstance(shape[1], int) and shape[1] > 1):  # fmt: skip
+            return v.name
+    return None
 
 
 def _group_statistics(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.calibrate import collect_statistics
+from edgeq.calibrate import collect_statistics, find_token_mask
 from edgeq.graph import Graph
 from edgeq.onnx_io import load_model
 from edgeq.passes import QUANTIZATION_PASSES, prepare, run_passes
@@ -98,7 +98,9 @@ def calibrate_model(
     tick.done = 0  # type: ignore[attr-defined]
     t0 = time.perf_counter()
     stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
-    result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick)
+    token_mask = find_token_mask(graph) if recipe.mask_handling else None
+    result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
+                                token_mask=token_mask)  # fmt: skip
     plan = finalize_plan(
         graph, spec, result.states,
         model={
@@ -110,6 +112,7 @@ def calibrate_model(
             "source": str(calib) if isinstance(calib, str | Path) else type(calib).__name__,
             "samples": result.samples, "seed": seed, "batch_size": batch_size,
             "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
+            "padding_ignored_via": token_mask,
         },
     )  # fmt: skip
     from edgeq.calibration import validate

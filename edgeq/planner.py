@@ -268,6 +268,12 @@ def make_spec(
             if recipe.mask_handling and out in int_derived and _feeds_add(out, consumers):
                 spec.tensors[out] = _mask_spec(out, node, eff, rules)
                 continue
+            if recipe.mask_handling and out in int_derived and rules.float_activations:
+                # e.g. Cast(attention_mask): rounding 1.0 to 1.0000001 and multiplying by
+                # float-min would put +4e31 on real tokens; such tensors stay exact
+                spec.tensors[out] = TensorSpec(out, "float", node=node.name,
+                                               reason="computed from integer inputs only (mask path): kept exact")  # fmt: skip
+                continue
             t = _activation_spec(out, node, eff, rules, eff.source)
             if (
                 t.role == "activation"
@@ -278,10 +284,49 @@ def make_spec(
                 t = replace(t, masked_floor=MASKED_FLOOR,
                             reason="masked scores: mask fill ignored, range floor max-16")  # fmt: skip
             spec.tensors[out] = t
+    if recipe.norm_inputs_16bit:
+        _norm_inputs_16bit(spec, graph, consumers, rules)
     _assign_groups(spec, graph, producers)
     _consumer_clips(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
     return spec
+
+
+NORM_OPS = ("LayerNormalization", "Softmax")
+
+
+def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]],
+                       rules: QuantRules) -> None:  # fmt: skip
+    """Transformer safety: the inputs of LayerNorm (the residual stream, with its outlier
+    channels) and Softmax (attention scores) go to 16 bits when the target has 16-bit
+    activations; 8-bit per-tensor ranges there cost most of a transformer's accuracy."""
+    if rules.act16 is None:
+        return
+    producers = graph.producers()
+    for node in graph.nodes:
+        if node.op_type not in NORM_OPS:
+            continue
+        names = [(node.inputs[0], f"{node.op_type} input")]
+        residual = producers.get(node.inputs[0])
+        if (
+            node.op_type == "LayerNormalization"
+            and residual is not None
+            and residual.op_type == "Add"
+        ):
+            names += [(i, "residual branch into a LayerNorm") for i in residual.inputs if i]
+            for i in residual.inputs:  # a linear layer's bias Add: its MatMul output too
+                bias_add = producers.get(i)
+                if bias_add is not None and bias_add.op_type == "Add":
+                    names += [(j, "residual branch into a LayerNorm") for j in bias_add.inputs
+                              if j and j not in graph.constants]  # fmt: skip
+        for name, why in names:
+            t = spec.tensors.get(name)
+            if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:
+                continue
+            spec.tensors[name] = replace(
+                t, dtype=rules.act16, symmetric=rules.act16 == "int16",
+                reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (transformer safety)",
+            )  # fmt: skip
 
 
 def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:
@@ -481,7 +526,12 @@ def _integer_derived(graph: Graph) -> set[str]:
     result: set[str] = set()
     for node in graph.nodes:
         ins = [i for i in node.inputs if i]
-        if any(i in data_dependent for i in ins):
+        lookup = (
+            node.op_type == "Gather"
+            and ins[0] in graph.constants
+            and _is_float(graph.constants[ins[0]])
+        )
+        if lookup or any(i in data_dependent for i in ins):  # an embedding lookup yields data
             data_dependent.update(node.outputs)
         elif any(i in has_input for i in ins):
             has_input.update(node.outputs)

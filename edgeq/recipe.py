@@ -93,7 +93,8 @@ class Recipe:
     base: LayerConfig = field(default_factory=LayerConfig)
     overrides: tuple[Override, ...] = ()
     keep_float: tuple[str, ...] = ()  # matchers like overrides: "name:<regex>" / "op:<Type>"
-    mask_handling: bool = True  # additive attention masks never set a range
+    mask_handling: bool = True  # additive attention masks and padding never set a range
+    norm_inputs_16bit: bool = True  # LayerNorm/Softmax inputs at 16 bits where the target can
     refine_top: int = 0  # output-aware range refinement of the N most sensitive activations
     refine_samples: int = 16
     version: int = RECIPE_VERSION
@@ -124,6 +125,7 @@ class Recipe:
             "recipe": self.base.set_fields(),
             "keep_float": list(self.keep_float),
             "mask_handling": self.mask_handling,
+            "norm_inputs_16bit": self.norm_inputs_16bit,
             "refine_top": self.refine_top,
             "refine_samples": self.refine_samples,
             "override": [{"match": o.match, **o.config.set_fields()} for o in self.overrides],
@@ -132,7 +134,7 @@ class Recipe:
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Recipe:
         known = {"version", "recipe", "keep_float", "mask_handling", "override", "refine_top",
-                 "refine_samples"}  # fmt: skip
+                 "refine_samples", "norm_inputs_16bit"}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise InputError(f"recipe: unknown key(s) {sorted(unknown)}", f"known: {sorted(known)}")
@@ -151,6 +153,7 @@ class Recipe:
             overrides=tuple(overrides),
             keep_float=tuple(data.get("keep_float", ())),
             mask_handling=bool(data.get("mask_handling", True)),
+            norm_inputs_16bit=bool(data.get("norm_inputs_16bit", True)),
             refine_top=int(data.get("refine_top", 0)),
             refine_samples=int(data.get("refine_samples", 16)),
         )
