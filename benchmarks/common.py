@@ -28,6 +28,14 @@ def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB. VmHWM (Linux) belongs to the current
+    address space; ru_maxrss would also count the parent's peak inherited at fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -300,7 +300,7 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
     """Transformer safety: the inputs of LayerNorm (the residual stream, with its outlier
     channels) and Softmax (attention scores) go to 16 bits when the target has 16-bit
     activations; 8-bit per-tensor ranges there cost most of a transformer's accuracy."""
-    if rules.act16 is None:
+    if rules.act16 is None or not rules.mixed_precision:
         return
     producers = graph.producers()
     for node in graph.nodes:
@@ -592,9 +592,6 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
         fixed = next(
             (tensors[m] for m in members if tensors[m].fixed or tensors[m].fixed_range), None
         )
-        dtypes = {tensors[m].dtype for m in members}
-        if len(dtypes) > 1:  # mixed precision across a shape op: no sharing
-            continue
         for m in members:
             t = tensors[m]
             changes: dict[str, Any] = {"group": root}

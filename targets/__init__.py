@@ -62,6 +62,7 @@ class QuantRules:
     rounding: str = "half_even"
     min_range: float = 0.0
     integer_only: bool = False  # every op's constants quantized too (TFLite full-integer)
+    mixed_precision: bool = False  # 8- and 16-bit activations may mix tensor by tensor
     fuse_bias_add: bool = False  # MatMul + Add(const) is one op with an int32 bias
     shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
     fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)

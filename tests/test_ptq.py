@@ -259,7 +259,9 @@ def test_attention_mask_never_sets_a_range() -> None:
     plan = _plan(g, feeds)
     assert plan.tensors["additive"].role == "float" and "mask" in plan.tensors["additive"].reason
     masked = plan.tensors["masked"]
-    assert masked.dtype == "int16" and "16 bits" in masked.reason  # Softmax input: transformer safety
+    assert (
+        masked.dtype == "int16" and "16 bits" in masked.reason
+    )  # Softmax input: transformer safety
     lo = (masked.qdtype.qmin - int(masked.zero_point)) * float(masked.scale)
     assert -40 < lo < -4  # scores' range (floored 16 below the max), not float-min
     out = Simulator(g, plan)(feeds[0])["probs"]
