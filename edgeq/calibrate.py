@@ -180,7 +180,11 @@ def calibrate(
     spec = spec or make_spec(graph, recipe, target)
     observers = spec.observers()
     result = collect_statistics(
-        graph, {n: (n, o) for n, o in observers.items()}, stack_batches(feeds, batch_size), progress
+        graph,
+        {n: (n, o) for n, o in observers.items()},
+        stack_batches(feeds, batch_size),
+        progress,
+        token_mask=find_token_mask(graph) if recipe.mask_handling else None,
     )
     if result.samples == 0:
         from edgeq.errors import InputError

@@ -744,21 +744,12 @@ QUANTIZATION_PASSES: tuple[tuple[str, Pass], ...] = (
 
 
 def run_passes(graph: Graph, passes: Sequence[tuple[str, Pass]] = STANDARD_PASSES) -> Graph:
-    verify(graph) if _is_ordered(graph) else None
     for name, fn in passes:
         before = len(graph.nodes)
         graph = fn(graph)
         verify(graph)
         log.debug("pass %s: %d -> %d nodes", name, before, len(graph.nodes))
     return graph
-
-
-def _is_ordered(graph: Graph) -> bool:
-    try:
-        verify(graph)
-    except GraphError:
-        return False
-    return True
 
 
 def prepare(

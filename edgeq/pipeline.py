@@ -8,12 +8,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edgeq.calibrate import collect_statistics, find_token_mask
 from edgeq.graph import Graph
@@ -144,7 +142,3 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
     shapes = {k: tuple(v) for k, v in plan.model.get("input_shapes", {}).items()}
     values = plan.model.get("input_values", {})
     return prepare_for_quantization(load_model(model), shapes, values)
-
-
-def feeds_from(samples: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    return [dict(s) for s in samples]
