@@ -19,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine, md_table, peak_rss_mb, write_results
+from benchmarks.common import machine, md_table, write_results
 from edgeq import Interpreter, load_model
 from edgeq.pipeline import calibrate_model, prepare_for_quantization
 from edgeq.plan import QuantPlan
@@ -263,7 +262,6 @@ def main() -> None:
         md += md_table(data["rss"], ["samples", "peak_rss_mb", "seconds"])
     write_results("ptq" if not args.quick else "ptq-quick", data, md)
     print(md)
-    _ = replace, peak_rss_mb
 
 
 if __name__ == "__main__":

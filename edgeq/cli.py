@@ -52,14 +52,12 @@ def _human(n: float, unit: str = "") -> str:
 def _load_prepared(model: Path, input_shape: list[str] | None, input_value: list[str] | None, *,
                    require_static: bool):  # type: ignore[no-untyped-def]  # fmt: skip
     from edgeq.onnx_io import load_model
-    from edgeq.passes import prepare
+    from edgeq.passes import fix_input_shapes, inputs_to_constants, prepare, require_static_inputs
     from edgeq.specs import parse_input_shapes, parse_input_values
 
     graph = load_model(model)
     shapes = parse_input_shapes(input_shape or [])
     values = parse_input_values(input_value or [])
-    from edgeq.passes import fix_input_shapes, inputs_to_constants
-
     if values:
         graph = inputs_to_constants(graph, values)
     if shapes:
@@ -67,9 +65,7 @@ def _load_prepared(model: Path, input_shape: list[str] | None, input_value: list
     if all(v.is_static for v in graph.inputs):
         return prepare(graph), True
     if require_static:
-        from edgeq.passes import require_static as check
-
-        check(graph)
+        require_static_inputs(graph)
     return graph, False
 
 

@@ -101,7 +101,7 @@ def inputs_to_constants(graph: Graph, values: Mapping[str, np.ndarray | float | 
     return g
 
 
-def require_static(graph: Graph) -> Graph:
+def require_static_inputs(graph: Graph) -> Graph:
     for v in graph.inputs:
         if not v.is_static:
             dims = ",".join(str(d) if isinstance(d, int) else "N" for d in (v.shape or ("N",)))
@@ -719,7 +719,7 @@ def infer_shapes(graph: Graph) -> Graph:
 # ---------------------------------------------------------------------------------------------
 STANDARD_PASSES: tuple[tuple[str, Pass], ...] = (
     ("toposort", toposort),
-    ("require_static", require_static),
+    ("require_static", require_static_inputs),
     ("remove_identity", remove_identity),
     ("constant_fold", constant_fold),
     ("fold_batchnorm", fold_batchnorm),

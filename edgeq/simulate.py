@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from edgeq.errors import EdgeqError
@@ -102,4 +101,3 @@ def layer_sqnr(
 
 
 __all__ = ["Simulator", "layer_sqnr", "quantized_graph", "sqnr_db"]
-_ = jax  # the simulator is jitted through Interpreter

@@ -62,20 +62,32 @@ def conv(
     if group == c_in and group > 1 and jnp.shape(w)[1] == 1 and int(np.prod(kernel)) <= 49:
         y = depthwise_conv(x, w, strides, padding, dilations)
     else:
-        spec = ("NC" + "DHW"[-n:], "OI" + "DHW"[-n:], "NC" + "DHW"[-n:])
-        y = lax.conv_general_dilated(
-            x,
-            jnp.asarray(w, jnp.asarray(x).dtype),
-            window_strides=strides,
-            padding=padding,
-            rhs_dilation=dilations,
-            dimension_numbers=spec,
-            feature_group_count=group,
-            precision=HIGHEST,
-        )
-    if b is not None:
-        y = y + jnp.reshape(b, (1, -1) + (1,) * n)
-    return y
+        y = _conv_nc(x, w, strides, padding, [1] * n, dilations, group)
+    return _add_channel_bias(y, b)
+
+
+def _conv_nc(x: Array, w: Array, strides: list[int], padding: list[tuple[int, int]],
+             lhs_dilation: list[int], dilations: list[int], group: int) -> Array:  # fmt: skip
+    """N-d channels-first convolution at full float32 precision."""
+    n = jnp.ndim(w) - 2
+    spec = ("NC" + "DHW"[-n:], "OI" + "DHW"[-n:], "NC" + "DHW"[-n:])
+    return lax.conv_general_dilated(
+        x,
+        jnp.asarray(w, jnp.asarray(x).dtype),
+        window_strides=strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=dilations,
+        dimension_numbers=spec,
+        feature_group_count=group,
+        precision=HIGHEST,
+    )
+
+
+def _add_channel_bias(y: Array, b: Array | None) -> Array:
+    if b is None:
+        return y
+    return y + jnp.reshape(b, (1, -1) + (1,) * (jnp.ndim(y) - 2))
 
 
 def depthwise_conv(
@@ -162,21 +174,8 @@ def conv_transpose(
         )
         for i in range(n)
     ]
-    spec = ("NC" + "DHW"[-n:], "OI" + "DHW"[-n:], "NC" + "DHW"[-n:])
-    y = lax.conv_general_dilated(
-        x,
-        jnp.asarray(wg, jnp.asarray(x).dtype),
-        window_strides=[1] * n,
-        padding=padding,
-        lhs_dilation=strides,
-        rhs_dilation=dilations,
-        dimension_numbers=spec,
-        feature_group_count=group,
-        precision=HIGHEST,
-    )
-    if b is not None:
-        y = y + jnp.reshape(b, (1, -1) + (1,) * n)
-    return y
+    y = _conv_nc(x, wg, [1] * n, padding, strides, dilations, group)
+    return _add_channel_bias(y, b)
 
 
 @register("BatchNormalization", ignore=("momentum", "spatial", "training_mode"))
