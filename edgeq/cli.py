@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -351,6 +352,10 @@ def version() -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
 
+
+# Commands that live in their own modules (each defines `register(app)`).
+for _module in ("edgeq.cli_bundle", "edgeq.cli_devicetest"):
+    importlib.import_module(_module).register(app, console, err_console, _fail)
 
 if __name__ == "__main__":
     app()
