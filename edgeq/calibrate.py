@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import numpy as np
 from edgeq.graph import Graph
 from edgeq.interpreter import evaluate
 from edgeq.plan import QuantPlan
-from edgeq.planner import PlanSpec, finalize_plan, make_spec
+from edgeq.planner import PlanSpec, finalize_plan, integer_derived, make_spec
 from edgeq.recipe import Recipe
 from edgeq.simulate import layer_sqnr
 from edgeq.targets import TargetProfile
@@ -57,6 +57,7 @@ def collect_statistics(
     progress: Callable[[int], None] | None = None,
     group_bytes: int = 64 << 20,
     token_mask: str | None = None,
+    unmasked: Collection[str] = (),
 ) -> CalibrationStats:
     """Run every batch ([B, *input_shape] per input) and update `stats` (key -> (tensor,
     statistic)). The forward is vmapped over the batch axis of a batch-1 graph and jitted
@@ -69,7 +70,8 @@ def collect_statistics(
 
     `token_mask` names an attention-mask input ([1, S], nonzero = real token): values at padded
     positions (every axis of length S) become NaN, which observers ignore, so padding never
-    sets a range."""
+    sets a range. Tensors in `unmasked` (the mask path itself, computed from integer inputs
+    only) are observed everywhere: their padded values are real values at run time."""
     tensors = sorted({t for t, _ in stats.values()})
     groups = _group_statistics(graph, stats, group_bytes)
     seq = int(graph.info(token_mask).shape[-1]) if token_mask else 0  # type: ignore[union-attr,index]
@@ -79,7 +81,7 @@ def collect_statistics(
         if not token_mask:
             return {t: env[t] for t in tensors}
         real = jax.numpy.reshape(feeds[token_mask] != 0, (-1,))
-        return {t: _mask_padding(env[t], real, seq) for t in tensors}
+        return {t: env[t] if t in unmasked else _mask_padding(env[t], real, seq) for t in tensors}
 
     @jax.jit
     def step(states: list[Any], batch: Mapping[str, Any]) -> list[Any]:
@@ -185,6 +187,7 @@ def calibrate(
         stack_batches(feeds, batch_size),
         progress,
         token_mask=find_token_mask(graph) if recipe.mask_handling else None,
+        unmasked=integer_derived(graph),
     )
     if result.samples == 0:
         from edgeq.errors import InputError

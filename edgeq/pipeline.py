@@ -18,7 +18,7 @@ from edgeq.graph import Graph
 from edgeq.onnx_io import load_model
 from edgeq.passes import QUANTIZATION_PASSES, prepare, run_passes
 from edgeq.plan import QuantPlan
-from edgeq.planner import finalize_plan, make_spec
+from edgeq.planner import finalize_plan, integer_derived, make_spec
 from edgeq.recipe import Recipe
 from edgeq.simulate import layer_sqnr
 from edgeq.targets import load_target
@@ -98,7 +98,7 @@ def calibrate_model(
     stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
     token_mask = find_token_mask(graph) if recipe.mask_handling else None
     result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
-                                token_mask=token_mask)  # fmt: skip
+                                token_mask=token_mask, unmasked=integer_derived(graph))  # fmt: skip
     plan = finalize_plan(
         graph, spec, result.states,
         model={

@@ -223,7 +223,7 @@ def make_spec(
     spec = PlanSpec(target, recipe, observer_settings=observer_settings)
     producers = graph.producers()
     consumers = graph.consumers()
-    int_derived = _integer_derived(graph)
+    int_derived = integer_derived(graph)
 
     # weights and biases first: they decide which MatMul outputs are fused accumulators
     fused_acc: set[str] = set()
@@ -517,7 +517,7 @@ def _mask_spec(name: str, node: Node, eff: _Effective, rules: QuantRules) -> Ten
                       reason=f"additive attention mask on an integer-only target: range {MASK_RANGE}")  # fmt: skip
 
 
-def _integer_derived(graph: Graph) -> set[str]:
+def integer_derived(graph: Graph) -> set[str]:
     """Float tensors computed only from integer graph inputs and constants (attention masks,
     pooling weights): they carry no activation statistics of their own."""
     float_inputs = {v.name for v in graph.inputs if np.issubdtype(v.dtype, np.floating)}
@@ -606,13 +606,21 @@ def _integer_only_constants(spec: PlanSpec, graph: Graph, rules: QuantRules) -> 
     if not rules.integer_only:
         return
     for node in graph.nodes:
+        out = spec.tensors.get(node.outputs[0]) if node.outputs else None
+        on_mask = out is not None and out.fixed_range == MASK_RANGE
         for i in node.inputs:
             if i in graph.constants and i not in spec.tensors and _is_float(graph.constants[i]):
                 if node.op_type in ("Reshape", "Resize", "Pad", "Slice", "Expand", "Tile"):
                     continue
+                # a mask fill (float-min, -1e4) times 0/1 only has to reach the mask range:
+                # quantizing float-min itself would overflow the scale
+                clip = MASK_RANGE if on_mask and node.op_type == "Mul" else None
+                reason = "integer-only target: constant operand"
+                if clip is not None:
+                    reason += f", mask fill clipped to {clip[0]:g}"
                 spec.tensors[i] = TensorSpec(i, "weight", "int8", symmetric=True, narrow=True,
-                                             observer="minmax", node=node.name,
-                                             reason="integer-only target: constant operand")  # fmt: skip
+                                             observer="minmax", node=node.name, clip=clip,
+                                             reason=reason)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,6 +712,8 @@ def _activation_quant(t: TensorSpec, ranges: Mapping[str, tuple[float, float]],
 
 def _weight_quant(t: TensorSpec, w: np.ndarray) -> TensorQuant:
     q = qdtype(t.dtype, t.narrow)
+    if t.clip is not None:
+        w = np.clip(w, *t.clip)
     scale, zp = weight_qparams(w, q, axis=t.axis, block=t.block, symmetric=t.symmetric,
                                method=t.observer or "minmax")  # fmt: skip
     values = quantize_weight(w, scale, zp, q, t.axis, t.block)

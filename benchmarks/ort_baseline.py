@@ -1,0 +1,60 @@
+"""onnxruntime's own static quantizer on our models (the peer every ONNX benchmark compares to).
+
+quantize_static needs the opset raised to 13+ and fixed input shapes on the PP-OCR models
+(TARGETS.md); this does both, then quantizes with QDQ, per-channel int8 weights, uint8
+activations, as its documentation recommends for CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def ort_quantize_static(
+    model: Path,
+    input_shapes: Mapping[str, Sequence[int]],
+    calib: Sequence[Mapping[str, np.ndarray]],
+    out: Path,
+    method: str = "MinMax",
+    per_channel: bool = True,
+) -> Path:
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )  # fmt: skip
+
+    m = onnx.load(str(model))
+    opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=13)
+    if opset < 13:
+        m = version_converter.convert_version(m, 13)
+    for inp in m.graph.input:
+        if inp.name in input_shapes:
+            for dim, v in zip(inp.type.tensor_type.shape.dim, input_shapes[inp.name], strict=True):
+                dim.Clear()
+                dim.dim_value = int(v)
+    src = out.with_name(out.stem + "_src.onnx")
+    onnx.save(m, src)
+    names = {i.name for i in m.graph.input}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            feed = next(self.it, None)
+            return None if feed is None else {k: v for k, v in feed.items() if k in names}
+
+    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
+    src.unlink(missing_ok=True)
+    return out
