@@ -335,6 +335,133 @@ def report(
 
 
 @app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    target: Annotated[
+        str, typer.Option("--target", help="Target profile: onnx, qnn, rpi, tflm, ane, mlx.")
+    ] = "onnx",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out"),
+    calib: Annotated[
+        str | None, typer.Option("--calib", help="Calibration (and evaluation) data.")
+    ] = None,
+    plan_dir: Annotated[
+        Path | None, typer.Option("--plan", help="Use a plan from `edgeq calibrate`.")
+    ] = None,
+    bits: Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")] = None,
+    act_bits: Annotated[
+        int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")
+    ] = None,
+    granularity: Annotated[
+        str | None, typer.Option(help="per_tensor, per_channel or per_block.")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="Block size for per_block.")] = None,
+    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML.")] = None,
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    preprocess: Annotated[Path | None, typer.Option(help="Image preprocessing spec.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text data.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 256,
+    eval_samples: Annotated[int, typer.Option(help="Held-out samples for the report.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for the subsets.")] = 0,
+    allow_fallback: Annotated[
+        bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
+    ] = False,
+    runs: Annotated[int, typer.Option(help="Timed runs for the latency comparison.")] = 20,
+) -> None:
+    """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
+    runtime against float and the simulator (size, accuracy, latency)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from edgeq.export import export_model
+    from edgeq.exporters import ExportOptions
+    from edgeq.recipe import Recipe, recipe_from_cli
+    from edgeq.specs import parse_input_shapes, parse_input_values
+
+    try:
+        base = Recipe.load(recipe_file) if recipe_file else None
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, None, base, None)
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("compiling + calibrating", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            result = export_model(
+                model, target, out, plan_dir=plan_dir, calib=calib, recipe=recipe,
+                input_shapes=parse_input_shapes(input_shape or []),
+                input_values=parse_input_values(input_value or []),
+                samples=calib_samples, seed=seed, eval_samples=eval_samples,
+                preprocess=preprocess, tokenizer=tokenizer,
+                options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
+            )  # fmt: skip
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    _print_export_report(result.report, result.artifact)
+
+
+def _print_export_report(rep: dict, artifact: Path) -> None:  # type: ignore[type-arg]
+    a = rep["artifact"]
+    console.print(f"wrote {artifact} ({a['bytes'] / 1e6:.2f} MB, {a['size_ratio']:.3f}x float)")
+    if "outputs" in rep:
+        ev = rep["evaluation"]
+        table = Table(title=f"{rep['target']} artifact on {ev['samples']} "
+                            f"{'held-out' if ev.get('held_out') else 'calibration'} samples")  # fmt: skip
+        for col in ("output", "within 1 step of simulator", "SQNR vs float", "simulator SQNR"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for name, row in rep["outputs"].items():
+            vs = row.get("vs_simulator", {})
+            table.add_row(name, f"{vs.get('within_one_step', float('nan')):.2%}",
+                          f"{row['vs_float']['sqnr_db']:.1f} dB",
+                          f"{row.get('simulator_vs_float', {}).get('sqnr_db', float('nan')):.1f} dB")  # fmt: skip
+        console.print(table)
+    if "latency" in rep:
+        lat = rep["latency"]
+        console.print(f"latency ({lat['runtime']}): {lat['quantized']['p50_ms']:.2f} ms vs float "
+                      f"{lat['float']['p50_ms']:.2f} ms ({lat['speedup']:.2f}x)")  # fmt: skip
+    for note in a.get("notes", [])[:10]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="An .onnx model (QDQ or float).")],
+    target: Annotated[str, typer.Option("--target", help="Target to check against.")] = "qnn",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every node that would leave the accelerator, and why (exit 1 if any)."""
+    from edgeq.onnx_io import parse_model_bytes
+    from edgeq.targets import load_target
+
+    try:
+        profile = load_target(target)
+        if target != "qnn":
+            raise InputError(f"`edgeq check` knows the qnn target only, not '{target}'",
+                             "use --target qnn")  # fmt: skip
+        if not model.is_file():
+            raise InputError(f"'{model}' does not exist", "pass the path of an .onnx file")
+        proto = parse_model_bytes(model.read_bytes(), str(model), check=False)
+        from edgeq.exporters.qnn_check import blocking, check_qnn
+
+        found = check_qnn(proto, profile)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps([v.as_dict() for v in found]))
+    elif not found:
+        console.print(f"{model.name}: every node can run on the QNN HTP")
+    else:
+        table = Table(title=f"{model.name}: nodes that would leave the QNN HTP")
+        for col in ("node", "op", "why", "severity"):
+            table.add_column(col)
+        for v in found:
+            table.add_row(v.node, v.op, v.reason, v.severity)
+        console.print(table)
+    if blocking(found):
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def ops() -> None:
     """List the ONNX ops edgeq's JAX interpreter supports."""
     from edgeq.ops import supported_ops

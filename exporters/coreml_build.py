@@ -63,6 +63,34 @@ class BuiltProgram:
     weights: list[dict[str, Any]] = field(default_factory=list)  # what was compressed how
 
 
+VALUE_PRESERVING = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                    "MaxPool", "GlobalMaxPool", "Concat", "Slice", "Expand")  # fmt: skip
+
+
+def requant_is_identity(graph: Graph, plan: QuantPlan, tensor: str) -> bool:
+    """True when re-quantizing `tensor` cannot change it: it is produced by an op that only
+    moves or selects values (reshape, transpose, max-pool, concat, slice...) from inputs that
+    are already quantized with the same dtype, scale and zero point. The exporter leaves out
+    its quantize/dequantize pair (identical math, fewer ops on the ANE)."""
+    node = graph.producers().get(tensor)
+    t = plan.tensors.get(tensor)
+    if node is None or node.op_type not in VALUE_PRESERVING or t is None or not t.is_quantized:
+        return False
+    data = [node.inputs[0]] if node.op_type != "Concat" else [i for i in node.inputs if i]
+    for name in data:
+        src = plan.tensors.get(name)
+        if (
+            src is None
+            or not src.is_quantized
+            or src.role != "activation"
+            or src.dtype != t.dtype
+            or not np.array_equal(src.scale, t.scale)
+            or not np.array_equal(src.zero_point, t.zero_point)
+        ):
+            return False
+    return True
+
+
 def required_target(plan: QuantPlan | None) -> str:
     """The lowest deployment target that runs the plan's weights and activations."""
     if plan is None:
@@ -169,6 +197,8 @@ class ProgramBuilder:
         t = self.acts.get(tensor)
         if t is None or var.dtype != _types().fp16:
             return var
+        if self.plan is not None and requant_is_identity(self.graph, self.plan, tensor):
+            return var
         assert t.scale is not None and t.zero_point is not None
         np_dt = np.int8 if t.dtype == "int8" else np.uint8
         scale = np.float16(np.asarray(t.scale).reshape(()))
@@ -241,6 +271,10 @@ class ProgramBuilder:
             axis = None if axis is None else 1 - axis
         rank = values.ndim
         q = t.qdtype
+        tiny = int(np.sum(np.abs(fp16(scale)) < np.finfo(np.float16).tiny))
+        if tiny:
+            self.notes.append(f"weight '{name}': {tiny} scale(s) below fp16's normal range "
+                              "(stored subnormal or zero: those weights lose precision)")  # fmt: skip
         record = {"tensor": name, "op": "", "dtype": t.dtype, "granularity": t.granularity,
                   "block": t.block, "axis": axis, "transposed": transpose, "mil": op_name}  # fmt: skip
         if t.block is None and q.bits == 8:
@@ -671,5 +705,5 @@ def onnx_dtype_map(io: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return {k: str(v["dtype"]) for k, v in io.items()}
 
 
-__all__ = ["BuiltProgram", "build_program", "fp16", "mil_name", "required_target",
+__all__ = ["BuiltProgram", "build_program", "fp16", "mil_name", "requant_is_identity", "required_target",
            "weight_op_name"]  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.exporters.coreml_build import fp16, mil_name, weight_op_name
+from edgeq.exporters.coreml_build import fp16, mil_name, requant_is_identity, weight_op_name
 from edgeq.exporters.coreml_eval import SavedProgram
 from edgeq.graph import Graph
 from edgeq.plan import QuantPlan
@@ -179,6 +179,8 @@ def check_ops(path: str | Path, graph: Graph, plan: QuantPlan | None = None) -> 
         matched += 1
     if plan is not None:
         for t in plan.quantized("activation"):
+            if requant_is_identity(graph, plan, t.name):
+                continue
             base = _vname(graph, t.name)
             q, dq = by_name.get(base + "_q"), by_name.get(base + "_dq")
             if q is None or q.type != "quantize" or dq is None or dq.type != "dequantize":

@@ -194,9 +194,13 @@ class MlxExporter:
     def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
                options: ExportOptions) -> Artifact:  # fmt: skip
         _check_ops(graph)
-        scale_name = str(
-            options.extra.get("scale_dtype", profile.raw.get("scale_dtype", "float16"))
+        # float16 scales/biases (mlx-lm's convention, 5 bits a weight at 4-bit/g32) move a
+        # dequantized weight by ~2^-11 of its range; with quantized activations that flips
+        # roundings, so W8A8 plans keep float32 unless asked otherwise
+        default = (
+            "float32" if _activation_params(plan) else profile.raw.get("scale_dtype", "float16")
         )
+        scale_name = str(options.extra.get("scale_dtype", default))
         if scale_name not in _SCALE_DTYPES:
             raise EdgeqError(f"scale_dtype '{scale_name}' is not one MLX stores here",
                              f"use one of {sorted(_SCALE_DTYPES)}")  # fmt: skip

@@ -71,7 +71,9 @@ class TFLiteExporter:
 class TFLiteRunner:
     """Feeds (ONNX names, NCHW, float) → outputs (ONNX names and layouts, float32)."""
 
-    def __init__(self, path: Path, use_xnnpack: bool = True, num_threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, use_xnnpack: bool = True, num_threads: int | None = None
+    ) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         if not path.is_file():

@@ -68,7 +68,7 @@ class QParams:
 class _AlignedBuffer(fb.BufferT):  # type: ignore[misc]
     """A buffer whose data vector starts on a 16-byte boundary of the file."""
 
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (flatbuffers API)
+    def Pack(self, builder: flatbuffers.Builder) -> int:
         data = None
         if self.data is not None:
             payload = bytes(self.data)

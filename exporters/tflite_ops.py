@@ -77,7 +77,9 @@ def _spatial_padding(c: Converter, node: Node, x: str, kernel: tuple[int, int],
     padded_shape = [xt.shape[0], xt.shape[1] + pads[0] + pads[2], xt.shape[2] + pads[1] + pads[3],
                     xt.shape[3]]  # fmt: skip
     out = c.m.tensor(f"{x}/pad", padded_shape, xt.dtype, xt.quant)
-    paddings = c.int_const(f"{x}/paddings", [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]])
+    paddings = c.int_const(
+        f"{x}/paddings", [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]]
+    )
     if pad_value is None:
         c.emit("PAD", [xt.index, paddings.index], [out.index], xt.dtype)
     else:
@@ -123,7 +125,9 @@ def _bias(c: Converter, node: Node, name: str | None, x: Tensor, w: QParams | No
         data = c.g.constants[name] if name else np.zeros(channels, np.float32)
         return c.m.const(name or f"{node.name}/bias", np.broadcast_to(data, (channels,)), "float32")
     assert x.quant is not None and w is not None
-    expected = np.float64(x.quant.scale[0]) * np.broadcast_to(np.asarray(w.scale, np.float64), (channels,))
+    expected = np.float64(x.quant.scale[0]) * np.broadcast_to(
+        np.asarray(w.scale, np.float64), (channels,)
+    )
     if name is None:
         values = np.zeros(channels, np.int32)
     else:
@@ -195,7 +199,9 @@ def conv_transpose(c: Converter, node: Node) -> None:
     if any(_ints(node, "dilations", [1, 1])[i] != 1 for i in range(2)) or any(
         _ints(node, "output_padding", [0, 0])
     ):
-        raise c.fail(node, "dilations/output_padding have no TRANSPOSE_CONV equivalent", "remove them")
+        raise c.fail(
+            node, "dilations/output_padding have no TRANSPOSE_CONV equivalent", "remove them"
+        )
     _, out_ch, kh, kw = w.shape
     strides = _ints(node, "strides", [1, 1])
     out_shape = c.shape(node.outputs[0])
@@ -280,10 +286,14 @@ def matmul(c: Converter, node: Node) -> None:
     ins, adj = [], [False, False]
     for k, name in enumerate((a, b)):
         if name in c.g.constants:
-            ins.append(c.const_operand(name, len(c.g.constants[name].shape), identity(c.g.constants[name].ndim)))
+            ins.append(
+                c.const_operand(
+                    name, len(c.g.constants[name].shape), identity(c.g.constants[name].ndim)
+                )
+            )
             continue
         r = len(c.shape(name))
-        swapped = identity(r)[:-2] + (r - 1, r - 2)
+        swapped = (*identity(r)[:-2], r - 1, r - 2)
         if r >= 2 and identity(r) not in c.layouts(name) and swapped in c.layouts(name):
             ins.append(c.get(name, swapped))  # already transposed: let the kernel read it so
             adj[k] = True
@@ -310,10 +320,11 @@ def _common_layout(c: Converter, names: list[str], rank: int) -> Perm:
         return identity(rank)
     perms = [set(c.layouts(n)) for n in acts]
     common = set.intersection(*perms)
-    if identity(rank) in common or not common:
-        first = next(iter(perms[0]))
-        return identity(rank) if identity(rank) in common else (first if not common else first)
-    return next(iter(common))
+    if identity(rank) in common:
+        return identity(rank)
+    if common:
+        return next(iter(common))
+    return next(iter(perms[0]))
 
 
 @handles("Add", "Sub", "Mul", "Div", "Max", "Min")
@@ -497,7 +508,9 @@ def _hard_sigmoid_int(c: Converter, node: Node, xt: Tensor, alpha: float, beta: 
                       yq: QParams, out: Tensor) -> Tensor:  # fmt: skip
     assert xt.quant is not None
     mq = QParams.of(alpha * xt.quant.scale[0], xt.quant.zero_point[0])
-    a = c.m.const(f"{node.name}/alpha", np.asarray(127, np.int8), "int8", QParams.of(alpha / 127, 0))
+    a = c.m.const(
+        f"{node.name}/alpha", np.asarray(127, np.int8), "int8", QParams.of(alpha / 127, 0)
+    )
     scaled = c.m.tensor(f"{out.index}/scaled", xt.shape, xt.dtype, mq)
     c.emit("MUL", [xt.index, a.index], [scaled.index], xt.dtype, fb.MulOptionsT())
     b = c.m.const(f"{node.name}/beta", np.asarray(int(np.sign(beta)) * 127, np.int8), "int8",
@@ -670,9 +683,11 @@ def reshape(c: Converter, node: Node) -> None:
     perm, xt = c.any_layout(x)
     xs = c.shape(x)
     squeezed = [d for d in xs if d != 1]
-    if perm != identity(len(xs)) and [xs[i] for i in perm if xs[i] != 1] == squeezed and [
-        d for d in ys if d != 1
-    ] == squeezed:
+    if (
+        perm != identity(len(xs))
+        and [xs[i] for i in perm if xs[i] != 1] == squeezed
+        and [d for d in ys if d != 1] == squeezed
+    ):
         pass  # only unit dims move: the data order is the same in either layout
     else:
         xt = c.get(x)
@@ -827,7 +842,7 @@ def layer_norm(c: Converter, node: Node) -> None:
         xt = f
         c.notes.append(f"{node}: LayerNormalization runs in float32 between DEQUANTIZE and "
                        "QUANTIZE (no integer kernel)")  # fmt: skip
-    keep = shape[:-1] + [1]
+    keep = [*shape[:-1], 1]
 
     def tmp(label: str, shp: list[int]) -> object:
         return c.m.tensor(f"{y}/{label}", shp, "float32")

@@ -210,7 +210,7 @@ def test_unsupported_op_names_the_node(tmp_path: Path) -> None:
              helper.make_node("Erf", ["r"], ["y"], name="my_erf")]  # fmt: skip
     graph = _graph(make_model(nodes, [("x", F32, [1, 8])], [("y", F32, [1, 8])]))
     out = tmp_path / "m.tflite"
-    with pytest.raises(EdgeqError, match="my_erf.*Erf"):
+    with pytest.raises(EdgeqError, match=r"my_erf.*Erf"):
         _export(graph, None, out)
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -220,13 +220,13 @@ def test_plan_that_breaks_a_tflite_rule_is_refused(tmp_path: Path) -> None:
     plan = _plan(graph)
     t = plan.tensors["y"]  # LOGISTIC output must be (1/256, -128)
     plan.tensors["y"] = type(t)(**{**t.__dict__, "scale": np.asarray(0.01, np.float32)})
-    with pytest.raises(EdgeqError, match="sigmoid.*LOGISTIC.*fixed output"):
+    with pytest.raises(EdgeqError, match=r"sigmoid.*LOGISTIC.*fixed output"):
         _export(graph, plan, tmp_path / "m.tflite")
 
 
 def test_tflm_refuses_ops_outside_its_list(tmp_path: Path) -> None:
     graph = _graph(_se_block())  # HardSigmoid is not in targets/tflm.toml [ops].supported
-    with pytest.raises(EdgeqError, match="hsig.*HardSigmoid.*tflm"):
+    with pytest.raises(EdgeqError, match=r"hsig.*HardSigmoid.*tflm"):
         _export(graph, _plan(graph, "tflm"), tmp_path / "m.tflite", target="tflm")
     graph = _graph(_conv_relu())
     path = _export(graph, _plan(graph, "tflm"), tmp_path / "ok.tflite", target="tflm")
@@ -242,7 +242,7 @@ def test_ppocr_cls_end_to_end(tmp_path: Path) -> None:
     result = export_model(case.model_path(), "rpi", tmp_path / "out", calib=feeds,
                           input_shapes=case.input_shapes, samples=16, eval_samples=4, runs=3)  # fmt: skip
     report = result.report
-    assert result.artifact.is_file() and report["artifact"]["size_ratio"] < 0.3
+    assert result.artifact.is_file() and report["artifact"]["size_ratio"] < 0.5
     for row in report["outputs"].values():
         assert row["vs_simulator"]["within_one_step"] >= 0.99, row
     runner = get_exporter("tflite").open(result.artifact, use_xnnpack=False)

@@ -1,0 +1,281 @@
+"""ONNX QDQ exporter (targets onnx and qnn): parity with the simulator on onnxruntime, stored
+integers equal to the plan's, file format rules, the opset-21 rewrite and the QNN HTP check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
+
+from edgeq.calibrate import collect_statistics, stack_batches
+from edgeq.cli import app
+from edgeq.errors import EdgeqError
+from edgeq.exporters import ExportOptions, get_exporter
+from edgeq.exporters.onnx_qdq import OrtRunner, build_model
+from edgeq.exporters.qnn_check import blocking, check_qnn
+from edgeq.interpreter import Interpreter
+from edgeq.onnx_io import model_to_graph
+from edgeq.opset import upgrade_opset
+from edgeq.passes import prepare
+from edgeq.planner import finalize_plan, make_spec
+from edgeq.recipe import LayerConfig, Recipe
+from edgeq.simulate import Simulator
+from edgeq.targets import load_target
+from edgeq.verify import within_step
+from examples.models import CASES
+from tests.conftest import F32, make_model
+
+runner = CliRunner()
+RNG = np.random.default_rng(0)
+
+
+def _plan(graph, feeds, target="onnx", recipe=None):  # type: ignore[no-untyped-def]
+    spec = make_spec(graph, recipe or Recipe(), load_target(target))
+    stats = collect_statistics(graph, {n: (n, o) for n, o in spec.observers().items()},
+                               stack_batches(feeds, 4))  # fmt: skip
+    return finalize_plan(graph, spec, stats.states)
+
+
+def _convnet(opset: int = 17):  # type: ignore[no-untyped-def]
+    """conv → relu → depthwise conv + bias → hardswish → avgpool → flatten → matmul + add → softmax,
+    with a residual add and a concat."""
+    w1 = RNG.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    b1 = RNG.normal(0, 0.1, 8).astype(np.float32)
+    wd = RNG.normal(0, 0.3, (8, 1, 3, 3)).astype(np.float32)
+    bd = RNG.normal(0, 0.1, 8).astype(np.float32)
+    wf = RNG.normal(0, 0.2, (16 * 4, 10)).astype(np.float32)
+    bf = RNG.normal(0, 0.1, 10).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "wd", "bd"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dw"),
+        helper.make_node("HardSwish", ["c2"], ["h2"], name="hswish"),
+        helper.make_node("Add", ["h2", "r1"], ["res"], name="residual"),
+        helper.make_node("Concat", ["res", "r1"], ["cat"], axis=1, name="concat"),
+        helper.make_node("AveragePool", ["cat"], ["p"], kernel_shape=[4, 4], strides=[4, 4], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wf"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "bf"], ["logits"], name="fc_bias"),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1 if opset >= 13 else 1, name="softmax"),
+    ]  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, [1, 10])],
+                       initializers={"w1": w1, "b1": b1, "wd": wd, "bd": bd, "wf": wf, "bf": bf},
+                       opset=opset)  # fmt: skip
+    return prepare(model_to_graph(model))
+
+
+def _feeds(n: int, shape=(1, 3, 8, 8)) -> list[dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    return [{"x": RNG.normal(0, 1, shape).astype(np.float32)} for _ in range(n)]
+
+
+def _export(graph, plan, target, tmp_path: Path, name: str = "m.onnx", **kw):  # type: ignore[no-untyped-def]
+    exporter = get_exporter(load_target(target).exporter)
+    return exporter.export(graph, plan, load_target(target), tmp_path / name, ExportOptions(**kw))
+
+
+@pytest.mark.parametrize("target", ["onnx", "qnn"])
+@pytest.mark.parametrize("optimize", [True, False])
+def test_convnet_matches_simulator_on_onnxruntime(
+    target: str, optimize: bool, tmp_path: Path
+) -> None:
+    graph = _convnet()
+    plan = _plan(graph, _feeds(16), target)
+    art = _export(graph, plan, target, tmp_path)
+    run = OrtRunner(art.path, optimize=optimize)
+    sim = Simulator(graph, plan)
+    out = graph.output_names[0]
+    step = float(plan.get(out).scale)  # type: ignore[union-attr, arg-type]
+    for feed in _feeds(8):
+        assert within_step(run(feed)[out], np.asarray(sim(feed)[out]), step) >= 0.99
+    # and the float baseline artifact equals the float graph
+    base = _export(graph, None, target, tmp_path, "float.onnx")
+    feed = _feeds(1)[0]
+    np.testing.assert_allclose(OrtRunner(base.path)(feed)[out], Interpreter(graph)(feed)[out],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every DequantizeLinear on an initializer, evaluated independently in numpy."""
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in init:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        v = init[n.input[0]].astype(np.int64)
+        s = init[n.input[1]].astype(np.float32)
+        z = init[n.input[2]].astype(np.int64) if len(n.input) > 2 else np.zeros_like(s, np.int64)
+        if s.ndim:
+            axis = attrs.get("axis", 1) % v.ndim
+            if attrs.get("block_size"):
+                s = np.repeat(s, attrs["block_size"], axis=axis)
+                z = np.repeat(z, attrs["block_size"], axis=axis)
+            else:
+                shape = [1] * v.ndim
+                shape[axis] = -1
+                s, z = s.reshape(shape), z.reshape(shape)
+        out[n.output[0]] = ((v - z).astype(np.float32) * s).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("bits,act_bits", [(8, 8), (4, 0), (8, 16)])
+def test_stored_weights_dequantize_exactly_to_the_plan(
+    bits: int, act_bits: int, tmp_path: Path
+) -> None:
+    graph = _convnet()
+    recipe = Recipe(base=LayerConfig(weight_bits=bits, act_bits=act_bits,
+                                     granularity="per_block" if bits == 4 else None,
+                                     block_size=16 if bits == 4 else None))  # fmt: skip
+    plan = _plan(graph, _feeds(8), "onnx", recipe)
+    art = _export(graph, plan, "onnx", tmp_path)
+    model = onnx.load(art.path)
+    assert model.ir_version == 10
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["edgeq.plan_hash"] == plan.plan_hash() and meta["edgeq.target"] == "onnx"
+    stored = _dequantized_weights(model)
+    expected = {
+        t.name: t for t in plan.tensors.values() if t.role in ("weight", "bias") and t.is_quantized
+    }
+    assert expected and set(expected) == set(stored)
+    init_types = {t.name: t.data_type for t in model.graph.initializer}
+    for name, t in expected.items():
+        np.testing.assert_array_equal(
+            stored[name], t.dequantized().astype(np.float32), err_msg=name
+        )
+        dq = next(n for n in model.graph.node if n.output[0] == name)
+        want = {"int8": onnx.TensorProto.INT8, "int4": onnx.TensorProto.INT4,
+                "int32": onnx.TensorProto.INT32}[t.dtype]  # fmt: skip
+        assert init_types[dq.input[0]] == want
+    if bits == 4:  # int4 packed two per byte: the file is smaller than an int8 one would be
+        w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4)
+        assert len(w.raw_data) == (int(np.prod(w.dims)) + 1) // 2
+    # onnxruntime runs it (int4 blocked DQ → MatMul is fused into MatMulNBits when optimized)
+    feed = _feeds(1)[0]
+    for optimize in (False, True):
+        y = OrtRunner(art.path, optimize=optimize)(feed)["y"]
+        ref = np.asarray(Simulator(graph, plan)(feed)["y"])
+        assert np.max(np.abs(y - ref)) < (0.02 if optimize else 2e-3)
+
+
+def test_upgrade_opset_keeps_the_meaning(tmp_path: Path) -> None:
+    """Opset-11 forms (Softmax over a middle axis, attribute axes) rewritten for opset 21."""
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], axis=1, name="softmax"),  # 2-D coercion
+        helper.make_node("ReduceMean", ["s"], ["m"], axes=[2], keepdims=1, name="mean"),
+        helper.make_node("Squeeze", ["m"], ["q"], axes=[2], name="squeeze"),
+        helper.make_node("Split", ["q"], ["a", "b"], axis=1, split=[1, 2], name="split"),
+        helper.make_node("Unsqueeze", ["b"], ["y"], axes=[0], name="unsqueeze"),
+    ]
+    model = make_model(nodes, [("x", F32, [2, 3, 4])], [("a", F32, None), ("y", F32, None)],
+                       opset=11)  # fmt: skip
+    graph = model_to_graph(model)
+    new = upgrade_opset(prepare(graph))
+    feed = {"x": RNG.normal(0, 2, (2, 3, 4)).astype(np.float32)}
+    art = _export(new, None, "onnx", tmp_path)
+    import onnxruntime as ort
+
+    old = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dict(zip(["a", "y"], old.run(["a", "y"], feed), strict=True))
+    got = OrtRunner(art.path)(feed)
+    for k in ("a", "y"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- the QNN HTP check ------------------------------------------------------------------------
+def test_qnn_check_flags_per_channel_matmul_dynamic_input_and_if(tmp_path: Path) -> None:
+    graph = _convnet()
+    plan = _plan(graph, _feeds(8), "onnx")  # the onnx profile puts per-channel scales on MatMul
+    model = build_model(graph, plan, load_target("onnx"))
+    found = check_qnn(model)
+    assert any(v.op == "MatMul" and "per-channel" in v.reason for v in found)
+    assert not any("dynamic" in v.reason for v in found)
+    # a dynamic input and an If node
+    then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", F32, None)])  # fmt: skip
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", F32, None)])  # fmt: skip
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["r"], keepdims=0, name="sum"),
+        helper.make_node("Greater", ["r", "zero"], ["c"], name="gt"),
+        helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="branch"),
+    ]
+    dyn = make_model(nodes, [("x", F32, ["batch", 4])], [("y", F32, None)],
+                     initializers={"zero": np.array(0, np.float32)})  # fmt: skip
+    found = check_qnn(dyn)
+    assert any(v.op == "If" and v.node == "branch" and "control flow" in v.reason for v in found)
+    assert any(v.node == "x" and "dynamic shape" in v.reason for v in found)
+    assert any(v.op == "ReduceSum" and "not quantized" in v.reason for v in found)
+
+
+def test_qnn_export_is_htp_clean_and_refuses_fallback_unless_allowed(tmp_path: Path) -> None:
+    graph = _convnet()
+    plan = _plan(graph, _feeds(8), "qnn")
+    art = _export(graph, plan, "qnn", tmp_path)
+    assert art.checks["qnn"]["htp_ready"], art.checks
+    # an op the QNN EP has no builder for (Softplus) must not be written silently
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Softplus", ["c"], ["y"], name="softplus")]  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, [1, 4, 8, 8])],
+                       initializers={"w": RNG.normal(0, 1, (4, 3, 1, 1)).astype(np.float32)})  # fmt: skip
+    g2 = prepare(model_to_graph(model))
+    p2 = _plan(g2, _feeds(4), "qnn")
+    with pytest.raises(EdgeqError, match=r"would leave the QNN HTP.*Softplus"):
+        _export(g2, p2, "qnn", tmp_path, "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+    ok = _export(g2, p2, "qnn", tmp_path, "fallback.onnx", allow_fallback=True)
+    assert any("Softplus" in n for n in ok.notes)
+
+
+# ---- end to end on a real model, through the CLI ----------------------------------------------
+@pytest.fixture(scope="module")
+def cls_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cls_calib")
+    for i, feed in enumerate(CASES["ppocr-cls"].make_feeds(20, "calib")):
+        np.save(folder / f"line_{i:03d}.npy", feed["x"])
+    return folder
+
+
+@pytest.mark.slow
+def test_cli_export_cls_for_qnn_and_check(cls_calib: Path, cls_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", str(cls_model), "--target", "qnn", "--calib", str(cls_calib),
+                                 "--input-shape", "x=1,3,48,192", "--calib-samples", "16",
+                                 "--eval-samples", "4", "--runs", "3", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import json
+
+    rep = json.loads((out / "export_report.json").read_text())
+    row = next(iter(rep["outputs"].values()))
+    assert row["vs_simulator"]["within_one_step"] >= 0.99
+    assert rep["evaluation"]["held_out"] and rep["evaluation"]["samples"] == 4
+    assert rep["artifact"]["checks"]["qnn"]["htp_ready"]
+    assert rep["artifact"]["size_ratio"] < 0.6  # int8 weights (the classifier is tiny)
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "plan", "export_report.json",
+                                               "export_report.md"}  # fmt: skip
+    check = runner.invoke(app, ["check", str(out / "model.onnx"), "--target", "qnn"])
+    assert check.exit_code == 0 and "every node can run on the QNN HTP" in check.output
+    float_check = runner.invoke(app, ["check", str(cls_model), "--target", "qnn"])
+    assert float_check.exit_code == 1 and "not quantized" in float_check.output
+    # a plan for another target is refused, nothing written
+    again = runner.invoke(app, ["export", str(cls_model), "--target", "onnx", "--plan",
+                                str(out / "plan"), "-o", str(tmp_path / "o2")])  # fmt: skip
+    assert again.exit_code == 2 and "made for target 'qnn'" in again.output
+    assert not (tmp_path / "o2").exists()
+
+
+def test_export_without_data_or_plan_is_refused(cls_model: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", str(cls_model), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--calib" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_blocking_ignores_warnings() -> None:
+    from edgeq.exporters.qnn_check import Violation
+
+    vs = [Violation("a", "Q", "int8", "warning"), Violation("b", "If", "control flow")]
+    assert [v.node for v in blocking(vs)] == ["b"]
