@@ -84,10 +84,13 @@ def run_case(name: str, n_calib: int, n_eval: int, work: Path, runs: int) -> dic
     calib_s = time.perf_counter() - t0
     graph, plan = run.graph, run.plan
     exporter, profile = get_exporter("mlx"), load_target("mlx")
-    paths = {k: work / f"{name}-{k}" for k in ("q", "float", "rtn")}
+    paths = {k: work / f"{name}-{k}" for k in ("q", "q16", "float", "rtn")}
     t0 = time.perf_counter()
     art = exporter.export(graph, plan, profile, paths["q"], ExportOptions())
     export_s = time.perf_counter() - t0
+    exporter.export(
+        graph, plan, profile, paths["q16"], ExportOptions(extra={"scale_dtype": "float16"})
+    )
     base = exporter.export(graph, None, profile, paths["float"], ExportOptions())
     exporter.export(rtn_graph(graph, paths["q"]), None, profile, paths["rtn"], ExportOptions())
     runners = {
@@ -95,11 +98,14 @@ def run_case(name: str, n_calib: int, n_eval: int, work: Path, runs: int) -> dic
         "simulator (edgeq 4-bit)": Simulator(graph, plan),
         "MLX float": exporter.open(paths["float"]),
         "MLX edgeq 4-bit": exporter.open(paths["q"]),
+        "MLX edgeq 4-bit, float16 scales": exporter.open(paths["q16"]),
         "MLX mx.quantize RTN 4-bit": exporter.open(paths["rtn"]),
     }
     outs = {k: [r(f) for f in evalf] for k, r in runners.items()}
     parity = compare(outs["MLX edgeq 4-bit"], outs["simulator (edgeq 4-bit)"], outs["float (JAX)"],
                      plan, graph.output_names)  # fmt: skip
+    parity16 = compare(outs["MLX edgeq 4-bit, float16 scales"], outs["simulator (edgeq 4-bit)"],
+                       outs["float (JAX)"], plan, graph.output_names)  # fmt: skip
     metrics = {k: task_metric(name, o, outs["float (JAX)"], case) for k, o in outs.items()}
     deq = exporter.open(paths["q"], kernels="dequantized")
     feed = evalf[0]
@@ -109,12 +115,17 @@ def run_case(name: str, n_calib: int, n_eval: int, work: Path, runs: int) -> dic
         "MLX edgeq 4-bit (dequantized at load)": median_ms(lambda: deq(feed), runs),
     }  # fmt: skip
     f32, qb = artifact_weight_bytes(paths["q"], graph)
+    _, qb16 = artifact_weight_bytes(paths["q16"], graph)
     return {
         "model": name, "calib_samples": n_calib, "eval_samples": len(evalf),
         "calib_s": round(calib_s, 1), "export_s": round(export_s, 2),
         "within_one_step": {k: v["vs_simulator"]["within_one_step"] for k, v in parity.items()},
+        "within_one_step_fp16_scales": {
+            k: v["vs_simulator"]["within_one_step"] for k, v in parity16.items()
+        },
         "metric": metrics, "latency_ms": {k: round(v, 2) for k, v in latency.items()},
-        "weight_bytes": {"fp32": f32, "stored": qb, "ratio": qb / f32},
+        "weight_bytes": {"fp32": f32, "stored": qb, "ratio": qb / f32, "stored_fp16_scales": qb16,
+                         "ratio_fp16_scales": qb16 / f32},
         "artifact_bytes": {"q": art.size_bytes, "float": base.size_bytes},
         "notes": art.notes,
     }  # fmt: skip
@@ -149,10 +160,12 @@ def markdown(data: dict[str, Any]) -> str:
                   "| runner | metric |", "|---|---|"]  # fmt: skip
         lines += [f"| {k} | {v} |" for k, v in row["metric"].items()]
         par = ", ".join(f"{k}: {v:.2%}" for k, v in row["within_one_step"].items())
+        par16 = ", ".join(f"{k}: {v:.2%}" for k, v in row["within_one_step_fp16_scales"].items())
         w = row["weight_bytes"]
-        lines += ["", f"parity (MLX edgeq 4-bit within one step of the simulator): {par}", "",
+        lines += ["", f"parity (MLX edgeq 4-bit within one step of the simulator): {par}; "
+                  f"with float16 scales: {par16}", "",
                   f"weights: {w['stored'] / 1e6:.2f} MB stored vs {w['fp32'] / 1e6:.2f} MB fp32 = "
-                  f"{w['ratio']:.3f}x; artifact {row['artifact_bytes']['q'] / 1e6:.2f} MB vs float "
+                  f"{w['ratio']:.3f}x (float16 scales: {w['ratio_fp16_scales']:.3f}x); artifact {row['artifact_bytes']['q'] / 1e6:.2f} MB vs float "
                   f"{row['artifact_bytes']['float'] / 1e6:.2f} MB", "",
                   "| latency | ms |", "|---|---|"]  # fmt: skip
         lines += [f"| {k} | {v} |" for k, v in row["latency_ms"].items()]

@@ -8,6 +8,7 @@ import numpy as np
 from edgeq.qtypes import QDType, choose_qparams, dequantize, quantize
 
 INT32_MAX = 2**31 - 1
+MIN_WEIGHT_SCALE = 1e-10
 
 
 def _grouped(
@@ -69,6 +70,9 @@ def weight_qparams(
             better = err < best_err
             scale, zp = np.where(better, s, scale), np.where(better, z, zp)
             best_err = np.minimum(err, best_err)
+    # dead channels (|w| ~ 1e-40) would get denormal scales, and s_in * s_w bias scales that
+    # float32 cannot hold; at this floor their weights quantize to 0, as they effectively are
+    scale = np.maximum(scale, MIN_WEIGHT_SCALE)
     return (
         _ungroup(scale.astype(np.float32), w.shape, axis, block, param_shape),
         _ungroup(zp.astype(np.int64), w.shape, axis, block, param_shape),

@@ -22,7 +22,6 @@ float32 I/O casts carry the plain name); a weight's constexpr op is `mil_name(w)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -503,7 +502,7 @@ class ProgramBuilder:
         rank = len(self._shape(node.inputs[0]))
         axis = int(node.attrs.get("axis", -1)) % rank
         kwargs: dict[str, Any] = {"axes": list(range(axis, rank)),
-                                  "epsilon": np.float16(node.attrs.get("epsilon", 1e-5))}  # fmt: skip
+                                  "epsilon": _fp16_epsilon(node.attrs.get("epsilon", 1e-5))}  # fmt: skip
         kwargs["gamma"] = fp16(self._const(node.inputs[1]))
         if len(node.inputs) > 2 and node.inputs[2]:
             kwargs["beta"] = fp16(self._const(node.inputs[2]))
@@ -663,6 +662,12 @@ class ProgramBuilder:
         self._unary(node, "clip", alpha=fp16(lo)[()], beta=fp16(hi)[()])
 
 
+def _fp16_epsilon(eps: float) -> np.float16:
+    """A positive epsilon stays positive in fp16 (MiniLM's 1e-12 would round to 0 and a
+    constant row would divide by zero): at least fp16's smallest subnormal, 2^-24."""
+    return np.float16(max(float(eps), 2.0**-24)) if eps > 0 else np.float16(0)
+
+
 def _pads(node: Node, n: int) -> dict[str, Any]:
     auto = node.attrs.get("auto_pad", "NOTSET")
     if isinstance(auto, bytes):
@@ -699,10 +704,6 @@ def build_program(graph: Graph, plan: QuantPlan | None, deployment_target: str |
             f"use --deployment-target {need} or leave it out",
         )
     return ProgramBuilder(graph, plan, target).build()
-
-
-def onnx_dtype_map(io: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    return {k: str(v["dtype"]) for k, v in io.items()}
 
 
 __all__ = ["BuiltProgram", "build_program", "fp16", "mil_name", "requant_is_identity", "required_target",

@@ -194,16 +194,18 @@ class MlxExporter:
     def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
                options: ExportOptions) -> Artifact:  # fmt: skip
         _check_ops(graph)
-        # float16 scales/biases (mlx-lm's convention, 5 bits a weight at 4-bit/g32) move a
-        # dequantized weight by ~2^-11 of its range; with quantized activations that flips
-        # roundings, so W8A8 plans keep float32 unless asked otherwise
-        default = (
-            "float32" if _activation_params(plan) else profile.raw.get("scale_dtype", "float16")
-        )
-        scale_name = str(options.extra.get("scale_dtype", default))
+        # "auto" (the profile default): float16 scales/biases (mlx-lm's convention, 5 bits a
+        # weight at 4-bit/g32) only where that is lossless (scale and scale*zero_point exact in
+        # float16), else float32. Rounding scales to float16 moves a dequantized weight by
+        # ~2^-12 of its range, which measurably breaks parity with the simulator (ppocr-cls).
+        scale_name = str(options.extra.get("scale_dtype", profile.raw.get("scale_dtype", "auto")))
+        if scale_name == "auto":
+            scale_name = "float16" if plan is not None and _fp16_lossless(plan) else "float32"
         if scale_name not in _SCALE_DTYPES:
-            raise EdgeqError(f"scale_dtype '{scale_name}' is not one MLX stores here",
-                             f"use one of {sorted(_SCALE_DTYPES)}")  # fmt: skip
+            raise EdgeqError(
+                f"scale_dtype '{scale_name}' is not one MLX stores here",
+                f"use one of {sorted(_SCALE_DTYPES)} or auto",
+            )
         scale_dtype = _SCALE_DTYPES[scale_name]
         used = {i for n in graph.nodes for i in n.inputs if i in graph.constants}
         tensors: dict[str, np.ndarray] = {}
@@ -314,6 +316,17 @@ class MlxExporter:
 
     def open(self, path: Path, **kwargs: Any) -> Runner:
         return MlxProgram(path, **kwargs)
+
+
+def _fp16_lossless(plan: QuantPlan) -> bool:
+    """Every weight scale and scale * zero point is exactly representable in float16."""
+    for t in plan.quantized("weight"):
+        s = np.asarray(t.scale, np.float64)
+        sz = s * np.asarray(t.zero_point, np.float64)
+        for v in (s, sz):
+            if not np.array_equal(v.astype(np.float16).astype(np.float64), v):
+                return False
+    return True
 
 
 def _pointwise(node: Any) -> bool:

@@ -248,3 +248,27 @@ def test_ppocr_cls_end_to_end(tmp_path: Path) -> None:
     runner = get_exporter("tflite").open(result.artifact, use_xnnpack=False)
     graph_in = case.make_feeds(1, "eval")[0]
     assert all(np.isfinite(v).all() for v in runner(graph_in).values())
+
+
+def test_batchnorm_and_conv_transpose(tmp_path: Path) -> None:
+    c = 4
+    w = RNG.normal(0, 0.3, (c, c, 2, 2)).astype(np.float32)
+    bn = [
+        RNG.uniform(0.5, 1.5, c),
+        RNG.normal(0, 0.2, c),
+        RNG.normal(0, 0.2, c),
+        RNG.uniform(0.5, 2, c),
+    ]
+    inits = {
+        "w": w,
+        **{k: v.astype(np.float32) for k, v in zip(("g", "be", "mu", "var"), bn, strict=True)},
+    }
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["u"], strides=[2, 2], name="up"),
+        helper.make_node("BatchNormalization", ["u", "g", "be", "mu", "var"], ["y"], name="bn"),
+    ]  # fmt: skip
+    graph = _graph(make_model(nodes, [("x", F32, [1, c, 5, 6])], [("y", F32, [1, c, 10, 12])],
+                              initializers=inits))  # fmt: skip
+    plan = _plan(graph)
+    parity = _parity(graph, plan, _export(graph, plan, tmp_path / "m.tflite"))
+    assert parity["xnnpack"] >= 0.99 and parity["reference"] >= 0.99, parity
