@@ -36,6 +36,7 @@ from edgeq.simulate import Simulator
 from edgeq.verify import compare
 from examples.models import CASES
 
+THREADS = 1  # intra-op threads for the latency rows (set by --threads)
 CONFIGS: dict[str, list[tuple[str, str, Recipe]]] = {}
 W8A8 = Recipe()
 W4_ONLY = Recipe(
@@ -167,15 +168,16 @@ def bench_model(
         if label == "W8A8" and target == "onnx":
             ortq = ort_quantize_static(case.model_path(), case.input_shapes, calib,
                                        work / f"{name}-ortq.onnx")  # fmt: skip
-            ort_run = OrtRunner(ortq)
+            ort_run = OrtRunner(ortq, threads=THREADS)
             ort_out = [ort_run(f) for f in evalf]
             rows.append({"model": name, "config": "W8A8 onnxruntime quantize_static (MinMax)",
                          "target": "onnx", "artifact_metric": metric(ort_out, float_out)})  # fmt: skip
-            float_run = OrtRunner(_float_model(case, work))
+            float_run = OrtRunner(_float_model(case, work), threads=THREADS)
+            art_t = OrtRunner(res.artifact, threads=THREADS)
             feed = evalf[0]
-            lat = interleaved_ms({"float": partial(float_run, feed), "edgeq": partial(art, feed),
+            lat = interleaved_ms({"float": partial(float_run, feed), "edgeq": partial(art_t, feed),
                                   "ort": partial(ort_run, feed)}, rounds)  # fmt: skip
-            rows.append({"model": name, "config": "latency W8A8 (onnxruntime CPU, median ms)",
+            rows.append({"model": name, "config": f"latency W8A8 (onnxruntime CPU, {THREADS} thread(s), median ms)",
                          "target": "onnx",
                          "artifact_metric": f"float {lat['float']:.2f} / edgeq {lat['edgeq']:.2f} / "
                                             f"quantize_static {lat['ort']:.2f}",
@@ -208,7 +210,10 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--eval", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

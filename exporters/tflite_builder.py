@@ -243,6 +243,8 @@ def op_version(name: str, act: str, weight: str | None = None, **flags: bool) ->
         return 2
     if name == "QUANTIZE":
         return 1
+    if name == "BROADCAST_TO":
+        return 2  # version 1 was reserved for the Flex op; the builtin starts at 2
     if name == "HARD_SWISH":
         return 1  # int8 included (v2 does not exist in LiteRT 2.3)
     if name in _INT8_V2 and act == "int8":

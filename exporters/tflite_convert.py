@@ -267,7 +267,7 @@ def convert(graph: Graph, plan: QuantPlan | None,
     """(flatbuffer bytes, I/O metadata, notes) for `graph` quantized by `plan` (None: float)."""
     import json
 
-    from . import tflite_ops  # noqa: F401  (registers the handlers)
+    from . import tflite_ops, tflite_ops_float  # noqa: F401  (register the handlers)
 
     conv = Converter(graph, plan, profile)
     model, io = conv.run()

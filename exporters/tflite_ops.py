@@ -336,8 +336,10 @@ def binary(c: Converter, node: Node) -> None:
     op, opt_cls = _BINARY[node.op_type]
     if node.op_type == "Div" and c.quantized:
         if names[1] not in c.g.constants:
-            raise c.fail(node, "division by an activation has no int8 TFLite kernel",
-                         "rewrite the model (e.g. multiply by a reciprocal computed upstream)")  # fmt: skip
+            from .tflite_ops_float import divide_activations
+
+            divide_activations(c, node)
+            return
         _div_by_const(c, node, rank)
         return
     perm = _common_layout(c, names, rank)
@@ -637,7 +639,25 @@ def reduce(c: Converter, node: Node) -> None:
     axes_t = c.int_const(f"{node.name}/axes", t_axes)
     opt = fb.ReducerOptionsT()
     opt.keepDims = keep
+    if _REDUCE[node.op_type] == "SUM" and out.quant is not None:
+        _sum_as_mean(c, node, xt, axes_t, t_axes, out, opt)
+        return
     c.emit(_REDUCE[node.op_type], [xt.index, axes_t.index], [out.index], xt.dtype, opt)
+
+
+def _sum_as_mean(c: Converter, node: Node, xt: Tensor, axes_t: Tensor, axes: list[int],
+                 out: Tensor, opt: object) -> None:  # fmt: skip
+    """Quantized SUM as MEAN + MUL: LiteRT 2.3's reference int8 SUM kernel returns wrong
+    values (its optimized and XNNPACK kernels are right). MEAN writes the output's integers
+    on the grid s_y/n (one rounding, the same as SUM's onto s_y); a MUL by n (int8 127 with
+    scale n/127) relabels them onto s_y with a multiplier of exactly one."""
+    assert out.quant is not None and xt.quant is not None
+    n = int(np.prod([xt.shape[i] for i in axes]))
+    s_y, z_y = out.quant.scale[0], out.quant.zero_point[0]
+    mean = c.m.tensor(f"{node.outputs[0]}/mean", out.shape, out.dtype, QParams.of(s_y / n, z_y))
+    c.emit("MEAN", [xt.index, axes_t.index], [mean.index], xt.dtype, opt)
+    k = c.m.const(f"{node.name}/count", np.asarray(127, np.int8), "int8", QParams.of(n / 127, 0))
+    c.emit("MUL", [mean.index, k.index], [out.index], out.dtype, fb.MulOptionsT())
 
 
 @handles("Resize", "Upsample")
