@@ -77,6 +77,7 @@ def task_metric(key: str, outs: list[dict[str, np.ndarray]], sims: list[dict[str
             "value": round(100 * float(agree), 2),
         }
     if key == "minilm" and floats is not None:
+        name = "sentence_embedding"
 
         def cos(u: dict[str, np.ndarray], f: dict[str, np.ndarray]) -> float:
             x, y = np.ravel(u[name]), np.ravel(np.asarray(f[name]))

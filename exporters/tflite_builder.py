@@ -134,6 +134,9 @@ class FlatModel:
 
     def const(self, name: str, array: np.ndarray, dtype: str,
               quant: QParams | None = None) -> Tensor:  # fmt: skip
+        if dtype == "int4":
+            arr = np.asarray(array)
+            return self.tensor(name, arr.shape, "int4", quant, pack_int4(arr))
         storage = {"float32": np.float32, "int8": np.int8, "int32": np.int32,
                    "int64": np.int64, "int16": np.int16, "uint8": np.uint8}[dtype]  # fmt: skip
         arr = np.asarray(array)
@@ -186,6 +189,26 @@ class FlatModel:
         builder = flatbuffers.Builder(1 << 20)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
         return bytes(builder.Output())
+
+
+def pack_int4(values: np.ndarray) -> bytes:
+    """Row-major int4 values in [-8, 7] as TFLite stores INT4 tensors: two's-complement
+    nibbles, element 2i in the low nibble of byte i, element 2i+1 in the high nibble (an odd
+    count leaves the last high nibble zero)."""
+    flat = np.asarray(values).reshape(-1).astype(np.int64)
+    if flat.size and (flat.min() < -8 or flat.max() > 7):
+        raise ValueError("int4 values must lie in [-8, 7]")
+    nibbles = (flat & 0xF).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def unpack_int4(data: bytes, count: int) -> np.ndarray:
+    """The inverse of `pack_int4`: `count` int8 values in [-8, 7]."""
+    raw = np.frombuffer(data, np.uint8)
+    nibbles = np.stack([raw & 0xF, raw >> 4], axis=1).reshape(-1)[:count].astype(np.int8)
+    return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
 
 
 def read_model(data: bytes) -> Any:

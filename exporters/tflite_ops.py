@@ -92,10 +92,15 @@ def _spatial_padding(c: Converter, node: Node, x: str, kernel: tuple[int, int],
     return out, PAD.VALID
 
 
-def _weight(c: Converter, node: Node, name: str, channel_axis: int,
-            layout: tuple[int, ...]) -> tuple[np.ndarray, str, QParams | None]:  # fmt: skip
+def _weight(c: Converter, node: Node, name: str, channel_axis: int, layout: tuple[int, ...],
+            int4: bool = False) -> tuple[np.ndarray, str, QParams | None]:  # fmt: skip
     """Weight data transposed by `layout`, its dtype, and its per-axis quantization (the
-    channel axis moved with the transpose)."""
+    channel axis moved with the transpose). A 4-bit plan weight is written as packed INT4
+    where the kernel reproduces the simulator (`int4`: FULLY_CONNECTED v10, exact under
+    XNNPACK and the reference kernels); elsewhere its [-8, 7] integers are stored as int8
+    with the same scales (exact, no size saving). CONV_2D v7 with an INT4 filter runs in
+    LiteRT 2.3, but put ~5% of a test conv's outputs one step above the simulator (both
+    kernel sets; the same values stored as int8 were exact), so convolutions keep int8."""
     if c.plan is None:
         return c.g.constants[name].astype(np.float32).transpose(layout), "float32", None
     t = c.tq(name)
@@ -105,9 +110,9 @@ def _weight(c: Converter, node: Node, name: str, channel_axis: int,
     if t.block is not None:
         raise c.fail(node, f"weight '{name}' is quantized per block ({t.block})",
                      "TFLite int8 kernels take per-channel weights: use --granularity per_channel")  # fmt: skip
-    if t.dtype != "int8":
-        raise c.fail(node, f"weight '{name}' is {t.dtype}; this exporter writes int8 weights",
-                     "use --bits 8")  # fmt: skip
+    if t.dtype not in ("int8", "int4"):
+        raise c.fail(node, f"weight '{name}' is {t.dtype}; TFLite takes int8 or int4 weights",
+                     "use --bits 8 or --bits 4")  # fmt: skip
     if np.any(np.asarray(t.zero_point) != 0):
         raise c.fail(node, f"weight '{name}' has a non-zero zero point",
                      "TFLite needs symmetric weights (zero point 0)")  # fmt: skip
@@ -116,7 +121,14 @@ def _weight(c: Converter, node: Node, name: str, channel_axis: int,
                      f"channel axis is {channel_axis}", "re-calibrate for this target")  # fmt: skip
     values = np.asarray(t.values).astype(np.int8).transpose(layout)
     axis = list(layout).index(channel_axis) if t.axis is not None else 0
-    return values, "int8", QParams.of(t.scale, t.zero_point, axis)
+    wtype = "int8"
+    if t.dtype == "int4":
+        if int4 and c.profile.quant.w4 == "int4":
+            wtype = "int4"
+        else:
+            c.notes.append(f"{node}: 4-bit weight '{name}' stored as int8 (no int4 kernel for "
+                           f"this op in LiteRT); same values and scales")  # fmt: skip
+    return values, wtype, QParams.of(t.scale, t.zero_point, axis)
 
 
 def _bias(c: Converter, node: Node, name: str | None, x: Tensor, w: QParams | None,
@@ -170,7 +182,7 @@ def conv(c: Converter, node: Node) -> None:
     dil = _ints(node, "dilations", [1, 1])
     xt, padding = _spatial_padding(c, node, x, (kh, kw), (strides[0], strides[1]), (dil[0], dil[1]))
     layout = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)
-    data, wtype, wq = _weight(c, node, w_name, 0, layout)
+    data, wtype, wq = _weight(c, node, w_name, 0, layout)  # int4 CONV_2D v7: see _weight
     wt = c.m.const(w_name, data, wtype, wq)
     bt = _bias(c, node, b_name, xt, wq, out_ch)
     out = c.new(node.outputs[0], NHWC)
@@ -269,7 +281,7 @@ def matmul(c: Converter, node: Node) -> None:
             bias_name, out_name = _fused_bias_add(c, node)
         channel_axis = 0 if trans_b else 1
         layout = (0, 1) if trans_b else (1, 0)
-        data, wtype, wq = _weight(c, node, b, channel_axis, layout)
+        data, wtype, wq = _weight(c, node, b, channel_axis, layout, int4=True)
         n = data.shape[0]
         xt = c.get(a)
         wt = c.m.const(b, data, wtype, wq)
@@ -494,13 +506,17 @@ def _hard_swish_lowered(c: Converter, node: Node) -> bool:
     """XNNPACK has no int8 HARD_SWISH (LiteRT 2.3 leaves it to the reference kernel, which
     splits the delegated graph at every activation). Where the target asks for it
     (`hardswish = "lowered"` in the profile), x * hardsigmoid(x) runs as MUL + ADD + MUL, all
-    delegated; the hard-sigmoid sits on the fixed (1/256, -128) grid in between."""
+    delegated. The hard-sigmoid gate in between is an internal tensor on the grid
+    (1/255, -128), which holds 0 and 1 exactly: on the (1/256, -128) grid of a HardSigmoid
+    output the gate saturated at 255/256, scaling every x >= 3 by 0.996 (a systematic
+    negative bias that cost ppocr-rec ~0.5 CER points against the simulator). Its rounding
+    (at most 1/510) is the only difference from the simulator's exact HardSwish."""
     if not c.quantized or c.profile.raw.get("hardswish", "builtin") != "lowered":
         return False
     x, y = node.inputs[0], node.outputs[0]
     perm, xt = c.any_layout(x)
     gate = f"{y}/hardsigmoid"
-    gq = QParams.of(1 / 256, -128)
+    gq = QParams.of(1 / 255, -128)
     h = _hard_sigmoid_int(c, node, xt, 1 / 6, 0.5, gq, c.m.tensor(gate, xt.shape, xt.dtype, gq))
     out = c.new(y, perm)
     c.emit("MUL", [xt.index, h.index], [out.index], xt.dtype, fb.MulOptionsT())

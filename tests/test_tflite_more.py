@@ -1,0 +1,275 @@
+"""TFLite exporter, second part: a tiny MiniLM-shaped encoder (integer inputs, attention mask
+path, float islands for LayerNorm / Div / ReduceL2, mean pooling), packed INT4 weights, the
+lowered HardSwish, and the quantized SUM lowering. Every check runs the file in LiteRT (XNNPACK
+and the reference kernels) against the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from edgeq.calibrate import collect_statistics, stack_batches
+from edgeq.exporters import ExportOptions, get_exporter
+from edgeq.exporters.tflite_builder import (
+    TYPE_NAMES,
+    builtin_name,
+    pack_int4,
+    read_model,
+    unpack_int4,
+)
+from edgeq.graph import Graph
+from edgeq.onnx_io import model_to_graph
+from edgeq.pipeline import prepare_for_quantization
+from edgeq.plan import QuantPlan
+from edgeq.planner import finalize_plan, make_spec
+from edgeq.recipe import LayerConfig, Recipe
+from edgeq.simulate import Simulator
+from edgeq.targets import load_target
+from edgeq.verify import output_step, within_step
+from tests.conftest import F32, I64, make_model
+
+RNG = np.random.default_rng(5)
+SEQ, DIM, VOCAB = 8, 16, 20
+Feeds = dict[str, np.ndarray]
+
+
+def _text_feeds(n: int, seed: int) -> list[Feeds]:
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        tokens = int(rng.integers(3, SEQ + 1))
+        mask = (np.arange(SEQ) < tokens).astype(np.int64)[None]
+        ids = rng.integers(0, VOCAB, (1, SEQ)).astype(np.int64) * mask
+        feeds.append({"ids": ids, "mask": mask})
+    return feeds
+
+
+def _float_feeds(graph: Graph, n: int, seed: int, scale: float = 1.0) -> list[Feeds]:
+    rng = np.random.default_rng(seed)
+    return [{v.name: rng.normal(0, scale, v.shape).astype(np.float32) for v in graph.inputs}
+            for _ in range(n)]  # fmt: skip
+
+
+def _plan(graph: Graph, feeds: list[Feeds], weight_bits: int = 8) -> QuantPlan:
+    recipe = Recipe(base=LayerConfig(act_observer="minmax", weight_bits=weight_bits,
+                                     granularity="per_channel"))  # fmt: skip
+    spec = make_spec(graph, recipe, load_target("rpi"))
+    observers = spec.observers()
+    stats = collect_statistics(graph, {n: (n, o) for n, o in observers.items()},
+                               stack_batches(feeds, 4))  # fmt: skip
+    return finalize_plan(graph, spec, stats.states)
+
+
+def _export(graph: Graph, plan: QuantPlan | None, path: Path) -> Path:
+    get_exporter("tflite").export(graph, plan, load_target("rpi"), path, ExportOptions())
+    return path
+
+
+def _parity(graph: Graph, plan: QuantPlan, path: Path, feeds: list[Feeds]) -> dict[str, float]:
+    """Worst fraction of output elements within one step of the simulator, per kernel set."""
+    sim = Simulator(graph, plan)
+    ref = [sim(f) for f in feeds]
+    result = {}
+    for xnn in (True, False):
+        run = get_exporter("tflite").open(path, use_xnnpack=xnn)
+        outs = [run(f) for f in feeds]
+        worst = 1.0
+        for name in graph.output_names:
+            sims = [np.asarray(r[name]) for r in ref]
+            step, _ = output_step(plan, name, sims)
+            got = np.concatenate([o[name].ravel() for o in outs])
+            want = np.concatenate([s.ravel() for s in sims])
+            worst = min(worst, within_step(got, want, step))
+        result["xnnpack" if xnn else "reference"] = worst
+    return result
+
+
+def _ops(path: Path) -> list[tuple[str, int, list[str]]]:
+    model = read_model(path.read_bytes())
+    sub = model.subgraphs[0]
+    return [(builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode),
+             model.operatorCodes[op.opcodeIndex].version,
+             [TYPE_NAMES[sub.tensors[i].type] for i in op.inputs if i >= 0])
+            for op in sub.operators]  # fmt: skip
+
+
+# ---- a tiny sentence encoder -----------------------------------------------------------------
+def _encoder() -> onnx.ModelProto:
+    """Embedding lookup, additive float-min mask, one attention head, residual LayerNorm,
+    masked mean pooling and L2 normalization, as exported sentence-transformers graphs do."""
+    f32 = np.float32
+    inits = {
+        "emb": RNG.normal(0, 1, (VOCAB, DIM)).astype(f32),
+        "g": RNG.uniform(0.5, 1.5, DIM).astype(f32), "b": RNG.normal(0, 0.1, DIM).astype(f32),
+        "w": RNG.normal(0, 0.3, (DIM, DIM)).astype(f32), "wb": RNG.normal(0, 0.1, DIM).astype(f32),
+        "one": np.asarray(1.0, f32), "fmin": np.asarray(np.finfo(f32).min, f32),
+        "sqrt_d": np.asarray(4.0, f32), "eps": np.asarray(1e-9, f32),
+        "ax1": np.asarray([1], np.int64), "ax2": np.asarray([2], np.int64),
+        "pool_shape": np.asarray([1, SEQ, DIM], np.int64),
+        "emb_shape": np.asarray([1, DIM], np.int64),
+    }  # fmt: skip
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["emb", "ids"], ["e"], name="embed"),
+        n("LayerNormalization", ["e", "g", "b"], ["h"], axis=-1, epsilon=1e-5, name="ln0"),
+        n("Unsqueeze", ["mask", "ax1"], ["m1"], name="mask_unsqueeze"),
+        n("Cast", ["m1"], ["mf"], to=onnx.TensorProto.FLOAT, name="mask_cast"),
+        n("Sub", ["one", "mf"], ["inv"], name="mask_invert"),
+        n("Mul", ["inv", "fmin"], ["addmask"], name="mask_fill"),
+        n("Transpose", ["h"], ["ht"], perm=[0, 2, 1], name="keys"),
+        n("MatMul", ["h", "ht"], ["s"], name="scores"),
+        n("Div", ["s", "sqrt_d"], ["sd"], name="scale"),
+        n("Add", ["sd", "addmask"], ["sm"], name="masked"),
+        n("Softmax", ["sm"], ["p"], axis=-1, name="softmax"),
+        n("MatMul", ["p", "h"], ["ctx"], name="context"),
+        n("MatMul", ["ctx", "w"], ["lin0"], name="dense"),
+        n("Add", ["lin0", "wb"], ["lin"], name="dense_bias"),
+        n("Add", ["lin", "h"], ["res"], name="residual"),
+        n("LayerNormalization", ["res", "g", "b"], ["hs"], axis=-1, epsilon=1e-5, name="ln1"),
+        n("Unsqueeze", ["mask", "ax2"], ["pm"], name="pool_unsqueeze"),
+        n("Expand", ["pm", "pool_shape"], ["pe"], name="pool_expand"),
+        n("Cast", ["pe"], ["pf"], to=onnx.TensorProto.FLOAT, name="pool_cast"),
+        n("Mul", ["hs", "pf"], ["hm"], name="pool_mask"),
+        n("ReduceSum", ["hm", "ax1"], ["su"], keepdims=0, name="pool_sum"),
+        n("ReduceSum", ["pf", "ax1"], ["cnt"], keepdims=0, name="pool_count"),
+        n("Clip", ["cnt", "eps"], ["cc"], name="pool_clip"),
+        n("Div", ["su", "cc"], ["mean"], name="pool_div"),
+        n("ReduceL2", ["mean"], ["nrm"], axes=[1], keepdims=1, name="l2"),
+        n("Clip", ["nrm", "eps"], ["nc"], name="l2_clip"),
+        n("Expand", ["nc", "emb_shape"], ["ne"], name="l2_expand"),
+        n("Div", ["mean", "ne"], ["y"], name="l2_div"),
+    ]
+    return make_model(nodes, [("ids", I64, [1, SEQ]), ("mask", I64, [1, SEQ])],
+                      [("y", F32, [1, DIM]), ("hs", F32, [1, SEQ, DIM])], initializers=inits)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def encoder() -> tuple[Graph, QuantPlan]:
+    graph = prepare_for_quantization(model_to_graph(_encoder()))
+    return graph, _plan(graph, _text_feeds(24, 1))
+
+
+def test_encoder_exports_and_matches_the_simulator(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    graph, plan = encoder
+    path = _export(graph, plan, tmp_path / "enc.tflite")
+    ops = {name for name, _, _ in _ops(path)}
+    assert {"CAST", "BROADCAST_TO", "DIV", "SQRT", "DEQUANTIZE", "QUANTIZE"} <= ops, ops
+    parity = _parity(graph, plan, path, _text_feeds(6, 9))
+    assert parity["xnnpack"] >= 0.98 and parity["reference"] >= 0.98, parity
+    notes = get_exporter("tflite").export(graph, plan, load_target("rpi"), tmp_path / "b.tflite",
+                                          ExportOptions()).notes  # fmt: skip
+    assert any("l2_div" in n and "float32" in n for n in notes), notes
+    assert any("'l2'" in n or "l2 " in n or "ReduceL2" in n for n in notes), notes
+
+
+def test_encoder_float_baseline(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from edgeq.interpreter import Interpreter
+
+    graph, _ = encoder
+    run = get_exporter("tflite").open(_export(graph, None, tmp_path / "f.tflite"))
+    ref = Interpreter(graph)
+    for feed in _text_feeds(2, 4):
+        got, want = run(feed), ref(feed)
+        for name in graph.output_names:
+            np.testing.assert_allclose(got[name], np.asarray(want[name]), rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_sum_is_mean_times_count(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """LiteRT 2.3's reference int8 SUM is wrong, so a quantized ReduceSum is MEAN + MUL; the
+    pooled sum equals the simulator's on both kernel sets."""
+    graph, plan = encoder
+    path = _export(graph, plan, tmp_path / "enc.tflite")
+    names = [name for name, _, _ in _ops(path)]
+    assert "SUM" not in names and names.count("MEAN") >= 2
+    feeds = _text_feeds(4, 11)
+    sim = Simulator(graph, plan, taps=["su", "cnt"])
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    step = float(plan.tensors["cnt"].scale)
+    for resolver in (OpResolverType.AUTO, OpResolverType.BUILTIN_REF):
+        it = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver,
+                         experimental_preserve_all_tensors=True)  # fmt: skip
+        it.allocate_tensors()
+        by_name = {d["name"]: d for d in it.get_tensor_details()}
+        for feed in feeds:
+            for d in it.get_input_details():
+                it.set_tensor(d["index"], feed[d["name"]].astype(np.int32))
+            it.invoke()
+            d = by_name["cnt"]
+            s, z = d["quantization"]
+            got = (it.get_tensor(d["index"]).astype(np.float32) - z) * s
+            want = np.asarray(sim(feed)["cnt"])
+            assert np.max(np.abs(got - want)) <= step * 0.01, (resolver, got, want)
+
+
+# ---- INT4 weights ----------------------------------------------------------------------------
+def test_pack_int4_low_nibble_first() -> None:
+    # elements (1, -2, 7): byte 0 = 0x1 | (0xE << 4) = 0xE1; byte 1 = 0x7 (high nibble 0)
+    assert pack_int4(np.asarray([1, -2, 7])) == bytes([0xE1, 0x07])
+    values = RNG.integers(-8, 8, 33)
+    np.testing.assert_array_equal(unpack_int4(pack_int4(values), 33), values)
+    with pytest.raises(ValueError):
+        pack_int4(np.asarray([8]))
+
+
+def _linear() -> onnx.ModelProto:
+    w = RNG.normal(0, 0.3, (32, 24)).astype(np.float32)
+    b = RNG.normal(0, 0.1, 24).astype(np.float32)
+    wc = RNG.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["img", "wc"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("MatMul", ["x", "w"], ["mm"], name="fc"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="fc_bias")]  # fmt: skip
+    return make_model(nodes, [("x", F32, [1, 5, 32]), ("img", F32, [1, 3, 6, 6])],
+                      [("y", F32, [1, 5, 24]), ("c", F32, [1, 4, 6, 6])],
+                      initializers={"w": w, "b": b, "wc": wc})  # fmt: skip
+
+
+def test_int4_fully_connected(tmp_path: Path) -> None:
+    graph = prepare_for_quantization(model_to_graph(_linear()))
+    plan = _plan(graph, _float_feeds(graph, 8, 1), weight_bits=4)
+    assert plan.tensors["w"].dtype == "int4"
+    path = _export(graph, plan, tmp_path / "w4.tflite")
+    model = read_model(path.read_bytes())
+    sub = model.subgraphs[0]
+    fc = next(op for op in sub.operators
+              if builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode) == "FULLY_CONNECTED")  # fmt: skip
+    assert model.operatorCodes[fc.opcodeIndex].version == 10
+    w = sub.tensors[fc.inputs[1]]
+    assert TYPE_NAMES[w.type] == "int4" and list(w.shape) == [24, 32]
+    raw = bytes(np.asarray(model.buffers[w.buffer].data, np.uint8))
+    assert len(raw) == 24 * 32 // 2
+    np.testing.assert_array_equal(unpack_int4(raw, 24 * 32).reshape(24, 32),
+                                  plan.tensors["w"].values.T)  # fmt: skip
+    # the conv keeps int8 storage of the same [-8, 7] values (see exporters/tflite_ops._weight)
+    conv = next(op for op in sub.operators
+                if builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode) == "CONV_2D")  # fmt: skip
+    assert TYPE_NAMES[sub.tensors[conv.inputs[1]].type] == "int8"
+    parity = _parity(graph, plan, path, _float_feeds(graph, 4, 7))
+    assert parity["xnnpack"] >= 0.999 and parity["reference"] >= 0.999, parity
+
+
+# ---- HardSwish -------------------------------------------------------------------------------
+def test_lowered_hard_swish_has_no_bias(tmp_path: Path) -> None:
+    """x >= 3 passes through HardSwish unchanged: the lowered MUL/ADD/MUL must give exactly
+    the simulator's integers there (a gate that cannot hold 1.0 scales them down)."""
+    nodes = [helper.make_node("HardSwish", ["x"], ["y"], name="hswish")]
+    graph = prepare_for_quantization(model_to_graph(
+        make_model(nodes, [("x", F32, [1, 4, 64])], [("y", F32, [1, 4, 64])])))  # fmt: skip
+    plan = _plan(graph, _float_feeds(graph, 8, 1, scale=4.0))
+    path = _export(graph, plan, tmp_path / "hs.tflite")
+    assert [name for name, _, _ in _ops(path)] == ["MUL", "ADD", "MUL"]
+    feeds = _float_feeds(graph, 4, 3, scale=4.0)
+    sim = Simulator(graph, plan)
+    step = float(plan.tensors["y"].scale)
+    for xnn in (True, False):
+        run = get_exporter("tflite").open(path, use_xnnpack=xnn)
+        for feed in feeds:
+            got, want = run(feed)["y"], np.asarray(sim(feed)["y"])
+            big = feed["x"] >= 3.2
+            assert big.sum() > 10
+            np.testing.assert_allclose(got[big], want[big], atol=step * 0.01)
+            assert within_step(got, want, step) == 1.0
