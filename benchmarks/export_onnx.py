@@ -211,9 +211,17 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the W8A8 onnx latency rows (results in export_onnx_latency.*)",
+    )
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
+    if args.latency_only:
+        for m in CONFIGS:
+            CONFIGS[m] = [c for c in CONFIGS[m] if c[0] == "W8A8" and c[1] == "onnx"]
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,7 +234,7 @@ def main() -> None:
                   f"{args.calib} calibration samples, {args.eval} held-out evaluation samples "
                   "(det: 4 pages); parity = output elements within one quantization step of the "
                   "simulator; machine: " + str(machine()) + "\n\n" + md_table(rows, COLUMNS) + "\n")  # fmt: skip
-            write_results("export_onnx", data, md)
+            write_results("export_onnx_latency" if args.latency_only else "export_onnx", data, md)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,12 @@ def bench(key: str, n_calib: int, n_eval: int, runs: int, work: Path) -> dict[st
     outs_r = [exporter.open(q_art.path, use_xnnpack=False)(f) for f in evals[:2]]
     row["parity_xnnpack_%"] = round(100 * parity(outs_x, sims, run.plan), 3)
     row["parity_reference_%"] = round(100 * parity(outs_r, sims[:2], run.plan), 3)
+    if len(sims[0]) > 1:  # per output (XNNPACK), e.g. MiniLM's hidden states and embedding
+        row["parity_by_output_%"] = {
+            name: round(100 * parity([{name: o[name]} for o in outs_x],
+                                     [{name: x[name]} for x in sims], run.plan), 3)
+            for name in sims[0]
+        }  # fmt: skip
     floats = [f_run(f) for f in evals] if key == "minilm" else None
     m = task_metric(key, outs_x, sims, floats)
     row["task_metric"] = f"{m.get('metric', '')}: {m.get('value', '')}"
@@ -149,7 +155,7 @@ def main() -> None:
             rows.append(bench(key, args.calib, args.eval, args.runs, Path(tmp)))
     data = {"settings": vars(args), "rows": rows}
     cols = ["model", "int8_ms", "float_ms", "speedup", "int8_MB", "size_ratio", "parity_xnnpack_%",
-            "parity_reference_%", "task_metric", "calibrate_s", "error"]  # fmt: skip
+            "parity_reference_%", "parity_by_output_%", "task_metric", "calibrate_s", "error"]  # fmt: skip
     md = ("# TFLite export (target rpi): int8 vs float32 on LiteRT/XNNPACK\n\n"
           f"calibration {args.calib} samples, evaluation {args.eval} held-out samples, "
           f"latency: median of {args.runs} interleaved runs (XNNPACK, default threads); "

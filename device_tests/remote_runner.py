@@ -3,7 +3,11 @@
 
 Standalone on purpose: stdlib + numpy + whichever runtime the device has (onnxruntime for .onnx;
 ai_edge_litert, tflite_runtime or tensorflow for .tflite; coremltools for .mlpackage/.mlmodelc on
-macOS). It never imports edgeq.
+macOS). It imports edgeq only for the two artifact kinds that only edgeq can run, and only when
+edgeq is installed on the device (`pip install 'edgeq[mlx]'`): an MLX artifact folder (config.json
++ graph.json + model.safetensors, run by edgeq.exporters.mlx_runtime with MLX), and a .mlpackage
+on a machine that is not a Mac (run by edgeq's numpy MIL evaluator: a check of the file, not Core
+ML; its timings are reported as "device_latency": false).
 
     python3 remote_runner.py JOB.json          run the job, write outputs (.npz) and result (JSON)
     python3 remote_runner.py --describe MODEL  print the artifact's inputs/outputs as JSON
@@ -27,6 +31,7 @@ Exit status: 0 ok, 2 bad job or missing runtime, 3 runtime failure.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -37,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
+MLX_FILES = ("config.json", "graph.json", "model.safetensors")
+COREML_EVAL_RUNTIME = "numpy MIL evaluator (not Core ML; Core ML needs macOS)"
 
 
 class RunnerError(Exception):
@@ -66,6 +73,7 @@ def _round(x: np.ndarray, mode: str) -> np.ndarray:
 class Backend:
     runtime = ""
     version = ""
+    device_latency = True  # False: the timings are of a stand-in, not of the device's runtime
 
     def inputs(self) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -226,6 +234,98 @@ class CoremlBackend(Backend):
         return {k: np.asarray(v) for k, v in self.model.predict(feeds).items()}
 
 
+def _edgeq_module(name: str, what: str) -> Any:
+    """An edgeq module on the device, or a RunnerError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise RunnerError(f"{what} needs edgeq with MLX on the device ({exc}): "
+                          "pip install 'edgeq[mlx]' there (or pass --remote-python to a python "
+                          "that has it)") from exc  # fmt: skip
+
+
+def is_mlx_artifact(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in MLX_FILES)
+
+
+def mlx_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """An MLX artifact's I/O from its graph.json (no MLX needed); output shapes may be None."""
+    try:
+        graph = json.loads((path / "graph.json").read_text())
+        ins = [{"name": v["name"], "shape": [int(d) for d in v["shape"]],
+                "dtype": np.dtype(v.get("dtype", "float32")).name}
+               for v in graph["inputs"]]  # fmt: skip
+        outs = [{"name": v["name"], "dtype": "float32",
+                 "shape": [int(d) for d in v["shape"]] if v.get("shape") else None}
+                for v in graph["outputs"]]  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunnerError(f"'{path.name}/graph.json' is not an edgeq MLX graph ({exc!r})") from exc
+    return {"inputs": ins, "outputs": outs}
+
+
+class MlxBackend(Backend):
+    """An edgeq MLX artifact folder, run by edgeq's MLX runtime (MLX on the CPU)."""
+
+    def __init__(self, path: Path) -> None:
+        runtime = _edgeq_module("edgeq.exporters.mlx_runtime", "an MLX artifact")
+        import mlx.core as mx
+
+        self.program = runtime.MlxProgram(path)
+        self.runtime, self.version = "mlx", getattr(mx, "__version__", "")
+        self.device = str(mx.default_device())
+        self._io = mlx_io(path)
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return self._io["inputs"]
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return self._io["outputs"]
+
+    def to_artifact(self, name: str, value: np.ndarray, rounding: str) -> np.ndarray:
+        dtype = next((d["dtype"] for d in self._io["inputs"] if d["name"] == name), "float32")
+        return np.ascontiguousarray(value, dtype=dtype)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.program(feeds)  # evaluates (mx.eval) before returning numpy arrays
+
+
+class CoremlEvalBackend(Backend):
+    """A .mlpackage where there is no Core ML (not macOS): edgeq's numpy evaluator of the saved
+    ML program. It checks the file; it is not Core ML and its timings are no device latency."""
+
+    device_latency = False
+
+    def __init__(self, path: Path) -> None:
+        ev = _edgeq_module("edgeq.exporters.coreml_eval", "a .mlpackage off macOS")
+        if path.suffix != ".mlpackage":
+            raise RunnerError(f"'{path.name}' needs Core ML (macOS); off macOS only .mlpackage "
+                              "files run, in edgeq's numpy MIL evaluator")  # fmt: skip
+        self.evaluator = ev.MILProgramEvaluator(path)
+        spec = self.evaluator.prog.spec
+        self.runtime = COREML_EVAL_RUNTIME
+        self.version = getattr(sys.modules.get("edgeq"), "__version__", "")
+        self._in_desc = [_coreml_feature(f) for f in spec.description.input]
+        self._out_desc = [_coreml_feature(f) for f in spec.description.output]
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return self._in_desc
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return self._out_desc
+
+    def to_artifact(self, name: str, value: np.ndarray, rounding: str) -> np.ndarray:
+        dtype = next((d["dtype"] for d in self._in_desc if d["name"] == name), "float32")
+        return np.ascontiguousarray(value, dtype=dtype)
+
+    def from_artifact(self, name: str, value: np.ndarray) -> np.ndarray:
+        shape = next((d["shape"] for d in self._out_desc if d["name"] == name), None)
+        value = np.asarray(value, np.float32)
+        return value.reshape(shape) if shape and int(np.prod(shape)) == value.size else value
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.evaluator(feeds)
+
+
 def _coreml_feature(f: Any) -> dict[str, Any]:
     arr = f.type.multiArrayType
     dtype = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}.get(
@@ -242,13 +342,22 @@ def open_backend(path: Path, runtime: str = "auto", threads: int | None = None,
     if kind == "auto":
         kind = {".onnx": "onnxruntime", ".tflite": "tflite", ".mlpackage": "coreml",
                 ".mlmodelc": "coreml", ".mlmodel": "coreml"}.get(path.suffix, "")  # fmt: skip
+        if is_mlx_artifact(path):
+            kind = "mlx"
+        elif kind == "coreml" and sys.platform != "darwin":
+            kind = "coreml-eval"
     if kind == "onnxruntime":
         return OrtBackend(path, threads)
     if kind == "tflite":
         return TfliteBackend(path, threads)
     if kind == "coreml":
         return CoremlBackend(path, compute_units, spec_path)
-    raise RunnerError(f"no runner for '{path.name}' (runs .onnx, .tflite, .mlpackage, .mlmodelc)")
+    if kind == "coreml-eval":
+        return CoremlEvalBackend(path)
+    if kind == "mlx":
+        return MlxBackend(path)
+    raise RunnerError(f"no runner for '{path.name}' (runs .onnx, .tflite, .mlpackage, .mlmodelc "
+                      "and MLX artifact folders)")  # fmt: skip
 
 
 # ---------------------------------------------------------------- job
@@ -352,7 +461,10 @@ def run_job(job_path: Path) -> dict[str, Any]:
         "outputs": [m["name"] for m in out_map],
         "latency": latency,
         "timed": "set inputs + invoke + read outputs on sample 0",
+        "device_latency": backend.device_latency,
     }
+    if isinstance(backend, MlxBackend):
+        result["mlx_device"] = backend.device
     if job.get("compute_plan") and isinstance(backend, CoremlBackend):
         try:
             result["compute_plan"] = _compute_plan(artifact, job.get("compute_units", "ALL"))
@@ -368,6 +480,8 @@ def run_job(job_path: Path) -> dict[str, Any]:
 
 
 def describe(path: Path) -> dict[str, Any]:
+    if is_mlx_artifact(path):  # from graph.json: no MLX needed to read the I/O
+        return {"runtime": "mlx", **mlx_io(path)}
     backend = open_backend(path)
     return {"runtime": backend.runtime, "inputs": backend.inputs(), "outputs": backend.outputs()}
 

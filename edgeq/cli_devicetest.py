@@ -74,7 +74,13 @@ def register(app: typer.Typer, console: Console, err_console: Console,
         report = result.report
         lat = report.get("latency") or {}
         parts = [f"{k[:-3]} {lat[k]:.3f} ms" for k in ("p50_ms", "p90_ms", "mean_ms") if k in lat]
-        console.print(f"{report['device']}: {report['runner'].get('runtime')} "
+        stand_in = report.get("stand_in_latency") or {}
+        if stand_in:
+            parts = ["- no device latency (the stand-in took p50 "
+                     f"{stand_in.get('p50_ms', float('nan')):.3f} ms here)"]  # fmt: skip
+        runner = report.get("runner") or {}
+        where = f" ({runner['mlx_device']})" if runner.get("mlx_device") else ""
+        console.print(f"{report['device']}: {runner.get('runtime')}{where} "
                       + ", ".join(parts), highlight=False)  # fmt: skip
         for name, row in (report.get("outputs") or {}).items():
             vs = row.get("vs_simulator")

@@ -3,8 +3,10 @@ flatbuffer object API (no TensorFlow), run with LiteRT.
 
 - `export(graph, plan, profile, out, options)`: plan None → the float32 model (the latency and
   size baseline); with a plan → int8 activations, per-axis int8 weights, int32 biases, every
-  number taken from the plan (see `tflite_convert` for layouts and `tflite_ops` for the
-  lowerings and the rules checked).
+  number taken from the plan (see `tflite_convert` for layouts, `tflite_ops` for the
+  lowerings and the rules checked, `tflite_ops_float` for the float32 islands of ops with
+  no int8 kernel). 4-bit plan weights become packed INT4 on FULLY_CONNECTED; a 16-bit plan
+  becomes 16x8 mode (int16 activations, int8 weights, int64 biases).
 - `open(path, use_xnnpack=True, num_threads=None)`: a Runner over
   `ai_edge_litert.interpreter.Interpreter`; feeds and outputs are in the ONNX graph's names,
   layouts (NCHW) and float32. Inputs are quantized with the input tensor's parameters and the

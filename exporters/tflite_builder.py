@@ -242,8 +242,23 @@ _INT8_V2 = {
 }  # fmt: skip
 
 
+# 16x8 mode (int16 activations, int8 weights): the version that introduced int16 per op
+_INT16: dict[str, int] = {
+    "CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "MUL": 4, "ADD": 3, "SUB": 5,
+    "MAX_POOL_2D": 3, "AVERAGE_POOL_2D": 3, "TRANSPOSE": 5, "DEQUANTIZE": 3, "QUANTIZE": 3,
+    "RELU": 3, "RELU6": 3, "RESIZE_BILINEAR": 4, "RESIZE_NEAREST_NEIGHBOR": 4, "MAXIMUM": 4,
+    "MINIMUM": 4, "PAD": 3, "PADV2": 3, "LOGISTIC": 3, "TANH": 3, "LEAKY_RELU": 2,
+    "BATCH_MATMUL": 3, "CONCATENATION": 3, "SOFTMAX": 3, "MEAN": 3, "REDUCE_MAX": 3,
+    "REDUCE_MIN": 3, "GATHER": 4, "SLICE": 4, "BROADCAST_TO": 3, "TRANSPOSE_CONV": 3,
+}  # fmt: skip
+
+
 def op_version(name: str, act: str, weight: str | None = None, **flags: bool) -> int:
     """The operator version LiteRT expects for `name` with activations of type `act`."""
+    if act == "int16" and name in _INT16:
+        return _INT16[name]
+    if name == "BROADCAST_TO" and act == "int8":
+        return 3
     if name == "CONV_2D":
         if weight == "int4":
             return 7

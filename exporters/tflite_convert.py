@@ -182,8 +182,10 @@ class Converter:
         return op
 
     # ---- constants ------------------------------------------------------------------------
-    def const_operand(self, name: str, rank: int, perm: Perm) -> Tensor:
-        """A constant operand of an elementwise op, broadcast-ready in layout `perm`."""
+    def const_operand(self, name: str, rank: int, perm: Perm, act: str | None = None) -> Tensor:
+        """A constant operand of an elementwise op, broadcast-ready in layout `perm`; with
+        `act` "int16" (16x8 mode) the plan's int8 values are stored as int16 (same scale,
+        zero point 0: the same reals), since int16 kernels take int16 operands only."""
         arr = self.g.constants[name]
         dtype = "int32" if not np.issubdtype(arr.dtype, np.floating) else "float32"
         quant = None
@@ -196,6 +198,8 @@ class Converter:
                 raise EdgeqError(f"constant operand '{name}' is quantized per channel",
                                  "elementwise constants must be per-tensor for TFLite")  # fmt: skip
             arr, dtype, quant = t.values, t.dtype, QParams.of(t.scale, t.zero_point)
+            if act == "int16" and dtype == "int8" and not np.any(np.asarray(t.zero_point)):
+                arr, dtype = np.asarray(arr).astype(np.int16), "int16"
         if arr.size == 1:
             arr = arr.reshape(())
         elif arr.ndim <= rank:

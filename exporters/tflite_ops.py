@@ -28,6 +28,14 @@ FIXED16 = {"Softmax": (3.0517578125e-05, 0), "Sigmoid": (3.0517578125e-05, 0),
 
 
 # ---- helpers ------------------------------------------------------------------------------
+_NP = {"int8": np.int8, "int16": np.int16}
+
+
+def _bounds(dtype: str) -> tuple[int, int]:
+    info = np.iinfo(_NP[dtype])
+    return int(info.min), int(info.max)
+
+
 def _same_quant(c: Converter, node: Node, a: str, b: str, what: str) -> None:
     if not c.quantized:
         return
@@ -154,7 +162,9 @@ def _bias(c: Converter, node: Node, name: str | None, x: Tensor, w: QParams | No
             raise c.fail(node, f"bias '{name}' scale is not input scale x weight scale",
                          "re-calibrate: TFLite derives the bias scale as s_in*s_w")  # fmt: skip
         values = np.broadcast_to(np.asarray(t.values, np.int64), (channels,)).astype(np.int32)
-    return c.m.const(name or f"{node.name}/bias", values, "int32",
+    # 16x8 kernels (int16 activations) take an int64 bias
+    btype = "int64" if x.dtype == "int16" else "int32"
+    return c.m.const(name or f"{node.name}/bias", values.astype(btype), btype,
                      QParams.of(expected.astype(np.float32), np.zeros(channels, np.int64), 0))  # fmt: skip
 
 
@@ -356,9 +366,10 @@ def binary(c: Converter, node: Node) -> None:
         return
     perm = _common_layout(c, names, rank)
     ins = []
+    act = c.act_dtype(out_name)
     for n in names:
         if n in c.g.constants:
-            ins.append(c.const_operand(n, rank, perm))
+            ins.append(c.const_operand(n, rank, perm, act))
         elif len(c.shape(n)) == rank:
             ins.append(c.get(n, perm))
         else:
@@ -388,8 +399,8 @@ def _div_by_const(c: Converter, node: Node, rank: int) -> None:
         q = q.reshape(())
     else:
         q = q.reshape((1,) * (rank - q.ndim) + q.shape).transpose(perm)
-    ct = c.m.const(f"{d}/reciprocal", q, "int8", QParams.of(scale, 0))
     xt = c.get(x, perm)
+    ct = c.m.const(f"{d}/reciprocal", q.astype(_NP[xt.dtype]), xt.dtype, QParams.of(scale, 0))
     out = c.new(node.outputs[0], perm)
     opt = fb.MulOptionsT()
     c.emit("MUL", [xt.index, ct.index], [out.index], out.dtype, opt)
@@ -490,8 +501,9 @@ def clip(c: Converter, node: Node) -> None:
         if c.quantized:  # the bound on x's own grid, so the comparison is exact
             assert xt.quant is not None
             s, z = xt.quant.scale[0], xt.quant.zero_point[0]
-            qv = int(np.clip(round(value / s) + z, -128, 127))
-            k = c.m.const(f"{node.name}/{op.lower()}", np.asarray(qv, np.int8), "int8", xt.quant)
+            lo_q, hi_q = _bounds(xt.dtype)
+            qv = int(np.clip(round(value / s) + z, lo_q, hi_q))
+            k = c.m.const(f"{node.name}/{op.lower()}", np.asarray(qv), xt.dtype, xt.quant)
         nxt = c.m.tensor(f"{y}/{op.lower()}", cur.shape, cur.dtype, cur.quant)
         c.emit(op, [cur.index, k.index], [nxt.index], cur.dtype)
         cur = nxt
@@ -510,13 +522,14 @@ def _hard_swish_lowered(c: Converter, node: Node) -> bool:
     (1/255, -128), which holds 0 and 1 exactly: on the (1/256, -128) grid of a HardSigmoid
     output the gate saturated at 255/256, scaling every x >= 3 by 0.996 (a systematic
     negative bias that cost ppocr-rec ~0.5 CER points against the simulator). Its rounding
-    (at most 1/510) is the only difference from the simulator's exact HardSwish."""
+    (at most 1/510) is the only difference from the simulator's exact HardSwish. In 16x8 mode
+    the gate is (1/32767, 0) and the ADD's fused RELU clips it at 0."""
     if not c.quantized or c.profile.raw.get("hardswish", "builtin") != "lowered":
         return False
     x, y = node.inputs[0], node.outputs[0]
     perm, xt = c.any_layout(x)
     gate = f"{y}/hardsigmoid"
-    gq = QParams.of(1 / 255, -128)
+    gq = QParams.of(1 / 255, -128) if xt.dtype == "int8" else QParams.of(1 / 32767, 0)
     h = _hard_sigmoid_int(c, node, xt, 1 / 6, 0.5, gq, c.m.tensor(gate, xt.shape, xt.dtype, gq))
     out = c.new(y, perm)
     c.emit("MUL", [xt.index, h.index], [out.index], xt.dtype, fb.MulOptionsT())
@@ -525,17 +538,21 @@ def _hard_swish_lowered(c: Converter, node: Node) -> bool:
 
 def _hard_sigmoid_int(c: Converter, node: Node, xt: Tensor, alpha: float, beta: float,
                       yq: QParams, out: Tensor) -> Tensor:  # fmt: skip
+    """clip(alpha*x + beta, 0, 1) into `out` (encoding `yq`): MUL by alpha with output scale
+    alpha*s_x (the integers stay x's), ADD beta rounding once onto `yq`. The clip is the
+    int8 saturation of a [0, 1] grid, or (int16, zero point 0) a fused RELU plus saturation."""
     assert xt.quant is not None
+    dt = _NP[xt.dtype]
     mq = QParams.of(alpha * xt.quant.scale[0], xt.quant.zero_point[0])
-    a = c.m.const(
-        f"{node.name}/alpha", np.asarray(127, np.int8), "int8", QParams.of(alpha / 127, 0)
-    )
+    a = c.m.const(f"{node.name}/alpha", np.asarray(127, dt), xt.dtype, QParams.of(alpha / 127, 0))
     scaled = c.m.tensor(f"{out.index}/scaled", xt.shape, xt.dtype, mq)
     c.emit("MUL", [xt.index, a.index], [scaled.index], xt.dtype, fb.MulOptionsT())
-    b = c.m.const(f"{node.name}/beta", np.asarray(int(np.sign(beta)) * 127, np.int8), "int8",
+    b = c.m.const(f"{node.name}/beta", np.asarray(int(np.sign(beta)) * 127, dt), xt.dtype,
                   QParams.of(abs(beta) / 127 if beta else 1.0, 0))  # fmt: skip
-    c.emit("ADD", [scaled.index, b.index], [out.index], xt.dtype, fb.AddOptionsT())
-    del yq
+    opt = fb.AddOptionsT()
+    lo = (_bounds(xt.dtype)[0] - yq.zero_point[0]) * yq.scale[0]
+    opt.fusedActivationFunction = ACT.RELU if lo < -1e-6 else ACT.NONE
+    c.emit("ADD", [scaled.index, b.index], [out.index], xt.dtype, opt)
     return out
 
 
@@ -551,9 +568,10 @@ def hard_sigmoid(c: Converter, node: Node) -> None:
         assert xt.quant is not None
         yq = c.qparams(y)
         assert yq is not None
-        lo = (-128 - yq.zero_point[0]) * yq.scale[0]
-        hi = (127 - yq.zero_point[0]) * yq.scale[0]
-        if lo < -1e-6 or hi > 1.0 + 1e-6:
+        q_lo, q_hi = _bounds(c.act_dtype(y))
+        lo = (q_lo - yq.zero_point[0]) * yq.scale[0]
+        hi = (q_hi - yq.zero_point[0]) * yq.scale[0]
+        if (lo < -1e-6 and c.act_dtype(y) == "int8") or lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
             raise c.fail(node, f"output range [{lo:.4g}, {hi:.4g}] is wider than [0, 1]; the int8 "
                          "lowering relies on saturation to clip", "calibrate for this target")  # fmt: skip
         _hard_sigmoid_int(c, node, xt, alpha, beta, yq, c.new(y, perm))
@@ -656,24 +674,18 @@ def reduce(c: Converter, node: Node) -> None:
     opt = fb.ReducerOptionsT()
     opt.keepDims = keep
     if _REDUCE[node.op_type] == "SUM" and out.quant is not None:
-        _sum_as_mean(c, node, xt, axes_t, t_axes, out, opt)
+        # LiteRT 2.3's reference int8 SUM returns wrong values (XNNPACK's is right) and an
+        # int8 MEAN rounds twice (mean in input units, then rescale): sum in float32
+        from .tflite_ops_float import float_view
+
+        xf = float_view(c, x, perm)
+        res = c.m.tensor(f"{y}/sum", out.shape, "float32")
+        c.emit("SUM", [xf.index, axes_t.index], [res.index], "float32", opt)
+        c.emit("QUANTIZE", [res.index], [out.index], "float32")
+        c.notes.append(f"{node}: ReduceSum runs in float32 between DEQUANTIZE and QUANTIZE "
+                       "(LiteRT's reference int8 SUM is wrong)")  # fmt: skip
         return
     c.emit(_REDUCE[node.op_type], [xt.index, axes_t.index], [out.index], xt.dtype, opt)
-
-
-def _sum_as_mean(c: Converter, node: Node, xt: Tensor, axes_t: Tensor, axes: list[int],
-                 out: Tensor, opt: object) -> None:  # fmt: skip
-    """Quantized SUM as MEAN + MUL: LiteRT 2.3's reference int8 SUM kernel returns wrong
-    values (its optimized and XNNPACK kernels are right). MEAN writes the output's integers
-    on the grid s_y/n (one rounding, the same as SUM's onto s_y); a MUL by n (int8 127 with
-    scale n/127) relabels them onto s_y with a multiplier of exactly one."""
-    assert out.quant is not None and xt.quant is not None
-    n = int(np.prod([xt.shape[i] for i in axes]))
-    s_y, z_y = out.quant.scale[0], out.quant.zero_point[0]
-    mean = c.m.tensor(f"{node.outputs[0]}/mean", out.shape, out.dtype, QParams.of(s_y / n, z_y))
-    c.emit("MEAN", [xt.index, axes_t.index], [mean.index], xt.dtype, opt)
-    k = c.m.const(f"{node.name}/count", np.asarray(127, np.int8), "int8", QParams.of(n / 127, 0))
-    c.emit("MUL", [mean.index, k.index], [out.index], out.dtype, fb.MulOptionsT())
 
 
 @handles("Resize", "Upsample")
@@ -765,8 +777,9 @@ def concat(c: Converter, node: Node) -> None:
             if c.quantized:
                 yq = c.qparams(y)
                 assert yq is not None
-                qv = np.clip(np.round(arr / yq.scale[0]) + yq.zero_point[0], -128, 127)
-                ins.append(c.m.const(n, qv.astype(np.int8), "int8", yq))
+                lo_q, hi_q = _bounds(c.act_dtype(y))
+                qv = np.clip(np.round(arr / yq.scale[0]) + yq.zero_point[0], lo_q, hi_q)
+                ins.append(c.m.const(n, qv.astype(_NP[c.act_dtype(y)]), c.act_dtype(y), yq))
             else:
                 ins.append(c.m.const(n, arr.astype(np.float32), "float32"))
             del t
@@ -832,19 +845,24 @@ def gather(c: Converter, node: Node) -> None:
                 raise c.fail(node, f"table '{data}' is quantized per row; TFLite GATHER keeps one "
                              "scale per tensor", "calibrate with Gather per-tensor (target rpi does)")  # fmt: skip
             tq = QParams.of(t.scale, t.zero_point)
-            dt = c.m.const(data, np.asarray(t.values).astype(np.int8), "int8", tq)
+            values = np.asarray(t.values).astype(np.int8)
+            yq = c.qparams(y)
+            assert yq is not None
+            if not tq.same(yq):
+                # the lookup's output encoding differs from the table's: requantize the rows
+                # offline (elementwise, exactly the simulator's rounding) rather than with a
+                # QUANTIZE op (XNNPACK's int8 requantize flipped ~3% of a test's values)
+                from edgeq.qtypes import round_half
+
+                q = round_half(t.dequantized().astype(np.float64) / yq.scale[0],
+                               c.plan.rounding if c.plan else "half_away") + yq.zero_point[0]  # fmt: skip
+                ydt = c.act_dtype(y)
+                values, tq = np.clip(q, *_bounds(ydt)).astype(_NP[ydt]), yq
+            dt = c.m.const(data, values, "int16" if values.dtype == np.int16 else "int8", tq)
         else:
             dt = c.m.const(data, table.astype(np.float32), "float32")
-            tq = None
-        yq = c.qparams(y)
-        if tq is not None and not tq.same(yq):
-            mid = c.m.tensor(f"{y}/rows", c.shape(y), "int8", tq)
-            c.emit("GATHER", [dt.index, it.index], [mid.index], "int8", _gather_opt(axis))
-            out = c.new(y)
-            c.emit("QUANTIZE", [mid.index], [out.index], "int8", requantize=True)
-        else:
-            out = c.new(y)
-            c.emit("GATHER", [dt.index, it.index], [out.index], dt.dtype, _gather_opt(axis))
+        out = c.new(y)
+        c.emit("GATHER", [dt.index, it.index], [out.index], dt.dtype, _gather_opt(axis))
         return
     _same_quant(c, node, data, y, "GATHER")
     xt = c.get(data)
