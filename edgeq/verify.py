@@ -30,13 +30,14 @@ def output_step(
 
 def within_step(test: np.ndarray, ref: np.ndarray, step: float) -> float:
     """Fraction of elements of `test` within one `step` of `ref` (a hair of slack for float
-    rounding of the step itself)."""
+    rounding: outputs come back as float32, so an exact one-step difference near
+    a large value can read a few ulps over the step)."""
     test, ref = np.asarray(test, np.float64), np.asarray(ref, np.float64)
     if test.shape != ref.shape:
         raise ValueError(f"shape {test.shape} vs {ref.shape}")
     if test.size == 0:
         return 1.0
-    return float(np.mean(np.abs(test - ref) <= step * (1 + 1e-6) + 1e-12))
+    return float(np.mean(np.abs(test - ref) <= step * (1 + 1e-3) + 1e-12))
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
