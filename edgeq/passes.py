@@ -717,6 +717,36 @@ def infer_shapes(graph: Graph) -> Graph:
 # ---------------------------------------------------------------------------------------------
 # pipeline
 # ---------------------------------------------------------------------------------------------
+def quantized_copies(graph: Graph) -> Graph:
+    """Give MatMuls reading a LayerNorm output their own copy of it (an Identity).
+
+    On targets that keep the residual stream float, the LayerNorm output stays float for the
+    residual Add while the copy is quantized for the MatMuls, so they run as integer kernels.
+    A plan is per tensor; the copy is what lets one value be float on one edge and 8-bit on
+    another. Runtimes drop the Identity."""
+    g = graph.copy()
+    consumers = g.consumers()
+    nodes: list[Node] = []
+    for node in g.nodes:
+        nodes.append(node)
+        if node.op_type != "LayerNormalization":
+            continue
+        y = node.outputs[0]
+        users = consumers.get(y, [])
+        matmuls = [u for u in users if u.op_type in ("MatMul", "Gemm")]
+        if not matmuls or len(matmuls) == len(users):
+            continue
+        copy_name = g.unique_name(f"{y}_matmul_input")
+        nodes.append(Node("Identity", [y], [copy_name], g.unique_name(f"{node.name}_copy")))
+        info = g.value_info.get(y)
+        if info is not None:
+            g.value_info[copy_name] = ValueInfo(copy_name, info.dtype, info.shape)
+        for u in matmuls:
+            u.inputs = [copy_name if i == y else i for i in u.inputs]
+    g.nodes = nodes
+    return g
+
+
 STANDARD_PASSES: tuple[tuple[str, Pass], ...] = (
     ("toposort", toposort),
     ("require_static", require_static_inputs),

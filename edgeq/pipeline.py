@@ -16,7 +16,7 @@ from typing import Any
 from edgeq.calibrate import collect_statistics, find_token_mask
 from edgeq.graph import Graph
 from edgeq.onnx_io import load_model
-from edgeq.passes import QUANTIZATION_PASSES, prepare, run_passes
+from edgeq.passes import QUANTIZATION_PASSES, prepare, quantized_copies, run_passes
 from edgeq.plan import QuantPlan
 from edgeq.planner import finalize_plan, integer_derived, make_spec
 from edgeq.recipe import Recipe
@@ -30,9 +30,15 @@ def prepare_for_quantization(
     graph: Graph,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     input_values: Mapping[str, Any] | None = None,
+    target: str | None = None,
 ) -> Graph:
-    """`prepare` plus the quantization-friendly folds (affine blocks into convs)."""
-    return run_passes(prepare(graph, input_shapes, input_values), QUANTIZATION_PASSES)
+    """`prepare` plus the quantization-friendly folds (affine blocks into convs), and the
+    target's own graph needs (a quantized copy of float LayerNorm outputs for the MatMuls that
+    read them, on targets that keep the residual stream float)."""
+    graph = run_passes(prepare(graph, input_shapes, input_values), QUANTIZATION_PASSES)
+    if target is not None and load_target(target).quant.high_precision == "float":
+        graph = run_passes(graph, (("quantized_copies", quantized_copies),))
+    return graph
 
 
 def file_sha256(path: Path) -> str:
@@ -74,7 +80,7 @@ def calibrate_model(
     recipe = recipe or Recipe()
     profile = load_target(target)
     model = Path(model)
-    graph = prepare_for_quantization(load_model(model), input_shapes, input_values)
+    graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target)
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
     total = len(source)
@@ -141,4 +147,4 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
     """Re-prepare the model exactly as the plan was made (shapes/values from the plan)."""
     shapes = {k: tuple(v) for k, v in plan.model.get("input_shapes", {}).items()}
     values = plan.model.get("input_values", {})
-    return prepare_for_quantization(load_model(model), shapes, values)
+    return prepare_for_quantization(load_model(model), shapes, values, plan.target)

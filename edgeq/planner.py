@@ -300,7 +300,8 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
     """Transformer safety: the inputs of LayerNorm (the residual stream, with its outlier
     channels) and Softmax (attention scores) go to 16 bits when the target has 16-bit
     activations; 8-bit per-tensor ranges there cost most of a transformer's accuracy."""
-    if rules.act16 is None or not rules.mixed_precision:
+    to_float = rules.high_precision == "float" and rules.float_activations
+    if not to_float and (rules.act16 is None or not rules.mixed_precision):
         return
     producers = graph.producers()
     for node in graph.nodes:
@@ -322,6 +323,10 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
         for name, why in names:
             t = spec.tensors.get(name)
             if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:
+                continue
+            if to_float:
+                spec.tensors[name] = TensorSpec(name, "float", node=t.node,
+                                                reason=f"{why} kept float (transformer safety)")  # fmt: skip
                 continue
             spec.tensors[name] = replace(
                 t, dtype=rules.act16, symmetric=rules.act16 == "int16",

@@ -63,6 +63,10 @@ class QuantRules:
     min_range: float = 0.0
     integer_only: bool = False  # every op's constants quantized too (TFLite full-integer)
     mixed_precision: bool = False  # 8- and 16-bit activations may mix tensor by tensor
+    # where transformer safety keeps tensors at high precision: "int16" (targets that run
+    # 16-bit integer kernels) or "float" (targets whose 16-bit paths are float anyway, e.g.
+    # onnxruntime CPU: float keeps the integer MatMuls fusable and is more accurate)
+    high_precision: str = "int16"
     fuse_bias_add: bool = False  # MatMul + Add(const) is one op with an int32 bias
     shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
     fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)

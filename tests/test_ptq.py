@@ -249,21 +249,26 @@ def _masked_attention():  # type: ignore[no-untyped-def]
     return prepare(model_to_graph(model))
 
 
-def test_attention_mask_never_sets_a_range() -> None:
+@pytest.mark.parametrize("target", ["onnx", "qnn"])
+def test_attention_mask_never_sets_a_range(target: str) -> None:
     g = _masked_attention()
     rng = np.random.default_rng(0)
     mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0]], np.int64)
     feeds = [
         {"scores": rng.uniform(-4, 4, (1, 8)).astype(np.float32), "mask": mask} for _ in range(8)
     ]
-    plan = _plan(g, feeds)
-    assert plan.tensors["additive"].role == "float" and "mask" in plan.tensors["additive"].reason
+    plan = _plan(g, feeds, target)
     masked = plan.tensors["masked"]
-    assert (
-        masked.dtype == "int16" and "16 bits" in masked.reason
-    )  # Softmax input: transformer safety
-    lo = (masked.qdtype.qmin - int(masked.zero_point)) * float(masked.scale)
-    assert -40 < lo < -4  # scores' range (floored 16 below the max), not float-min
+    if target == "onnx":  # float activations allowed: the mask path and Softmax input stay float
+        assert (
+            plan.tensors["additive"].role == "float" and "mask" in plan.tensors["additive"].reason
+        )
+        assert masked.role == "float" and "kept float" in masked.reason
+    else:  # integer-only: mask clamped to its fixed range, Softmax input at 16 bits
+        assert plan.tensors["additive"].reason.startswith("additive attention mask")
+        assert masked.dtype == "uint16" and "16 bits" in masked.reason
+        lo = (masked.qdtype.qmin - int(masked.zero_point)) * float(masked.scale)
+        assert -40 < lo < -4  # scores' range (floored 16 below the max), not float-min
     out = Simulator(g, plan)(feeds[0])["probs"]
     ref = Interpreter(g)(feeds[0])["probs"]
     assert np.abs(out - ref).max() < 0.02 and out[0, 5:].max() < 1e-3
