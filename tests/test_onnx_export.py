@@ -279,3 +279,47 @@ def test_blocking_ignores_warnings() -> None:
 
     vs = [Violation("a", "Q", "int8", "warning"), Violation("b", "If", "control flow")]
     assert [v.node for v in blocking(vs)] == ["b"]
+
+
+def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -> None:
+    """onnx target: the residual stream stays float, the MatMuls read an 8-bit copy of the
+    LayerNorm output and take an int32 bias, so onnxruntime runs every MatMul as an integer
+    kernel (QGemm / QLinearMatMul) — and still matches the simulator."""
+    import onnxruntime as ort
+
+    from edgeq.pipeline import prepare_for_quantization
+
+    d = 32
+    w1 = RNG.normal(0, 0.2, (d, d)).astype(np.float32)
+    w2 = RNG.normal(0, 0.2, (d, d)).astype(np.float32)
+    b1, b2 = (RNG.normal(0, 0.1, d).astype(np.float32) for _ in range(2))
+    g1, be1 = np.ones(d, np.float32), np.zeros(d, np.float32)
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g1", "be1"], ["h"], axis=-1, name="ln0"),
+        helper.make_node("MatMul", ["h", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="act"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="fc2"),
+        helper.make_node("Add", ["m2", "b2"], ["a2"], name="fc2_bias"),
+        helper.make_node("Add", ["a2", "h"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "g1", "be1"], ["y"], axis=-1, name="ln1"),
+    ]
+    model = make_model(nodes, [("x", F32, [1, 16, d])], [("y", F32, [1, 16, d])],
+                       initializers={"w1": w1, "w2": w2, "b1": b1, "b2": b2, "g1": g1, "be1": be1})  # fmt: skip
+    graph = prepare_for_quantization(model_to_graph(model), target="onnx")
+    assert any(n.op_type == "Identity" and n.inputs == ["h"] for n in graph.nodes)
+    feeds = _feeds(12, (1, 16, d))
+    plan = _plan(graph, feeds, "onnx")
+    assert plan.get("h").role == "float" and plan.get("res").role == "float"  # type: ignore[union-attr]
+    copy = next(n.outputs[0] for n in graph.nodes if n.op_type == "Identity")
+    assert plan.get(copy).dtype == "uint8"  # type: ignore[union-attr]
+    assert plan.get("b1").dtype == "int32" and plan.get("b2").dtype == "int32"  # type: ignore[union-attr]
+    art = _export(graph, plan, "onnx", tmp_path)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(art.path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert ops.count("QGemm") + ops.count("QLinearMatMul") == 2 and "MatMul" not in ops, ops
+    sim, run = Simulator(graph, plan), OrtRunner(art.path)
+    for feed in feeds[:4]:
+        np.testing.assert_allclose(run(feed)["y"], np.asarray(sim(feed)["y"]), atol=2e-3)
