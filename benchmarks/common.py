@@ -27,6 +27,19 @@ def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def interleaved_ms(runners: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    for fn in runners.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MB. VmHWM (Linux) belongs to the current
     address space; ru_maxrss would also count the parent's peak inherited at fork."""

@@ -15,7 +15,6 @@ in one process. Writes benchmarks/results/export_onnx.{json,md}.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine, md_table, write_results
+from benchmarks.common import interleaved_ms, machine, md_table, write_results
 from benchmarks.ort_baseline import ort_quantize_static
 from edgeq.export import export_model
 from edgeq.exporters import ExportOptions
@@ -110,19 +109,6 @@ def task_metric(name: str, n_eval: int) -> tuple[list[dict[str, np.ndarray]], Ca
         return f"cosine {cos.mean():.4f}"
 
     return feeds, cosine
-
-
-def interleaved_ms(runners: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    for fn in runners.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_model(

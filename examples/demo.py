@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import median_ms
+from benchmarks.common import interleaved_ms, median_ms
 from edgeq import Interpreter, load_model, prepare
 from edgeq.summary import summarize
 from examples.models import CASES, DEFAULT_CASE
@@ -61,7 +62,7 @@ def export_table(targets: tuple[str, ...] = DEMO_TARGETS, n_calib: int = 32,
     CER of float, of the simulator and of the artifact, latency against the float artifact of
     the same runtime, size against float."""
     from edgeq.errors import EdgeqError
-    from edgeq.export import export_model, median_latency_ms
+    from edgeq.export import export_model
     from edgeq.exporters import ExportOptions, get_exporter
     from edgeq.interpreter import Interpreter
     from edgeq.pipeline import graph_for_plan
@@ -81,8 +82,8 @@ def export_table(targets: tuple[str, ...] = DEMO_TARGETS, n_calib: int = 32,
 
     table = Table(title=f"{case.description} exported to each target ({n_calib} calibration "
                         f"lines; CER on {n_lines} held-out rendered lines)")  # fmt: skip
-    for col in ("target", "artifact", "plan", "size vs float", "CER float", "CER simulator",
-                "CER artifact", "ms artifact / float (runtime)"):  # fmt: skip
+    for col in ("target", "format", "plan", "size", "CER float", "CER sim.", "CER artifact",
+                "ms q / float"):  # fmt: skip
         table.add_column(col)
     float_cer = None
     for target in targets:
@@ -105,17 +106,18 @@ def export_table(targets: tuple[str, ...] = DEMO_TARGETS, n_calib: int = 32,
             baseline = exporter.export(graph, None, load_target(target),
                                        float_dir / res.artifact.name, ExportOptions())  # fmt: skip
             float_runner = exporter.open(baseline.path)
-            q_ms = median_latency_ms(runner, feeds[0], 10)["p50_ms"]
-            f_ms = median_latency_ms(float_runner, feeds[0], 10)["p50_ms"]
+            lat = interleaved_ms({"q": partial(runner, feeds[0]),
+                                  "f": partial(float_runner, feeds[0])}, 20)  # fmt: skip
             kinds = {
                 r: sorted({t.dtype for t in plan.quantized(r)}) for r in ("weight", "activation")
             }
             table.add_row(
                 target, res.report["artifact"]["format"],
-                f"w {'/'.join(kinds['weight'])}, a {'/'.join(kinds['activation']) or 'float'}",
+                f"w{'/'.join(k.removeprefix('u').removeprefix('int') for k in kinds['weight'])} "
+                f"a{'/'.join(k.removeprefix('u').removeprefix('int') for k in kinds['activation']) or 'f'}",
                 f"{res.report['artifact']['size_ratio']:.2f}x", float_cer,
                 cer(Simulator(graph, plan)), cer(runner),
-                f"{q_ms:.1f} / {f_ms:.1f} ({res.report.get('latency', {}).get('runtime', '') or target})",
+                f"{lat['q']:.1f} / {lat['f']:.1f}",
             )  # fmt: skip
         logging.getLogger(__name__).info("%s done in %.1fs", target, time.perf_counter() - t0)
     return table
