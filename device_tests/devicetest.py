@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, InputError
+from edgeq.plan import json_default
 
 from . import remote_runner
 from .transports import (
@@ -508,7 +509,7 @@ def write_report(out_dir: Path, report: Mapping[str, Any]) -> Path:
     """devicetest_report.json + .md into `out_dir`, each written to a temp name and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in ((REPORT_MD, report_markdown(report)),
-                       (REPORT_JSON, json.dumps(report, indent=1, default=_json))):  # fmt: skip
+                       (REPORT_JSON, json.dumps(report, indent=1, default=json_default))):  # fmt: skip
         tmp = Path(tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)[1])
         try:
             tmp.write_text(text)
@@ -569,16 +570,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     for note in report.get("notes") or []:
         lines.append(f"- note: {note}")
     return "\n".join(lines) + "\n"
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(type(value).__name__)
 
 
 __all__ = [

@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +50,21 @@ def _human(n: float, unit: str = "") -> str:
             return f"{n:.3g}{suffix}{unit}"
         n /= 1000
     return f"{n:.3g}P{unit}"
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient rich progress bar; yields `progress(stage, done, total)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
+        task = bar.add_task("compiling + calibrating", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        yield progress
 
 
 def _load_prepared(model: Path, input_shape: list[str] | None, input_value: list[str] | None, *,
@@ -240,8 +257,6 @@ def calibrate(
     ] = 8,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from edgeq.pipeline import calibrate_model
     from edgeq.recipe import Recipe, recipe_from_cli
     from edgeq.specs import parse_input_shapes, parse_input_values
@@ -249,13 +264,7 @@ def calibrate(
     try:
         base = Recipe.load(recipe_file) if recipe_file else None
         recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("compiling + calibrating", total=None)
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar.update(task, description=stage, completed=done, total=total)
-
+        with _progress_bar() as progress:
             run_ = calibrate_model(
                 model, calib, target, recipe,
                 input_shapes=parse_input_shapes(input_shape or []),
@@ -370,8 +379,6 @@ def export(
 ) -> None:
     """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
     runtime against float and the simulator (size, accuracy, latency)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from edgeq.export import export_model
     from edgeq.exporters import ExportOptions
     from edgeq.recipe import Recipe, recipe_from_cli
@@ -380,13 +387,7 @@ def export(
     try:
         base = Recipe.load(recipe_file) if recipe_file else None
         recipe = recipe_from_cli(bits, act_bits, granularity, block_size, None, base, None)
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("compiling + calibrating", total=None)
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar.update(task, description=stage, completed=done, total=total)
-
+        with _progress_bar() as progress:
             result = export_model(
                 model, target, out, plan_dir=plan_dir, calib=calib, recipe=recipe,
                 input_shapes=parse_input_shapes(input_shape or []),

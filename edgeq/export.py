@@ -28,7 +28,7 @@ from edgeq.errors import InputError
 from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output, get_exporter
 from edgeq.graph import Graph
 from edgeq.interpreter import Interpreter
-from edgeq.plan import QuantPlan
+from edgeq.plan import QuantPlan, json_default
 from edgeq.recipe import Recipe
 from edgeq.simulate import Simulator
 from edgeq.targets import load_target
@@ -144,7 +144,7 @@ def export_model(
         report["artifact"]["file"] = name
         report["model"] = {"file": model.name, "input_shapes": plan.model.get("input_shapes", {})}
         report["evaluation"]["held_out"] = held_out
-        (tmp / "export_report.json").write_text(json.dumps(report, indent=1, default=_json))
+        (tmp / "export_report.json").write_text(json.dumps(report, indent=1, default=json_default))
         (tmp / "export_report.md").write_text(report_markdown(report))
 
     atomic_output(out, write)
@@ -238,16 +238,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     if a["notes"]:
         lines += ["", "notes:", *[f"- {n}" for n in a["notes"]]]
     return "\n".join(lines) + "\n"
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(type(value).__name__)
 
 
 __all__ = [

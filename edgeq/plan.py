@@ -144,7 +144,9 @@ class QuantPlan:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            (tmp / "plan.json").write_text(json.dumps(self.to_json_dict(), indent=1, default=_json))
+            (tmp / "plan.json").write_text(
+                json.dumps(self.to_json_dict(), indent=1, default=json_default)
+            )
             np.savez(tmp / "plan.npz", **self.arrays())
             if folder.exists():
                 old = folder.with_name(f".{folder.name}.old")
@@ -199,14 +201,17 @@ class QuantPlan:
         )
 
     def plan_hash(self) -> str:
-        h = hashlib.sha256(json.dumps(self.to_json_dict(), sort_keys=True, default=_json).encode())
+        h = hashlib.sha256(
+            json.dumps(self.to_json_dict(), sort_keys=True, default=json_default).encode()
+        )
         for key, value in sorted(self.arrays().items()):
             h.update(key.encode())
             h.update(np.ascontiguousarray(value).tobytes())
         return h.hexdigest()
 
 
-def _json(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: numpy scalars/arrays and paths."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
