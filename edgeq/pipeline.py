@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeq.calibrate import collect_statistics, find_token_mask
+import numpy as np
+
+from edgeq.calibrate import collect_statistics, find_token_mask, stack_batches
 from edgeq.graph import Graph
 from edgeq.onnx_io import load_model
 from edgeq.passes import QUANTIZATION_PASSES, prepare, quantized_copies, run_passes
@@ -103,8 +105,22 @@ def calibrate_model(
     t0 = time.perf_counter()
     stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
     token_mask = find_token_mask(graph) if recipe.mask_handling else None
+    exact = integer_derived(graph)
     result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
-                                token_mask=token_mask, unmasked=integer_derived(graph))  # fmt: skip
+                                token_mask=token_mask, unmasked=exact)  # fmt: skip
+    mask_path = sorted(exact & set(observers))
+    if token_mask and mask_path and calib_names:
+        # the mask path (token counts, expanded masks) is quantized on integer-only targets:
+        # its range must cover every mask, not only the calibration sentences' lengths
+        from edgeq.calibration import validate
+
+        sample = validate(source.load(calib_names[0]), graph.inputs, calib_names[0])
+        extremes = collect_statistics(
+            graph, {n: (n, observers[n]) for n in mask_path},
+            stack_batches(mask_extremes(sample, token_mask), 2),
+        )  # fmt: skip
+        for n in mask_path:
+            result.states[n] = observers[n].merge(result.states[n], extremes.states[n])
     plan = finalize_plan(
         graph, spec, result.states,
         model={
@@ -141,6 +157,14 @@ def calibrate_model(
             "layers": layer_sqnr(graph, plan, feeds),
         }
     return CalibrationRun(graph, plan, calib_names, report_names)
+
+
+def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:
+    """`feed` with the attention mask all real tokens, and with only the first one real."""
+    mask = np.asarray(feed[token_mask])
+    full, first = np.ones_like(mask), np.zeros_like(mask)
+    first[..., 0] = 1
+    return [{**feed, token_mask: full}, {**feed, token_mask: first}]
 
 
 def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:

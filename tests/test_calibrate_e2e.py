@@ -107,3 +107,40 @@ def test_minilm_w8a8_keeps_embeddings(tmp_path: Path) -> None:
     b = np.concatenate([sim(f)["sentence_embedding"] for f in feeds])
     cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.mean() >= 0.98, cos
+
+
+def test_mask_path_range_covers_every_mask_on_integer_only_targets(tmp_path: Path) -> None:
+    """Mean pooling's token count (ReduceSum of the mask) is quantized on qnn; calibrating on
+    short sentences must not clip longer ones: the mask path sees all-real and one-real masks."""
+    from onnx import TensorProto, helper
+
+    from edgeq.pipeline import calibrate_model
+    from tests.conftest import make_model
+
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "ax"], ["m3"]),
+        helper.make_node("Mul", ["x", "m3"], ["xm"]),
+        helper.make_node("ReduceSum", ["xm", "ax1"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["m", "ax1"], ["count"], keepdims=1),
+        helper.make_node("Div", ["total", "count"], ["y"]),
+    ]
+    model = make_model(nodes, [("x", TensorProto.FLOAT, [1, 16, 4]),
+                               ("attention_mask", TensorProto.INT64, [1, 16])],
+                       [("y", TensorProto.FLOAT, [1, 4])],
+                       initializers={"ax": np.array([-1], np.int64), "ax1": np.array([1], np.int64)})  # fmt: skip
+    path = tmp_path / "pool.onnx"
+    path.write_bytes(model.SerializeToString())
+    rng = np.random.default_rng(0)
+    short = np.array([[1] * 3 + [0] * 13], np.int64)  # every calibration "sentence" has 3 tokens
+    feeds = [{"x": rng.normal(size=(1, 16, 4)).astype(np.float32), "attention_mask": short}
+             for _ in range(6)]  # fmt: skip
+    run = calibrate_model(path, feeds, "qnn", samples=6, report_samples=0)
+    count = run.plan.get("count")
+    assert count is not None and count.is_quantized
+    top = (count.qdtype.qmax - int(count.zero_point)) * float(count.scale)
+    assert top >= 16 - 1e-3  # a 16-token input is representable, not clipped at 3
+    full = {"x": feeds[0]["x"], "attention_mask": np.ones((1, 16), np.int64)}
+    got = np.asarray(Simulator(run.graph, run.plan)(full)["y"])
+    want = np.asarray(Interpreter(run.graph)(full)["y"])
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max() + 0.05
