@@ -31,6 +31,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
+from edgeq.pipeline import file_sha256
 
 from . import atomic_output
 from .tflite_builder import TYPE_NAMES, builtin_name, read_metadata, read_model
@@ -59,11 +60,7 @@ def resolver_method(builtin: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 # ---- what the firmware needs to know ---------------------------------------------------------

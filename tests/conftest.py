@@ -50,6 +50,17 @@ def minilm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_minilm_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
 
 
+@pytest.fixture(scope="session")
+def cls_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 24 real .npy calibration samples for ppocr-cls (the calib split)."""
+    from examples.models import CASES
+
+    folder = tmp_path_factory.mktemp("cls_calib")
+    for i, feed in enumerate(CASES["ppocr-cls"].make_feeds(24, "calib")):
+        np.save(folder / f"line_{i:03d}.npy", feed["x"])
+    return folder
+
+
 def make_model(
     nodes: list[onnx.NodeProto],
     inputs: list[tuple[str, int, list[int | str]]],

@@ -20,14 +20,6 @@ from examples.text import english_sentences
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def cls_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cls_calib")
-    for i, feed in enumerate(CASES["ppocr-cls"].make_feeds(24, "calib")):
-        np.save(folder / f"line_{i:03d}.npy", feed["x"])
-    return folder
-
-
 @pytest.mark.slow
 def test_cli_calibrate_and_report_cls(cls_calib: Path, cls_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan"

@@ -26,7 +26,6 @@ from edgeq.recipe import LayerConfig, Recipe
 from edgeq.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import within_step
-from examples.models import CASES
 from tests.conftest import F32, make_model
 
 runner = CliRunner()
@@ -232,14 +231,6 @@ def test_qnn_export_is_htp_clean_and_refuses_fallback_unless_allowed(tmp_path: P
 
 
 # ---- end to end on a real model, through the CLI ----------------------------------------------
-@pytest.fixture(scope="module")
-def cls_calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cls_calib")
-    for i, feed in enumerate(CASES["ppocr-cls"].make_feeds(20, "calib")):
-        np.save(folder / f"line_{i:03d}.npy", feed["x"])
-    return folder
-
-
 @pytest.mark.slow
 def test_cli_export_cls_for_qnn_and_check(cls_calib: Path, cls_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -55,11 +55,12 @@ def _export(graph: Graph, plan: QuantPlan | None, path: Path, target: str = "rpi
     return path
 
 
-def _parity(graph: Graph, plan: QuantPlan, path: Path) -> dict[str, float]:
+def _parity(graph: Graph, plan: QuantPlan, path: Path,
+            feeds: list[dict[str, np.ndarray]] | None = None) -> dict[str, float]:  # fmt: skip
     """Fraction of output elements within one step of the simulator, per kernel set."""
     exporter = get_exporter("tflite")
     sim = Simulator(graph, plan)
-    feeds = _feeds(graph, 4, 7)
+    feeds = feeds if feeds is not None else _feeds(graph, 4, 7)
     ref = [sim(f) for f in feeds]
     result = {}
     for xnn in (True, False):

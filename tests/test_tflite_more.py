@@ -29,8 +29,9 @@ from edgeq.planner import finalize_plan, make_spec
 from edgeq.recipe import LayerConfig, Recipe
 from edgeq.simulate import Simulator
 from edgeq.targets import load_target
-from edgeq.verify import output_step, within_step
+from edgeq.verify import within_step
 from tests.conftest import F32, I64, make_model
+from tests.test_tflite import _parity
 
 RNG = np.random.default_rng(5)
 SEQ, DIM, VOCAB = 8, 16, 20
@@ -67,25 +68,6 @@ def _plan(graph: Graph, feeds: list[Feeds], weight_bits: int = 8) -> QuantPlan:
 def _export(graph: Graph, plan: QuantPlan | None, path: Path) -> Path:
     get_exporter("tflite").export(graph, plan, load_target("rpi"), path, ExportOptions())
     return path
-
-
-def _parity(graph: Graph, plan: QuantPlan, path: Path, feeds: list[Feeds]) -> dict[str, float]:
-    """Worst fraction of output elements within one step of the simulator, per kernel set."""
-    sim = Simulator(graph, plan)
-    ref = [sim(f) for f in feeds]
-    result = {}
-    for xnn in (True, False):
-        run = get_exporter("tflite").open(path, use_xnnpack=xnn)
-        outs = [run(f) for f in feeds]
-        worst = 1.0
-        for name in graph.output_names:
-            sims = [np.asarray(r[name]) for r in ref]
-            step, _ = output_step(plan, name, sims)
-            got = np.concatenate([o[name].ravel() for o in outs])
-            want = np.concatenate([s.ravel() for s in sims])
-            worst = min(worst, within_step(got, want, step))
-        result["xnnpack" if xnn else "reference"] = worst
-    return result
 
 
 def _ops(path: Path) -> list[tuple[str, int, list[str]]]:
