@@ -364,6 +364,13 @@ def export(
         str | None, typer.Option(help="per_tensor, per_channel or per_block.")
     ] = None,
     block_size: Annotated[int | None, typer.Option(help="Block size for per_block.")] = None,
+    observer: Annotated[
+        str | None,
+        typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
+    ] = None,
+    refine: Annotated[
+        int | None, typer.Option(help="Refine the N most noise-sensitive activation ranges.")
+    ] = None,
     recipe_file: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML.")] = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
@@ -386,7 +393,7 @@ def export(
 
     try:
         base = Recipe.load(recipe_file) if recipe_file else None
-        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, None, base, None)
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
         with _progress_bar() as progress:
             result = export_model(
                 model, target, out, plan_dir=plan_dir, calib=calib, recipe=recipe,
