@@ -147,7 +147,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: flo
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     if not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("ssh-keygen")):
-        pytest.skip("openssh-server/client not installed (`make test` installs openssh-server when run as root)")
+        pytest.skip(
+            "openssh-server/client not installed (`make test` installs openssh-server when run as root)"
+        )
     d = tmp_path_factory.mktemp("sshd")
     for key in ("client_key", "host_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],

@@ -747,6 +747,58 @@ def quantized_copies(graph: Graph) -> Graph:
     return g
 
 
+def matmul_as_conv(graph: Graph) -> Graph:
+    """MatMul with a constant [K, N] weight → a 1×1 Conv, for targets whose accelerator takes
+    per-channel weights only on Conv (the Snapdragon HTP): [B, S, K] → Transpose → [B, K, S] →
+    Unsqueeze → [B, K, 1, S] → Conv(W [N, K, 1, 1]) → Squeeze → Transpose → [B, S, N]; rank-2
+    inputs go through Reshape. The same math, but the weight may now have one scale per output
+    channel."""
+    g = graph.copy()
+    nodes: list[Node] = []
+    for node in g.nodes:
+        w = g.constants.get(node.inputs[1]) if node.op_type == "MatMul" else None
+        info = g.info(node.inputs[0]) if w is not None else None
+        if (
+            w is None
+            or w.ndim != 2
+            or info is None
+            or not info.is_static
+            or len(info.shape or ()) not in (2, 3)
+        ):  # type: ignore[arg-type]
+            nodes.append(node)
+            continue
+        shape = [int(d) for d in info.shape]  # type: ignore[union-attr, arg-type]
+        k, n = w.shape
+        base = node.name or node.outputs[0]
+        weight = g.unique_name(f"{node.inputs[1]}_conv")
+        g.constants[weight] = np.ascontiguousarray(w.T.reshape(n, k, 1, 1))
+        x4, y4 = g.unique_name(f"{base}_in4d"), g.unique_name(f"{base}_out4d")
+
+        def const(name: str, value: list[int]) -> str:
+            c = g.unique_name(name)
+            g.constants[c] = np.asarray(value, np.int64)
+            return c
+
+        if len(shape) == 3:
+            b, s_, _ = shape
+            xt, yt = g.unique_name(f"{base}_in_t"), g.unique_name(f"{base}_out_t")
+            pre = [Node("Transpose", [node.inputs[0]], [xt], g.unique_name(f"{base}_to_channels"), {"perm": [0, 2, 1]}),
+                   Node("Unsqueeze", [xt, const(f"{base}_axis2", [2])], [x4], g.unique_name(f"{base}_to_4d"))]  # fmt: skip
+            post = [Node("Squeeze", [y4, const(f"{base}_axis2b", [2])], [yt], g.unique_name(f"{base}_from_4d")),
+                    Node("Transpose", [yt], list(node.outputs), g.unique_name(f"{base}_from_channels"), {"perm": [0, 2, 1]})]  # fmt: skip
+            inter = {xt: (b, k, s_), x4: (b, k, 1, s_), y4: (b, n, 1, s_), yt: (b, n, s_)}
+        else:
+            b = shape[0]
+            pre = [Node("Reshape", [node.inputs[0], const(f"{base}_shape4d", [b, k, 1, 1])], [x4], g.unique_name(f"{base}_to_4d"))]  # fmt: skip
+            post = [Node("Reshape", [y4, const(f"{base}_shape2d", [b, n])], list(node.outputs), g.unique_name(f"{base}_from_4d"))]  # fmt: skip
+            inter = {x4: (b, k, 1, 1), y4: (b, n, 1, 1)}
+        for name, shp in inter.items():
+            g.value_info[name] = ValueInfo(name, info.dtype, shp)
+        nodes += [*pre, Node("Conv", [x4, weight], [y4], base, {"kernel_shape": [1, 1]}), *post]
+    g.nodes = nodes
+    return eliminate_dead_nodes(g)
+
+
 STANDARD_PASSES: tuple[tuple[str, Pass], ...] = (
     ("toposort", toposort),
     ("require_static", require_static_inputs),

@@ -18,7 +18,13 @@ import numpy as np
 from edgeq.calibrate import collect_statistics, find_token_mask, stack_batches
 from edgeq.graph import Graph
 from edgeq.onnx_io import load_model
-from edgeq.passes import QUANTIZATION_PASSES, prepare, quantized_copies, run_passes
+from edgeq.passes import (
+    QUANTIZATION_PASSES,
+    matmul_as_conv,
+    prepare,
+    quantized_copies,
+    run_passes,
+)
 from edgeq.plan import QuantPlan
 from edgeq.planner import finalize_plan, integer_derived, make_spec
 from edgeq.recipe import Recipe
@@ -38,8 +44,11 @@ def prepare_for_quantization(
     target's own graph needs (a quantized copy of float LayerNorm outputs for the MatMuls that
     read them, on targets that keep the residual stream float)."""
     graph = run_passes(prepare(graph, input_shapes, input_values), QUANTIZATION_PASSES)
-    if target is not None and load_target(target).quant.high_precision == "float":
+    profile = load_target(target) if target is not None else None
+    if profile is not None and profile.quant.high_precision == "float":
         graph = run_passes(graph, (("quantized_copies", quantized_copies),))
+    if profile is not None and profile.raw.get("matmul_as_conv"):
+        graph = run_passes(graph, (("matmul_as_conv", matmul_as_conv),))
     return graph
 
 

@@ -318,8 +318,13 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
             for i in residual.inputs:  # a linear layer's bias Add: its MatMul output too
                 bias_add = producers.get(i)
                 if bias_add is not None and bias_add.op_type == "Add":
-                    names += [(j, "residual branch into a LayerNorm") for j in bias_add.inputs
-                              if j and j not in graph.constants]  # fmt: skip
+                    for j in bias_add.inputs:
+                        # back through layout ops (a MatMul rewritten as a 1x1 Conv) to the
+                        # accumulator itself: the whole chain shares one precision
+                        while j and j not in graph.constants:
+                            names.append((j, "residual branch into a LayerNorm"))
+                            p = producers.get(j)
+                            j = p.inputs[0] if p is not None and p.op_type in PASS_THROUGH else ""
         for name, why in names:
             t = spec.tensors.get(name)
             if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:

@@ -31,10 +31,11 @@ def test_cli_calibrate_and_report_cls(cls_calib: Path, cls_model: Path, tmp_path
     assert plan.target == "qnn" and plan.calibration["samples"] == 16
     assert plan.report["held_out"] and plan.report["samples"] == 4
     weights = [t for t in plan.tensors.values() if t.role == "weight"]
-    # QNN: per-channel only on Conv; the classifier head (MatMul) is per-tensor, with the reason
-    assert all(t.axis == 0 for t in weights if "Conv" in t.node or t.values.ndim == 4)
-    head = [t for t in weights if t.values.ndim == 2]
-    assert head and all(t.axis is None and "per-channel only on Conv" in t.reason for t in head)
+    # QNN takes per-channel weights only on Conv: the classifier head MatMul was rewritten as a
+    # 1x1 Conv for it, so every weight is per-channel on axis 0
+    convs = [t for t in weights if t.values.ndim == 4]
+    assert convs and all(t.axis == 0 for t in convs)
+    assert not [t for t in weights if t.values.ndim == 2]  # no MatMul weight left per-tensor
     acts = [t for t in plan.tensors.values() if t.role == "activation"]
     # uint8 everywhere but the Softmax input (transformer safety: 16 bits where QNN allows it)
     assert all(

@@ -314,3 +314,34 @@ def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -
     sim, run = Simulator(graph, plan), OrtRunner(art.path)
     for feed in feeds[:4]:
         np.testing.assert_allclose(run(feed)["y"], np.asarray(sim(feed)["y"]), atol=2e-3)
+
+
+def test_qnn_rewrites_matmul_as_1x1_conv_for_per_channel_weights(tmp_path: Path) -> None:
+    """The HTP takes per-channel weights only on Conv: on the qnn target a constant-weight
+    MatMul becomes a 1x1 Conv (same float math), so its weight gets one scale per channel."""
+    from edgeq.pipeline import prepare_for_quantization
+
+    d, n = 16, 24
+    w = RNG.normal(0, 0.2, (d, n)).astype(np.float32) * np.linspace(0.05, 3, n, dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="fc"),
+             helper.make_node("Relu", ["m"], ["y"], name="act")]  # fmt: skip
+    for shape in ([1, 8, d], [1, d]):
+        model = make_model(nodes, [("x", F32, shape)], [("y", F32, [*shape[:-1], n])],
+                           initializers={"w": w})  # fmt: skip
+        plain = prepare(model_to_graph(model))
+        graph = prepare_for_quantization(model_to_graph(model), target="qnn")
+        assert "MatMul" not in [x.op_type for x in graph.nodes]
+        feed = _feeds(1, tuple(shape))[0]
+        np.testing.assert_allclose(Interpreter(graph)(feed)["y"], Interpreter(plain)(feed)["y"],
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        plan = _plan(graph, _feeds(8, tuple(shape)), "qnn")
+        weights = [
+            t for t in plan.quantized("weight") if t.values is not None and t.values.ndim == 4
+        ]
+        assert len(weights) == 1 and weights[0].axis == 0 and np.size(weights[0].scale) == n
+        art = _export(graph, plan, "qnn", tmp_path, f"m{len(shape)}.onnx")
+        assert art.checks["qnn"]["htp_ready"], art.checks
+        sim, run = Simulator(graph, plan), OrtRunner(art.path)
+        step = float(plan.get("y").scale)  # type: ignore[union-attr, arg-type]
+        for f in _feeds(4, tuple(shape)):
+            assert within_step(run(f)["y"], np.asarray(sim(f)["y"]), step) >= 0.99
