@@ -39,6 +39,7 @@ def prepare_for_quantization(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     input_values: Mapping[str, Any] | None = None,
     target: str | None = None,
+    recipe: Recipe | None = None,
 ) -> Graph:
     """`prepare` plus the quantization-friendly folds (affine blocks into convs), and the
     target's own graph needs (a quantized copy of float LayerNorm outputs for the MatMuls that
@@ -47,9 +48,18 @@ def prepare_for_quantization(
     profile = load_target(target) if target is not None else None
     if profile is not None and profile.quant.high_precision == "float":
         graph = run_passes(graph, (("quantized_copies", quantized_copies),))
-    if profile is not None and profile.raw.get("matmul_as_conv"):
+    if profile is not None and profile.raw.get("matmul_as_conv") and not _blocked(recipe, profile):
         graph = run_passes(graph, (("matmul_as_conv", matmul_as_conv),))
     return graph
+
+
+def _blocked(recipe: Recipe | None, profile: Any) -> bool:
+    """Does the recipe ask for per-block weights on MatMuls (explicitly, or 4-bit on a target
+    whose 4-bit default is per-block)? Then MatMuls stay MatMuls, where blocks are allowed."""
+    base = (recipe or Recipe()).base
+    if base.granularity is not None:
+        return base.granularity == "per_block"
+    return base.weight_bits == 4 and profile.quant.default_granularity_4bit == "per_block"
 
 
 def file_sha256(path: Path) -> str:
@@ -91,7 +101,7 @@ def calibrate_model(
     recipe = recipe or Recipe()
     profile = load_target(target)
     model = Path(model)
-    graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target)
+    graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
     total = len(source)
@@ -180,4 +190,5 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
     """Re-prepare the model exactly as the plan was made (shapes/values from the plan)."""
     shapes = {k: tuple(v) for k, v in plan.model.get("input_shapes", {}).items()}
     values = plan.model.get("input_values", {})
-    return prepare_for_quantization(load_model(model), shapes, values, plan.target)
+    recipe = Recipe.from_dict(plan.recipe) if plan.recipe else None
+    return prepare_for_quantization(load_model(model), shapes, values, plan.target, recipe)
