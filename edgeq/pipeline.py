@@ -57,9 +57,13 @@ def _blocked(recipe: Recipe | None, profile: Any) -> bool:
     """Does the recipe ask for per-block weights on MatMuls (explicitly, or 4-bit on a target
     whose 4-bit default is per-block)? Then MatMuls stay MatMuls, where blocks are allowed."""
     base = (recipe or Recipe()).base
+    rules = profile.quant
+    act_bits = base.act_bits if base.act_bits is not None else rules.default_act_bits
+    if rules.block_requires_act_bits and act_bits < rules.block_requires_act_bits:
+        return False  # blocks are not possible at these activation bits anyway
     if base.granularity is not None:
         return base.granularity == "per_block"
-    return base.weight_bits == 4 and profile.quant.default_granularity_4bit == "per_block"
+    return base.weight_bits == 4 and rules.default_granularity_4bit == "per_block"
 
 
 def file_sha256(path: Path) -> str:
