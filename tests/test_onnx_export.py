@@ -345,3 +345,22 @@ def test_qnn_rewrites_matmul_as_1x1_conv_for_per_channel_weights(tmp_path: Path)
         step = float(plan.get("y").scale)  # type: ignore[union-attr, arg-type]
         for f in _feeds(4, tuple(shape)):
             assert within_step(run(f)["y"], np.asarray(sim(f)["y"]), step) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "bits,act_bits,granularity,rewritten",
+    [(None, None, None, True), (4, 8, None, True), (4, 16, None, False), (8, 16, "per_block", False),
+     (4, 16, "per_channel", True)],
+)  # fmt: skip
+def test_qnn_keeps_matmul_where_blocks_are_asked_for(
+    bits, act_bits, granularity, rewritten
+) -> None:  # type: ignore[no-untyped-def]
+    """Blocks (W4A16) are allowed on MatMul, not on Conv: the 1x1-Conv rewrite is skipped then."""
+    from edgeq.pipeline import prepare_for_quantization
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    model = make_model(nodes, [("x", F32, [1, 8, 32])], [("y", F32, [1, 8, 16])],
+                       initializers={"w": RNG.normal(size=(32, 16)).astype(np.float32)})  # fmt: skip
+    recipe = Recipe(base=LayerConfig(weight_bits=bits, act_bits=act_bits, granularity=granularity))
+    graph = prepare_for_quantization(model_to_graph(model), target="qnn", recipe=recipe)
+    assert ("Conv" in [n.op_type for n in graph.nodes]) == rewritten
