@@ -39,6 +39,27 @@ InputValues = Annotated[
 ]
 
 
+# recipe options shared by `calibrate` and `export`
+Bits = Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")]
+ActBits = Annotated[
+    int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")
+]
+Granularity = Annotated[str | None, typer.Option(help="per_tensor, per_channel or per_block.")]
+BlockSize = Annotated[int | None, typer.Option(help="Block size for per_block weights.")]
+ObserverName = Annotated[
+    str | None,
+    typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
+]
+Refine = Annotated[
+    int | None,
+    typer.Option(help="Refine the N most noise-sensitive activation ranges against the output "
+                 "(slower, more accurate)."),
+]  # fmt: skip
+RecipeFile = Annotated[
+    Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
+]
+
+
 def _fail(exc: EdgeqError) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
@@ -216,29 +237,13 @@ def calibrate(
         str, typer.Option("--target", help="Target profile: ane, mlx, qnn, onnx, rpi, tflm.")
     ] = "onnx",
     out: Annotated[Path, typer.Option("-o", "--out", help="Plan folder to write.")] = Path("plan"),
-    bits: Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")] = None,
-    act_bits: Annotated[
-        int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")
-    ] = None,
-    granularity: Annotated[
-        str | None, typer.Option(help="per_tensor, per_channel or per_block.")
-    ] = None,
-    block_size: Annotated[
-        int | None, typer.Option(help="Block size for per_block weights.")
-    ] = None,
-    observer: Annotated[
-        str | None,
-        typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
-    ] = None,
-    recipe_file: Annotated[
-        Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
-    ] = None,
-    refine: Annotated[
-        int | None,
-        typer.Option(
-            help="Refine the N most noise-sensitive activation ranges against the output (slower, more accurate)."
-        ),
-    ] = None,
+    bits: Bits = None,
+    act_bits: ActBits = None,
+    granularity: Granularity = None,
+    block_size: BlockSize = None,
+    observer: ObserverName = None,
+    refine: Refine = None,
+    recipe_file: RecipeFile = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
     preprocess: Annotated[
@@ -356,22 +361,13 @@ def export(
     plan_dir: Annotated[
         Path | None, typer.Option("--plan", help="Use a plan from `edgeq calibrate`.")
     ] = None,
-    bits: Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")] = None,
-    act_bits: Annotated[
-        int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")
-    ] = None,
-    granularity: Annotated[
-        str | None, typer.Option(help="per_tensor, per_channel or per_block.")
-    ] = None,
-    block_size: Annotated[int | None, typer.Option(help="Block size for per_block.")] = None,
-    observer: Annotated[
-        str | None,
-        typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
-    ] = None,
-    refine: Annotated[
-        int | None, typer.Option(help="Refine the N most noise-sensitive activation ranges.")
-    ] = None,
-    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML.")] = None,
+    bits: Bits = None,
+    act_bits: ActBits = None,
+    granularity: Granularity = None,
+    block_size: BlockSize = None,
+    observer: ObserverName = None,
+    refine: Refine = None,
+    recipe_file: RecipeFile = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
     preprocess: Annotated[Path | None, typer.Option(help="Image preprocessing spec.")] = None,

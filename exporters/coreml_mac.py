@@ -16,7 +16,6 @@ macOS; elsewhere they raise an EdgeqError naming the platform.
 from __future__ import annotations
 
 import platform
-import statistics
 import sys
 import time
 from collections import Counter
@@ -70,16 +69,9 @@ def latency_ms(path: str | Path, feeds: Mapping[str, np.ndarray],
     run = coreml_runner(path, compute_units)
     run(feeds)
     first = (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
-        run(feeds)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run(feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"first_ms": first, "p50_ms": statistics.median(times),
-            "p90_ms": times[int(0.9 * (len(times) - 1))], "runs": runs}  # fmt: skip
+    from edgeq.export import median_latency_ms
+
+    return {"first_ms": first, **median_latency_ms(run, feeds, runs, warmup), "runs": runs}
 
 
 def compute_plan_report(path: str | Path, compute_units: str = "CPU_AND_NE") -> dict[str, Any]:

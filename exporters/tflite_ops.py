@@ -646,6 +646,16 @@ _REDUCE = {"GlobalAveragePool": "MEAN", "GlobalMaxPool": "REDUCE_MAX", "ReduceMe
            "ReduceMax": "REDUCE_MAX", "ReduceSum": "SUM", "ReduceMin": "REDUCE_MIN"}  # fmt: skip
 
 
+def reduce_axes(c: Converter, node: Node, rank: int) -> tuple[list[int], bool]:
+    """(sorted non-negative reduced axes, keepdims) of a Reduce* node, attribute or input form."""
+    keep = bool(int(node.attrs.get("keepdims", 1)))
+    if len(node.inputs) > 1 and node.inputs[1]:
+        axes = [int(a) for a in c.g.constants[node.inputs[1]].reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", range(rank))]
+    return sorted(a % rank for a in axes), keep
+
+
 @handles(*_REDUCE)
 def reduce(c: Converter, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
@@ -653,12 +663,7 @@ def reduce(c: Converter, node: Node) -> None:
     if node.op_type.startswith("Global"):
         axes, keep = list(range(2, rank)), True
     else:
-        keep = bool(int(node.attrs.get("keepdims", 1)))
-        if len(node.inputs) > 1 and node.inputs[1]:
-            axes = [int(a) for a in c.g.constants[node.inputs[1]].reshape(-1)]
-        else:
-            axes = [int(a) for a in node.attrs.get("axes", range(rank))]
-        axes = sorted(a % rank for a in axes)
+        axes, keep = reduce_axes(c, node, rank)
     if node.op_type in ("GlobalMaxPool", "ReduceMax", "ReduceMin"):
         _same_quant(c, node, x, y, _REDUCE[node.op_type])
     perm, xt = c.any_layout(x)

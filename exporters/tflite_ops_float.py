@@ -17,7 +17,7 @@ from edgeq.graph import Node
 
 from .tflite_builder import Tensor
 from .tflite_convert import Converter, Perm, handles, identity
-from .tflite_ops import _common_layout, _same_quant
+from .tflite_ops import _common_layout, _same_quant, reduce_axes
 
 
 def float_view(c: Converter, name: str, perm: Perm) -> Tensor:
@@ -86,12 +86,7 @@ def reduce_l2(c: Converter, node: Node) -> None:
     """sqrt(sum(x*x)) as MUL, SUM, SQRT in float32."""
     x = node.inputs[0]
     rank = len(c.shape(x))
-    keep = bool(int(node.attrs.get("keepdims", 1)))
-    if len(node.inputs) > 1 and node.inputs[1]:
-        axes = [int(a) for a in c.g.constants[node.inputs[1]].reshape(-1)]
-    else:
-        axes = [int(a) for a in node.attrs.get("axes", range(rank))]
-    axes = sorted(a % rank for a in axes)
+    axes, keep = reduce_axes(c, node, rank)
     perm = identity(rank)
     xf = float_view(c, x, perm)
     sq = c.m.tensor(f"{node.outputs[0]}/square", xf.shape, "float32")
