@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeq.graph import Graph
 from edgeq.interpreter import evaluate
+from edgeq.observers import Observer
 from edgeq.plan import QuantPlan
 from edgeq.planner import PlanSpec, finalize_plan, integer_derived, make_spec
 from edgeq.recipe import Recipe
@@ -63,18 +64,30 @@ def collect_statistics(
     statistic)). The forward is vmapped over the batch axis of a batch-1 graph and jitted
     together with the statistic updates.
 
-    Statistics of the same kind on tensors of the same shape are stacked and updated by one
-    vmapped update (XLA compiles one kernel set per group instead of one per tensor, which
-    dominated compile time on 200-tensor models); groups are capped at `group_bytes` per
-    sample so stacking never holds much more than the forward itself.
+    Batches go through plain reductions (`Observer.update_unfiltered`: XLA's library kernels,
+    about half the compile and run time of reductions with a select in them) as long as every
+    value counts; the first batch holding NaN, ±inf or mask fill is redone with the filtering
+    updates, as is every batch after it. Observers that need only a batch's extremes (minmax,
+    ema_minmax) are folded per kind as one vector, so 200 tensors do not compile 200 tiny
+    state kernels. In the filtering step, other statistics of the same kind on tensors of the
+    same shape are stacked into one vmapped update (one kernel set per group instead of one
+    per tensor); groups are capped at `group_bytes` per sample.
 
     `token_mask` names an attention-mask input ([1, S], nonzero = real token): values at padded
     positions (every axis of length S) become NaN, which observers ignore, so padding never
     sets a range. Tensors in `unmasked` (the mask path itself, computed from integer inputs
     only) are observed everywhere: their padded values are real values at run time."""
-    tensors = sorted({t for t, _ in stats.values()})
-    groups = _group_statistics(graph, stats, group_bytes)
     seq = int(graph.info(token_mask).shape[-1]) if token_mask else 0  # type: ignore[union-attr,index]
+    tensors = sorted({t for t, _ in stats.values()})
+    # observers that need only each batch's extremes are folded per kind, as vectors
+    kinds: dict[Observer, list[str]] = {}
+    for key, (_, stat) in stats.items():
+        if isinstance(stat, Observer) and stat.extremes_suffice:
+            kinds.setdefault(stat, []).append(key)
+    packed = list(kinds.items())
+    in_packed = {k for keys in kinds.values() for k in keys}
+    single = {k: v for k, v in stats.items() if k not in in_packed}
+    groups = _group_statistics(graph, single, group_bytes)
 
     def forward(feeds: Mapping[str, Any]) -> dict[str, Any]:
         env = evaluate(graph, feeds)
@@ -83,41 +96,83 @@ def collect_statistics(
         real = jax.numpy.reshape(feeds[token_mask] != 0, (-1,))
         return {t: env[t] if t in unmasked else _mask_padding(env[t], real, seq) for t in tensors}
 
-    @jax.jit
-    def step(states: list[Any], batch: Mapping[str, Any]) -> list[Any]:
-        values = jax.vmap(forward)(batch)
-        out = []
-        for (stat, keys), state in zip(groups, states, strict=True):
-            if len(keys) == 1:
-                out.append(stat.update(state, values[stats[keys[0]][0]]))
-                continue
-            stacked = jax.numpy.stack([values[stats[k][0]] for k in keys])
-            out.append(jax.vmap(stat.update)(state, stacked))
-        return out
+    def fold_packed(values: Mapping[str, Any], states: list[Any], filtering: bool) -> Any:
+        out, exact = [], []
+        for (obs, keys), state in zip(packed, states, strict=True):
+            ext = [obs.extremes(values[stats[k][0]], filtering) for k in keys]
+            lo, hi = jax.numpy.stack([e[2] for e in ext]), jax.numpy.stack([e[3] for e in ext])
+            exact.append(jax.numpy.all(obs.counts_all(lo, hi)))
+            out.append(jax.vmap(obs.fold, in_axes=(0, None, None, 0, 0))(state, None, None, lo, hi))
+        return out, exact
 
-    states: list[Any] = []
-    for stat, keys in groups:
-        init = stat.init()
-        if len(keys) == 1:
-            states.append(init)
-        else:
-            states.append({n: np.stack([np.asarray(v)] * len(keys)) for n, v in init.items()})
+    def fast(states: tuple[list[Any], dict[str, Any]], batch: Mapping[str, Any]) -> Any:
+        """Plain reductions, one update per statistic; (states, exact)."""
+        values = jax.vmap(forward)(batch)
+        out, exact = fold_packed(values, states[0], filtering=False)
+        rest = {}
+        for key, (tensor, stat) in single.items():
+            rest[key], ok = _unfiltered(stat, states[1][key], values[tensor])
+            exact.append(ok)
+        return (out, rest), jax.numpy.all(jax.numpy.stack(exact)) if exact else True
+
+    def filtered(states: tuple[list[Any], dict[str, Any]], batch: Mapping[str, Any]) -> Any:
+        """Filtering updates; statistics of a kind on same-shape tensors are stacked into one
+        vmapped update (fewer kernels to compile on 200-tensor models)."""
+        values = jax.vmap(forward)(batch)
+        out, _ = fold_packed(values, states[0], filtering=True)
+        rest = {}
+        for stat, keys in groups:
+            if len(keys) == 1:
+                rest[keys[0]] = stat.update(states[1][keys[0]], values[single[keys[0]][0]])
+                continue
+            stacked = jax.numpy.stack([values[single[k][0]] for k in keys])
+            state = jax.tree.map(lambda *v: jax.numpy.stack(v), *[states[1][k] for k in keys])
+            new = jax.vmap(stat.update)(state, stacked)
+            rest.update({k: jax.tree.map(lambda v, j=j: v[j], new) for j, k in enumerate(keys)})
+        return out, rest
+
+    fast_step, filtered_step = jax.jit(fast), jax.jit(filtered)
+    # NaN padding (token masks) needs the filtering updates from the start; otherwise the
+    # plain ones run until a batch holds a value they cannot ignore (NaN, ±inf, mask fill),
+    # which is redone with the filtering ones, as is every batch after it
+    filtering = bool(token_mask)
+    states: tuple[list[Any], dict[str, Any]] = (
+        [{n: np.stack([np.asarray(v)] * len(keys)) for n, v in obs.init().items()}
+         for obs, keys in packed],
+        {key: stat.init() for key, (_, stat) in single.items()},
+    )  # fmt: skip
     t0 = time.perf_counter()
     n_samples = n_batches = 0
     with jax.enable_x64(True):
         for batch in batches:
             batch = {k: np.asarray(v) for k, v in batch.items()}
-            states = step(states, batch)
+            if not filtering:
+                new, exact = fast_step(states, batch)
+                if bool(exact):
+                    states = new
+                else:
+                    log.info("calibration batch %d holds NaN, inf or mask fill: observers "
+                             "switch to their filtering updates", n_batches)  # fmt: skip
+                    filtering = True
+            if filtering:
+                states = filtered_step(states, batch)
             size = len(next(iter(batch.values())))
             n_samples += size
             n_batches += 1
             if progress is not None:
                 progress(size)
-        host: dict[str, dict[str, np.ndarray]] = {}
-        for (_, keys), state in zip(groups, states, strict=True):
-            for j, k in enumerate(keys):
-                host[k] = {n: np.asarray(v if len(keys) == 1 else v[j]) for n, v in state.items()}
+        host = {k: {n: np.asarray(v) for n, v in state.items()} for k, state in states[1].items()}
+        for (_, keys), state in zip(packed, states[0], strict=True):
+            arrays = {n: np.asarray(v) for n, v in state.items()}
+            host.update({k: {n: v[j] for n, v in arrays.items()} for j, k in enumerate(keys)})
     return CalibrationStats(host, n_samples, n_batches, time.perf_counter() - t0)
+
+
+def _unfiltered(stat: Any, state: Any, x: Any) -> tuple[Any, Any]:
+    """(state, exact) from the statistic's plain update (`Observer.update_unfiltered`); a
+    statistic without one counts every value anyway."""
+    plain = getattr(stat, "update_unfiltered", None)
+    return plain(state, x) if plain is not None else (stat.update(state, x), jax.numpy.bool_(True))
 
 
 def _mask_padding(value: Any, real: Any, seq: int) -> Any:

@@ -54,12 +54,47 @@ class Observer:
     """Base class. Subclasses set `name` through @register_observer."""
 
     name: ClassVar[str] = "base"
+    # True when a batch's min and max are all `fold` needs (no per-value statistics): the
+    # calibration engine then folds every such observer of a kind in one vectorized step
+    extremes_suffice: ClassVar[bool] = False
     ignore_below: float = MASK_FILL
 
     def init(self) -> State:
         raise NotImplementedError
 
     def update(self, state: State, x: Any) -> State:
+        """Fold one batch into the state, ignoring NaN, ±inf and mask fill (≤ ignore_below)."""
+        return self.fold(state, *self.extremes(x, filtering=True))
+
+    def update_unfiltered(self, state: State, x: Any) -> tuple[State, Any]:
+        """`update` for a batch in which every value counts. Returns (state, exact): `exact`
+        is False when the batch held a value `update` would ignore; then the state is wrong
+        and the caller redoes the batch with `update`."""
+        x, ok, lo, hi = self.extremes(x, filtering=False)
+        return self.fold(state, x, ok, lo, hi), self.counts_all(lo, hi)
+
+    def extremes(self, x: Any, filtering: bool) -> tuple[Any, Any, Any, Any]:
+        """(x as float32, mask of the values that count or None, their min, their max; ±inf
+        when none count). Without `filtering` every value counts and the reductions are XLA's
+        plain ones: on CPU they run as library kernels, 2x faster to run and to compile than
+        reductions with a select fused into them."""
+        if not filtering:
+            x = jnp.asarray(x, jnp.float32)
+            return x, None, jnp.min(x, initial=jnp.inf), jnp.max(x, initial=-jnp.inf)
+        x, ok = self._valid(x)
+        lo = jnp.min(jnp.where(ok, x, jnp.inf), initial=jnp.inf)  # initial: zero-size x
+        hi = jnp.max(jnp.where(ok, x, -jnp.inf), initial=-jnp.inf)
+        return x, ok, lo, hi
+
+    def counts_all(self, lo: Any, hi: Any) -> Any:
+        """Do unfiltered extremes (lo, hi) show a batch in which every value counts? NaN
+        propagates through XLA's min/max, so it shows in them as well as ±inf and mask fill."""
+        return (lo > self.ignore_below) & (hi < jnp.inf)
+
+    def fold(self, state: State, x: Any, ok: Any, lo: Any, hi: Any) -> State:
+        """The new state from a batch `x` (float32), its valid-value mask `ok` (None: all
+        valid) and the min/max of its valid values (±inf when there are none). Observers with
+        `extremes_suffice` never read x or ok (the engine passes None)."""
         raise NotImplementedError
 
     def merge(self, a: State, b: State) -> State:
@@ -80,13 +115,12 @@ class Observer:
 class MinMaxObserver(Observer):
     """Running minimum and maximum over every value seen."""
 
+    extremes_suffice: ClassVar[bool] = True
+
     def init(self) -> State:
         return {"min": np.float32(np.inf), "max": np.float32(-np.inf)}
 
-    def update(self, state: State, x: Any) -> State:
-        x, ok = self._valid(x)
-        lo = jnp.min(jnp.where(ok, x, jnp.inf), initial=jnp.inf)  # initial: zero-size x
-        hi = jnp.max(jnp.where(ok, x, -jnp.inf), initial=-jnp.inf)
+    def fold(self, state: State, x: Any, ok: Any, lo: Any, hi: Any) -> State:
         return {"min": jnp.minimum(state["min"], lo), "max": jnp.maximum(state["max"], hi)}
 
     def merge(self, a: State, b: State) -> State:
@@ -106,6 +140,7 @@ class MovingAverageMinMaxObserver(Observer):
     MovingAverageMinMaxObserver): m ← m + c·(batch_min − m). The first batch with a valid value
     sets the range directly; batches with none leave the state unchanged."""
 
+    extremes_suffice: ClassVar[bool] = True
     averaging_constant: float = 0.01
 
     def init(self) -> State:
@@ -115,11 +150,8 @@ class MovingAverageMinMaxObserver(Observer):
             "batches": np.int32(0),  # batches that had a valid value
         }
 
-    def update(self, state: State, x: Any) -> State:
-        x, ok = self._valid(x)
-        lo = jnp.min(jnp.where(ok, x, jnp.inf), initial=jnp.inf)
-        hi = jnp.max(jnp.where(ok, x, -jnp.inf), initial=-jnp.inf)
-        seen, first = jnp.any(ok), state["batches"] == 0
+    def fold(self, state: State, x: Any, ok: Any, lo: Any, hi: Any) -> State:
+        seen, first = lo <= hi, state["batches"] == 0
         c = jnp.float32(self.averaging_constant)
         new_lo = jnp.where(first, lo, state["min"] + c * (lo - state["min"]))
         new_hi = jnp.where(first, hi, state["max"] + c * (hi - state["max"]))
@@ -195,14 +227,12 @@ class HistogramObserver(Observer):
             "max": np.float32(-np.inf),
         }
 
-    def update(self, state: State, x: Any) -> State:
-        x, ok = self._valid(x)
-        x = jnp.where(ok, x, 0.0).reshape(-1)
-        ok = ok.reshape(-1)
+    def fold(self, state: State, x: Any, ok: Any, lo: Any, hi: Any) -> State:
+        x = x.reshape(-1) if ok is None else jnp.where(ok, x, 0.0).reshape(-1)
+        seen = lo <= hi
         r_old = jnp.asarray(state["range"], jnp.float32)
-        need = jnp.maximum(jnp.max(jnp.abs(x), initial=0.0), r_old)
+        need = jnp.maximum(jnp.where(seen, jnp.maximum(-lo, hi), 0.0), r_old)
         exp = jnp.minimum(_pow2_exponent(jnp.maximum(need, 2.0**MIN_RANGE_EXP)), MAX_RANGE_EXP)
-        seen = jnp.any(ok)
         r_new = jnp.where(seen, jnp.ldexp(jnp.float32(1.0), exp), r_old)
         # old histogram onto the new range (k = 0 keeps it; an empty one has nothing to move)
         k = jnp.clip(exp - jnp.frexp(r_old)[1] + 1, 0, MAX_SHIFT)
@@ -212,8 +242,8 @@ class HistogramObserver(Observer):
         return {
             "hist": (hist + counts.astype(jnp.float32)).astype(jnp.float32),
             "range": r_new.astype(jnp.float32),
-            "min": jnp.minimum(state["min"], jnp.min(jnp.where(ok, x, jnp.inf), initial=jnp.inf)),
-            "max": jnp.maximum(state["max"], jnp.max(jnp.where(ok, x, -jnp.inf), initial=-jnp.inf)),
+            "min": jnp.minimum(state["min"], lo),
+            "max": jnp.maximum(state["max"], hi),
         }
 
     def _bin(self, x: Any, ok: Any, exp: Any) -> Any:
@@ -223,7 +253,7 @@ class HistogramObserver(Observer):
         idx = jnp.clip(jnp.floor(x * per_unit).astype(jnp.int32) + half, 0, self.bins - 1)
         # keep the sign exact even where x · bins/2R underflows to ±0
         idx = jnp.where(x < 0, jnp.minimum(idx, half - 1), jnp.maximum(idx, half))
-        return jnp.where(ok, idx, self.bins)
+        return idx if ok is None else jnp.where(ok.reshape(-1), idx, self.bins)
 
     def merge(self, a: State, b: State) -> State:
         ra, rb = float(a["range"]), float(b["range"])

@@ -136,7 +136,9 @@ def constant_fold(graph: Graph) -> Graph:
         g.nodes = keep
         inlined = _inline_constant_ifs(g)
         g = eliminate_dead_nodes(g)
-        if not folded and not inlined:
+        # the trace already evaluated everything computable from constants, so only inlined
+        # branches can expose more
+        if not inlined:
             break
     return g
 

@@ -456,3 +456,20 @@ def test_finalize_within_observed_range(obs: Observer) -> None:
         for symmetric in (True, False):
             lo, hi = obs.finalize(state, q, symmetric)
             assert float(state["min"]) <= lo <= hi <= float(state["max"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(batches=batches)
+def test_unfiltered_update_is_exact_or_says_so(batches: list[np.ndarray]) -> None:
+    """The calibration engine's fast path: same state as `update` on a batch where every value
+    counts, and `exact` False on any batch holding NaN, ±inf or mask fill."""
+    for obs in observers():
+        plain = jax.jit(obs.update_unfiltered)
+        state = obs.init()
+        for x in batches:
+            fast, exact = plain(state, x)
+            state = jitted(obs)(state, x)
+            assert bool(exact) == (valid(x).size == x.size)
+            if exact:
+                for key in state:
+                    np.testing.assert_array_equal(np.asarray(fast[key]), np.asarray(state[key]))

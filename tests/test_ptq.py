@@ -312,3 +312,28 @@ def test_same_shape_statistics_are_grouped_and_exact() -> None:
     )
     assert float(result.states["a"]["max"]) == 2.5 and float(result.states["b"]["max"]) == 2.5
     assert float(result.states["n"]["min"]) == -2.5 and float(result.states["y"]["min"]) == 0.5
+
+
+@pytest.mark.parametrize("dirty", [None, np.nan, -np.inf, -1e9])
+def test_batch_with_ignored_values_is_redone_with_filtering(dirty, caplog) -> None:  # type: ignore[no-untyped-def]
+    # minmax (folded as a packed vector) and percentile (per tensor): a batch the plain
+    # reductions cannot take is redone with the filtering updates, and the result equals
+    # filtering every batch
+    nodes = [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Neg", ["n"], ["y"])]
+    g = prepare(model_to_graph(make_model(nodes, [("x", F32, [1, 8])], [("y", F32, [1, 8])])))
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(1, 8)).astype(np.float32) * (i + 1) for i in range(6)]
+    if dirty is not None:
+        xs[3][0, 2] = dirty
+    mm, pc = make_observer("minmax"), make_observer("percentile", bins=64)
+    stats = {"n": ("n", mm), "y.mm": ("y", mm), "y.pc": ("y", pc)}
+    with caplog.at_level("INFO", logger="edgeq.calibrate"):
+        result = collect_statistics(g, stats, stack_batches([{"x": x} for x in xs], 2))
+    assert ("filtering updates" in caplog.text) == (dirty is not None)
+    for key, (tensor, obs) in stats.items():
+        state = obs.init()
+        for i in range(0, 6, 2):
+            batch = np.stack(xs[i : i + 2])
+            state = obs.update(state, -batch if tensor == "n" else batch)
+        for name, value in state.items():
+            np.testing.assert_array_equal(result.states[key][name], np.asarray(value), err_msg=key)
