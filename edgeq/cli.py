@@ -481,7 +481,12 @@ def version() -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Compiled programs are cached in ~/.cache/edgeq/xla (EDGEQ_CACHE_DIR=DIR moves it,
+    EDGEQ_CACHE_DIR=off turns it off): a second run of the same model skips XLA compile."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    from edgeq.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 # Commands that live in their own modules (each defines `register(app)`).

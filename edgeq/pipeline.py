@@ -20,6 +20,7 @@ from edgeq.graph import Graph
 from edgeq.onnx_io import load_model
 from edgeq.passes import (
     QUANTIZATION_PASSES,
+    STANDARD_PASSES,
     matmul_as_conv,
     prepare,
     quantized_copies,
@@ -44,7 +45,9 @@ def prepare_for_quantization(
     """`prepare` plus the quantization-friendly folds (affine blocks into convs), and the
     target's own graph needs (a quantized copy of float LayerNorm outputs for the MatMuls that
     read them, on targets that keep the residual stream float)."""
-    graph = run_passes(prepare(graph, input_shapes, input_values), QUANTIZATION_PASSES)
+    # the standard pipeline's closing shape inference is left to the quantization passes
+    standard = STANDARD_PASSES[:-1] if STANDARD_PASSES[-1][0] == "infer_shapes" else STANDARD_PASSES
+    graph = run_passes(prepare(graph, input_shapes, input_values, standard), QUANTIZATION_PASSES)
     profile = load_target(target) if target is not None else None
     if profile is not None and profile.quant.high_precision == "float":
         graph = run_passes(graph, (("quantized_copies", quantized_copies),))

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+# CLI runs enable the persistent compilation cache: keep the test session's out of ~/.cache
+os.environ.setdefault("EDGEQ_CACHE_DIR", tempfile.mkdtemp(prefix="edgeq-test-xla-"))
 
 
 def package_file(package: str, *parts: str) -> Path:
