@@ -203,22 +203,12 @@ class TfliteBackend(Backend):
         return {n: self.interp.get_tensor(d["index"]) for n, d in self._out.items()}
 
 
-class CoremlBackend(Backend):
-    def __init__(self, path: Path, compute_units: str, spec_path: Path | None) -> None:
-        try:
-            import coremltools as ct
-        except ImportError as exc:
-            raise RunnerError("coremltools is not installed: pip install coremltools") from exc
-        self.runtime, self.version = "coremltools", ct.__version__
-        units = getattr(ct.ComputeUnit, compute_units, ct.ComputeUnit.ALL)
-        spec_src = spec_path or path
-        spec = ct.models.MLModel(str(spec_src), skip_model_load=True).get_spec()
+class _CoremlSpecBackend(Backend):
+    """Inputs/outputs from a Core ML model spec (shared by the Core ML and MIL-evaluator runs)."""
+
+    def _describe_spec(self, spec: Any) -> None:
         self._in_desc = [_coreml_feature(f) for f in spec.description.input]
         self._out_desc = [_coreml_feature(f) for f in spec.description.output]
-        if path.suffix == ".mlmodelc":
-            self.model = ct.models.CompiledMLModel(str(path), compute_units=units)
-        else:
-            self.model = ct.models.MLModel(str(path), compute_units=units)
 
     def inputs(self) -> list[dict[str, Any]]:
         return self._in_desc
@@ -229,6 +219,23 @@ class CoremlBackend(Backend):
     def to_artifact(self, name: str, value: np.ndarray, rounding: str) -> np.ndarray:
         dtype = next((d["dtype"] for d in self._in_desc if d["name"] == name), "float32")
         return np.ascontiguousarray(value, dtype=dtype)
+
+
+class CoremlBackend(_CoremlSpecBackend):
+    def __init__(self, path: Path, compute_units: str, spec_path: Path | None) -> None:
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise RunnerError("coremltools is not installed: pip install coremltools") from exc
+        self.runtime, self.version = "coremltools", ct.__version__
+        units = getattr(ct.ComputeUnit, compute_units, ct.ComputeUnit.ALL)
+        spec_src = spec_path or path
+        spec = ct.models.MLModel(str(spec_src), skip_model_load=True).get_spec()
+        self._describe_spec(spec)
+        if path.suffix == ".mlmodelc":
+            self.model = ct.models.CompiledMLModel(str(path), compute_units=units)
+        else:
+            self.model = ct.models.MLModel(str(path), compute_units=units)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.model.predict(feeds).items()}
@@ -289,7 +296,7 @@ class MlxBackend(Backend):
         return self.program(feeds)  # evaluates (mx.eval) before returning numpy arrays
 
 
-class CoremlEvalBackend(Backend):
+class CoremlEvalBackend(_CoremlSpecBackend):
     """A .mlpackage where there is no Core ML (not macOS): edgeq's numpy evaluator of the saved
     ML program. It checks the file; it is not Core ML and its timings are no device latency."""
 
@@ -304,18 +311,7 @@ class CoremlEvalBackend(Backend):
         spec = self.evaluator.prog.spec
         self.runtime = COREML_EVAL_RUNTIME
         self.version = getattr(sys.modules.get("edgeq"), "__version__", "")
-        self._in_desc = [_coreml_feature(f) for f in spec.description.input]
-        self._out_desc = [_coreml_feature(f) for f in spec.description.output]
-
-    def inputs(self) -> list[dict[str, Any]]:
-        return self._in_desc
-
-    def outputs(self) -> list[dict[str, Any]]:
-        return self._out_desc
-
-    def to_artifact(self, name: str, value: np.ndarray, rounding: str) -> np.ndarray:
-        dtype = next((d["dtype"] for d in self._in_desc if d["name"] == name), "float32")
-        return np.ascontiguousarray(value, dtype=dtype)
+        self._describe_spec(spec)
 
     def from_artifact(self, name: str, value: np.ndarray) -> np.ndarray:
         shape = next((d["shape"] for d in self._out_desc if d["name"] == name), None)
