@@ -22,10 +22,10 @@ import numpy as np
 
 from benchmarks.common import machine, write_results
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.interpreter import Interpreter
+from edgeq.ir.interpreter import Interpreter
 from edgeq.pipeline import calibrate_model
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import output_step, within_step
 from examples.models import CASES
@@ -73,7 +73,7 @@ def run_case(model: str, config: str, n_calib: int, n_eval: int, work: Path) -> 
     recipe = CONFIGS[config]
     t0 = time.perf_counter()
     if recipe is None:
-        from edgeq.onnx_io import load_model
+        from edgeq.ir.onnx_io import load_model
         from edgeq.pipeline import prepare_for_quantization
 
         graph = prepare_for_quantization(load_model(path), case.input_shapes, case.input_values)
@@ -107,7 +107,7 @@ def run_case(model: str, config: str, n_calib: int, n_eval: int, work: Path) -> 
                       "step_source": source}  # fmt: skip
     f32 = fp32_weight_bytes(graph)
     weights = art.checks.get("weights", {})
-    from edgeq.exporters.coreml_eval import WEIGHTS
+    from edgeq.exporters.coreml.evaluate import WEIGHTS
 
     wbin = (out / WEIGHTS).stat().st_size if (out / WEIGHTS).is_file() else 0
     return {

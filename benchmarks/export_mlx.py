@@ -26,11 +26,11 @@ import numpy as np
 
 from benchmarks.common import machine, median_ms, write_results
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.graph import Graph
-from edgeq.interpreter import Interpreter
+from edgeq.ir.graph import Graph
+from edgeq.ir.interpreter import Interpreter
 from edgeq.pipeline import calibrate_model
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import compare
 from examples.models import CASES, minilm_feeds

@@ -28,10 +28,10 @@ from benchmarks.common import interleaved_ms, machine, md_table, write_results
 from benchmarks.ort_baseline import ort_quantize_static
 from edgeq.export import export_model
 from edgeq.exporters import ExportOptions
-from edgeq.exporters.onnx_qdq import OrtRunner
-from edgeq.interpreter import Interpreter
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.exporters.onnx.qdq import OrtRunner
+from edgeq.ir.interpreter import Interpreter
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.verify import compare
 from examples.models import CASES
 
@@ -128,7 +128,7 @@ def bench_model(
                            options=ExportOptions(allow_fallback=True))  # fmt: skip
         seconds = time.perf_counter() - t0
         from edgeq.pipeline import graph_for_plan
-        from edgeq.plan import QuantPlan
+        from edgeq.quant.plan import QuantPlan
 
         plan = QuantPlan.load(out / "plan")
         graph = graph_for_plan(case.model_path(), plan)

@@ -25,8 +25,8 @@ from benchmarks.common import md_table, write_results
 from edgeq.errors import EdgeqError
 from edgeq.exporters import ExportOptions, get_exporter
 from edgeq.pipeline import calibrate_model
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import output_step, within_step
 from examples.models import CASES

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from benchmarks.common import machine, md_table, median_ms, write_results
 from edgeq import Interpreter, load_model, prepare
-from edgeq.graph import Graph
+from edgeq.ir.graph import Graph
 from examples.models import CASES
 
 

@@ -27,9 +27,9 @@ import numpy as np
 from benchmarks.common import machine, md_table, write_results
 from edgeq import Interpreter, load_model
 from edgeq.pipeline import calibrate_model, prepare_for_quantization
-from edgeq.plan import QuantPlan
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from examples.models import CASES, minilm_feeds
 
 N_CALIB = 64
@@ -157,8 +157,8 @@ calib = case.make_feeds(N_CALIB, "calib")
 if tool.startswith("edgeq"):
     from edgeq.compile_cache import enable_compilation_cache
     from edgeq.pipeline import calibrate_model
-    from edgeq.recipe import LayerConfig, Recipe
-    from edgeq.simulate import Simulator
+    from edgeq.quant.recipe import LayerConfig, Recipe
+    from edgeq.quant.simulate import Simulator
     enable_compilation_cache(Path(arg))
     observer = tool.split(":")[1]
     t0 = time.perf_counter()
@@ -224,7 +224,7 @@ RSS_CHILD = """
 import json, sys, numpy as np
 from benchmarks.common import peak_rss_mb
 from edgeq.pipeline import calibrate_model
-from edgeq.recipe import LayerConfig, Recipe
+from edgeq.quant.recipe import LayerConfig, Recipe
 from examples.models import CASES
 from examples.ocr import rec_preprocess, render_text_line
 from examples.text import text_lines

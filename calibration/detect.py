@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeq.graph import ValueInfo
+from edgeq.ir.graph import ValueInfo
 
 from .base import (
     IMAGE_SUFFIXES,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import DynamicShapeError
-from edgeq.graph import ValueInfo
+from edgeq.ir.graph import ValueInfo
 
 from .base import CalibrationDataError, CalibrationSource, Feed
 

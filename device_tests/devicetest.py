@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, InputError
-from edgeq.plan import json_default
+from edgeq.quant.plan import json_default
 
 from . import remote_runner
 from .transports import (
@@ -44,8 +44,8 @@ REPORT_MD = "devicetest_report.md"
 class Context:
     """What the artifact was made from, when known: the prepared graph and the plan."""
 
-    graph: Any = None  # edgeq.graph.Graph
-    plan: Any = None  # edgeq.plan.QuantPlan
+    graph: Any = None  # edgeq.ir.graph.Graph
+    plan: Any = None  # edgeq.quant.plan.QuantPlan
     model: Path | None = None
     plan_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -63,7 +63,7 @@ class DeviceTestResult:
 def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> Context:
     """Graph and plan for `artifact`: from --model/--plan, or from the export folder it is in
     (plan/plan.json names the model file; it is looked up beside the folder)."""
-    from edgeq.plan import QuantPlan
+    from edgeq.quant.plan import QuantPlan
 
     ctx = Context()
     folder = artifact.parent
@@ -86,7 +86,7 @@ def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> C
 
         ctx.graph = graph_for_plan(model, ctx.plan)
     else:
-        from edgeq.onnx_io import load_model
+        from edgeq.ir.onnx_io import load_model
         from edgeq.pipeline import prepare_for_quantization
 
         ctx.graph = prepare_for_quantization(load_model(model))
@@ -94,7 +94,7 @@ def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> C
 
 
 def _model_from_plan(plan: Any, folder: Path) -> Path:
-    from edgeq.pipeline import file_sha256
+    from edgeq.files import file_sha256
 
     info = plan.model or {}
     name = info.get("file")
@@ -172,7 +172,7 @@ def describe_artifact(artifact: Path) -> dict[str, Any] | None:
 def make_feeds(ctx: Context, desc: Mapping[str, Any] | None, inputs: Path | None,
                samples: int, seed: int) -> tuple[list[dict[str, np.ndarray]], str]:  # fmt: skip
     """Feeds in the graph's layout (or the artifact's, without a model), and where they came from."""
-    from edgeq.graph import ValueInfo
+    from edgeq.ir.graph import ValueInfo
 
     if ctx.graph is not None:
         infos = list(ctx.graph.inputs)
@@ -488,8 +488,8 @@ def _compare(ctx: Context, feeds: list[dict[str, np.ndarray]],
              outputs: list[dict[str, np.ndarray]]) -> dict[str, Any] | None:  # fmt: skip
     if ctx.graph is None:
         return None
-    from edgeq.interpreter import Interpreter
-    from edgeq.simulate import Simulator
+    from edgeq.ir.interpreter import Interpreter
+    from edgeq.quant.simulate import Simulator
     from edgeq.verify import compare
 
     ref = Interpreter(ctx.graph)

@@ -5,7 +5,7 @@ Standalone on purpose: stdlib + numpy + whichever runtime the device has (onnxru
 ai_edge_litert, tflite_runtime or tensorflow for .tflite; coremltools for .mlpackage/.mlmodelc on
 macOS). It imports edgeq only for the two artifact kinds that only edgeq can run, and only when
 edgeq is installed on the device (`pip install 'edgeq[mlx]'`): an MLX artifact folder (config.json
-+ graph.json + model.safetensors, run by edgeq.exporters.mlx_runtime with MLX), and a .mlpackage
++ graph.json + model.safetensors, run by edgeq.exporters.mlx.runtime with MLX), and a .mlpackage
 on a machine that is not a Mac (run by edgeq's numpy MIL evaluator: a check of the file, not Core
 ML; its timings are reported as "device_latency": false).
 
@@ -274,7 +274,7 @@ class MlxBackend(Backend):
     """An edgeq MLX artifact folder, run by edgeq's MLX runtime (MLX on the CPU)."""
 
     def __init__(self, path: Path) -> None:
-        runtime = _edgeq_module("edgeq.exporters.mlx_runtime", "an MLX artifact")
+        runtime = _edgeq_module("edgeq.exporters.mlx.runtime", "an MLX artifact")
         import mlx.core as mx
 
         self.program = runtime.MlxProgram(path)
@@ -303,7 +303,7 @@ class CoremlEvalBackend(_CoremlSpecBackend):
     device_latency = False
 
     def __init__(self, path: Path) -> None:
-        ev = _edgeq_module("edgeq.exporters.coreml_eval", "a .mlpackage off macOS")
+        ev = _edgeq_module("edgeq.exporters.coreml.evaluate", "a .mlpackage off macOS")
         if path.suffix != ".mlpackage":
             raise RunnerError(f"'{path.name}' needs Core ML (macOS); off macOS only .mlpackage "
                               "files run, in edgeq's numpy MIL evaluator")  # fmt: skip

@@ -14,8 +14,8 @@ from edgeq.cli import app
 from edgeq.device_tests.devicetest import REPORT_JSON, run_devicetest
 from edgeq.device_tests.remote_runner import main as runner_main
 from edgeq.errors import EdgeqError
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import load_model
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import load_model
 
 pytestmark = pytest.mark.local
 
@@ -83,7 +83,7 @@ def test_runner_reports_bad_jobs_with_one_line(tmp_path: Path, capsys: pytest.Ca
 
 def test_quantized_export_folder_passes_parity(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     """An `edgeq export` folder (onnx QDQ): devicetest finds plan/ and the model beside it."""
-    pytest.importorskip("edgeq.exporters.onnx_qdq")
+    pytest.importorskip("edgeq.exporters.onnx.qdq")
     from edgeq.export import export_model
 
     model = shutil.copy(artifacts["conv_onnx"], tmp_path / "conv.onnx")

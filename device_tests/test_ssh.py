@@ -21,8 +21,8 @@ from edgeq.cli import app
 from edgeq.device_tests.conftest import INJECTION_NAME, SshServer
 from edgeq.device_tests.devicetest import REPORT_JSON, run_devicetest
 from edgeq.device_tests.transports import DeviceError, DeviceOptions, open_transport
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import load_model
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import load_model
 
 pytestmark = pytest.mark.ssh
 

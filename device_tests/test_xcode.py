@@ -26,10 +26,10 @@ def test_xcode_off_macos_is_refused_clearly() -> None:
 @pytest.mark.skipif(sys.platform != "darwin" or shutil.which("xcrun") is None,
                     reason="needs macOS with Xcode (xcrun coremlcompiler)")  # fmt: skip
 def test_xcode_for_real(tmp_path: Path) -> None:
-    coreml = pytest.importorskip("edgeq.exporters.coreml")
+    coreml = pytest.importorskip("edgeq.exporters.coreml.exporter")
     from edgeq.device_tests.conftest import write_conv_onnx
     from edgeq.exporters import ExportOptions
-    from edgeq.onnx_io import load_model
+    from edgeq.ir.onnx_io import load_model
     from edgeq.pipeline import prepare_for_quantization
     from edgeq.targets import load_target
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +23,19 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import InputError
-from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output, get_exporter
-from edgeq.graph import Graph
-from edgeq.interpreter import Interpreter
-from edgeq.plan import QuantPlan, json_default
-from edgeq.recipe import Recipe
-from edgeq.simulate import Simulator
+from edgeq.exporters import (
+    Artifact,
+    ExportOptions,
+    Runner,
+    atomic_output,
+    get_exporter,
+    median_latency_ms,
+)
+from edgeq.ir.graph import Graph
+from edgeq.ir.interpreter import Interpreter
+from edgeq.quant.plan import QuantPlan, json_default
+from edgeq.quant.recipe import Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import compare
 
@@ -43,18 +48,6 @@ class ExportResult:
     out: Path
     artifact: Path
     report: dict[str, Any]
-
-
-def median_latency_ms(run: Runner, feeds: Mapping[str, np.ndarray], runs: int, warmup: int = 3) -> dict[str, float]:  # fmt: skip
-    for _ in range(warmup):
-        run(feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
 
 
 def evaluate_artifact(
@@ -244,6 +237,5 @@ __all__ = [
     "ExportResult",
     "evaluate_artifact",
     "export_model",
-    "median_latency_ms",
     "report_markdown",
 ]

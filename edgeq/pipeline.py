@@ -5,7 +5,6 @@ QuantPlan → per-layer SQNR report on held-out samples."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.calibrate import collect_statistics, find_token_mask, stack_batches
-from edgeq.graph import Graph
-from edgeq.onnx_io import load_model
-from edgeq.passes import (
+from edgeq.files import file_sha256
+from edgeq.ir.graph import Graph
+from edgeq.ir.onnx_io import load_model
+from edgeq.ir.passes import (
     QUANTIZATION_PASSES,
     STANDARD_PASSES,
     matmul_as_conv,
@@ -26,10 +25,11 @@ from edgeq.passes import (
     quantized_copies,
     run_passes,
 )
-from edgeq.plan import QuantPlan
-from edgeq.planner import finalize_plan, integer_derived, make_spec
-from edgeq.recipe import Recipe
-from edgeq.simulate import layer_sqnr
+from edgeq.quant.calibrate import collect_statistics, find_token_mask, stack_batches
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
+from edgeq.quant.recipe import Recipe
+from edgeq.quant.simulate import layer_sqnr
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,6 @@ def _blocked(recipe: Recipe | None, profile: Any) -> bool:
     if base.granularity is not None:
         return base.granularity == "per_block"
     return base.weight_bits == 4 and rules.default_granularity_4bit == "per_block"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -164,7 +156,7 @@ def calibrate_model(
     from edgeq.calibration import validate
 
     if recipe.refine_top > 0:
-        from edgeq.refine import refine_ranges
+        from edgeq.algorithms.refine import refine_ranges
 
         names = calib_names[: recipe.refine_samples]
         refine_feeds = [validate(source.load(n), graph.inputs, n) for n in names]

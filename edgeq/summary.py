@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeq.graph import Graph, Node
-from edgeq.ops.registry import is_supported
+from edgeq.ir.graph import Graph, Node
+from edgeq.ir.ops.registry import is_supported
 from edgeq.targets import available_targets, load_target
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.plan import QuantPlan
+from edgeq.quant.plan import QuantPlan
 
 
 def output_step(

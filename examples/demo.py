@@ -64,10 +64,10 @@ def export_table(targets: tuple[str, ...] = DEMO_TARGETS, n_calib: int = 32,
     from edgeq.errors import EdgeqError
     from edgeq.export import export_model
     from edgeq.exporters import ExportOptions, get_exporter
-    from edgeq.interpreter import Interpreter
+    from edgeq.ir.interpreter import Interpreter
     from edgeq.pipeline import graph_for_plan
-    from edgeq.plan import QuantPlan
-    from edgeq.simulate import Simulator
+    from edgeq.quant.plan import QuantPlan
+    from edgeq.quant.simulate import Simulator
     from edgeq.targets import load_target
 
     case = CASES[DEFAULT_CASE]

@@ -20,7 +20,9 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,8 @@ import numpy as np
 from edgeq.errors import EdgeqError, InputError
 
 if TYPE_CHECKING:
-    from edgeq.graph import Graph
-    from edgeq.plan import QuantPlan
+    from edgeq.ir.graph import Graph
+    from edgeq.quant.plan import QuantPlan
     from edgeq.targets import TargetProfile
 
 Feeds = Mapping[str, np.ndarray]
@@ -76,10 +78,10 @@ class Exporter(Protocol):
 
 # name -> module path; each module defines EXPORTER (an Exporter)
 _MODULES: dict[str, str] = {
-    "onnx_qdq": "edgeq.exporters.onnx_qdq",
-    "tflite": "edgeq.exporters.tflite",
-    "coreml": "edgeq.exporters.coreml",
-    "mlx": "edgeq.exporters.mlx",
+    "onnx_qdq": "edgeq.exporters.onnx.qdq",
+    "tflite": "edgeq.exporters.tflite.exporter",
+    "coreml": "edgeq.exporters.coreml.exporter",
+    "mlx": "edgeq.exporters.mlx.exporter",
 }
 # optional runtimes and the extra that installs each
 _EXTRAS = {"coremltools": "coreml", "mlx": "mlx", "ai_edge_litert": "tflite"}
@@ -123,6 +125,19 @@ def exporter_for_artifact(path: Path) -> Exporter:
     )
 
 
+def median_latency_ms(run: Runner, feeds: Feeds, runs: int, warmup: int = 3) -> dict[str, float]:
+    """p50/p90 wall time of `run(feeds)` in ms over `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run(feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
+
+
 def atomic_output(out: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` with a temp path beside `out`, then rename it into place; nothing is
     left behind on failure. Works for files and folders."""
@@ -154,5 +169,6 @@ __all__ = [
     "atomic_output",
     "exporter_for_artifact",
     "get_exporter",
+    "median_latency_ms",
     "register_exporter",
 ]

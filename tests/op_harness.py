@@ -17,8 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import model_to_graph
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
 
 # onnxruntime 1.31 refuses IR 14 (onnx 1.23's default); IR 8 covers every opset used here.
 IR_VERSION = 8

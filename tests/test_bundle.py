@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from edgeq.cli import app
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.exporters.bundle import BundleError, make_bundle, tar_with_members, verify_bundle
-from edgeq.onnx_io import model_to_graph
+from edgeq.exporters.tflite.bundle import BundleError, make_bundle, tar_with_members, verify_bundle
+from edgeq.ir.onnx_io import model_to_graph
 from edgeq.pipeline import prepare_for_quantization
 from edgeq.targets import load_target
 from tests.conftest import F32, make_model

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from edgeq import Interpreter
 from edgeq.cli import app
 from edgeq.pipeline import calibrate_model
-from edgeq.plan import QuantPlan
-from edgeq.recipe import Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.recipe import Recipe
+from edgeq.quant.simulate import Simulator
 from examples.models import CASES, minilm_feeds
 from examples.text import english_sentences
 

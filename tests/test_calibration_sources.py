@@ -30,7 +30,7 @@ from edgeq.calibration import (
     validate,
 )
 from edgeq.errors import DynamicShapeError, EdgeqError
-from edgeq.graph import ValueInfo
+from edgeq.ir.graph import ValueInfo
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgeq.calibrate import collect_statistics, stack_batches
 from edgeq.errors import EdgeqError
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.exporters.coreml_build import requant_is_identity
-from edgeq.graph import Graph
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import model_to_graph
-from edgeq.passes import prepare
-from edgeq.plan import QuantPlan
-from edgeq.planner import finalize_plan, make_spec
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.exporters.coreml.build import requant_is_identity
+from edgeq.ir.graph import Graph
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
+from edgeq.ir.passes import prepare
+from edgeq.quant.calibrate import collect_statistics, stack_batches
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.planner import finalize_plan, make_spec
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from tests.conftest import F32, I64, make_model
 
@@ -192,7 +192,7 @@ def test_int4_per_block_layout_and_storage(tmp_path: Path) -> None:
     wq = plan.tensors["Wq"]  # MatMul W[K=64, N=128]: blocks of 32 along K (axis 0)
     assert wq.granularity == "per_block" and wq.block == 32 and wq.scale.shape == (2, 128)
     path, _ = _export(graph, plan, tmp_path / "m.mlpackage")
-    from edgeq.exporters.coreml_eval import SavedProgram
+    from edgeq.exporters.coreml.evaluate import SavedProgram
 
     prog = SavedProgram(path)
     op = prog.producers()["Wq_T"]  # stored as linear's [N, K]: scale [128, 2] = blocks of 32
@@ -212,7 +212,7 @@ def test_int4_per_block_layout_and_storage(tmp_path: Path) -> None:
 def test_blob_parser_agrees_with_coremltools_reader(tmp_path: Path) -> None:
     from coremltools.libmilstoragepython import _BlobStorageReader
 
-    from edgeq.exporters.coreml_eval import SavedProgram
+    from edgeq.exporters.coreml.evaluate import SavedProgram
 
     graph = _transformer()
     plan = _plan(graph, _feeds(graph), 4)
@@ -243,8 +243,8 @@ def test_blob_parser_agrees_with_coremltools_reader(tmp_path: Path) -> None:
 
 
 def test_checks_catch_a_tampered_weight(tmp_path: Path) -> None:
-    from edgeq.exporters.coreml_check import check_weights
-    from edgeq.exporters.coreml_eval import SavedProgram
+    from edgeq.exporters.coreml.check import check_weights
+    from edgeq.exporters.coreml.evaluate import SavedProgram
 
     graph = _cnn()
     plan = _plan(graph, _feeds(graph), 8)

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from edgeq.cli import app
 from edgeq.errors import DynamicShapeError, GraphError, ModelLoadError, UnsupportedOpError
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import load_model
-from edgeq.passes import prepare
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import load_model
+from edgeq.ir.passes import prepare
 from tests.conftest import F32, make_model
 
 runner = CliRunner()
@@ -227,7 +227,7 @@ def test_unknown_attribute_refused(tmp_path: Path) -> None:
 
 
 def load_model_bytes(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
-    from edgeq.onnx_io import model_to_graph
+    from edgeq.ir.onnx_io import model_to_graph
 
     return model_to_graph(model)
 

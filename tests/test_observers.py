@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeq.errors import InputError
-from edgeq.observers import (
+from edgeq.quant.observers import (
     MASK_FILL,
     HistogramObserver,
     Observer,
@@ -25,7 +25,7 @@ from edgeq.observers import (
     make_observer,
     observer_names,
 )
-from edgeq.qtypes import QDType, choose_qparams, fake_quant, qdtype
+from edgeq.quant.qtypes import QDType, choose_qparams, fake_quant, qdtype
 
 INT8, INT4, UINT8 = qdtype("int8"), qdtype("int4"), qdtype("uint8")
 

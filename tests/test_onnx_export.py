@@ -11,19 +11,19 @@ import pytest
 from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
-from edgeq.calibrate import collect_statistics, stack_batches
 from edgeq.cli import app
 from edgeq.errors import EdgeqError
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.exporters.onnx_qdq import OrtRunner, build_model
-from edgeq.exporters.qnn_check import blocking, check_qnn
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import model_to_graph
-from edgeq.opset import upgrade_opset
-from edgeq.passes import prepare
-from edgeq.planner import finalize_plan, make_spec
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.exporters.onnx.qdq import OrtRunner, build_model
+from edgeq.exporters.onnx.qnn_check import blocking, check_qnn
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
+from edgeq.ir.opset import upgrade_opset
+from edgeq.ir.passes import prepare
+from edgeq.quant.calibrate import collect_statistics, stack_batches
+from edgeq.quant.planner import finalize_plan, make_spec
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import within_step
 from tests.conftest import F32, make_model
@@ -266,7 +266,7 @@ def test_export_without_data_or_plan_is_refused(cls_model: Path, tmp_path: Path)
 
 
 def test_blocking_ignores_warnings() -> None:
-    from edgeq.exporters.qnn_check import Violation
+    from edgeq.exporters.onnx.qnn_check import Violation
 
     vs = [Violation("a", "Q", "int8", "warning"), Violation("b", "If", "control flow")]
     assert [v.node for v in blocking(vs)] == ["b"]

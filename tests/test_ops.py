@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.errors import UnsupportedOpError
-from edgeq.ops import supported_ops
+from edgeq.ir.ops import supported_ops
 from tests.op_harness import IR_VERSION, compare, make_single_op_model, run_edgeq
 
 F32 = np.float32

@@ -9,10 +9,10 @@ import pytest
 from onnx import helper
 
 from edgeq.errors import GraphError, InputError
-from edgeq.graph import Graph, Node, ValueInfo
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import model_to_graph
-from edgeq.passes import (
+from edgeq.ir.graph import Graph, Node, ValueInfo
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
+from edgeq.ir.passes import (
     constant_fold,
     fix_input_shapes,
     inputs_to_constants,
@@ -292,7 +292,7 @@ def test_dead_nodes_removed_and_fold_keeps_outputs() -> None:
 
 
 def test_fold_is_idempotent_on_real_model(cls_model) -> None:  # type: ignore[no-untyped-def]
-    from edgeq.onnx_io import load_model
+    from edgeq.ir.onnx_io import load_model
 
     graph = prepare(load_model(cls_model), input_shapes={"x": (1, 3, 48, 192)})
     again = constant_fold(graph)

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from edgeq.calibrate import collect_statistics, stack_batches
 from edgeq.errors import InputError
-from edgeq.interpreter import Interpreter
-from edgeq.observers import make_observer
-from edgeq.onnx_io import model_to_graph
-from edgeq.passes import prepare
-from edgeq.plan import QuantPlan
-from edgeq.planner import RecipeError, finalize_plan, make_spec
-from edgeq.qtypes import choose_qparams, fake_quant, qdtype, quantize
-from edgeq.recipe import LayerConfig, Override, Recipe
-from edgeq.simulate import Simulator
-from edgeq.statistics import ChannelMagnitude, InputHessian
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
+from edgeq.ir.passes import prepare
+from edgeq.quant.calibrate import collect_statistics, stack_batches
+from edgeq.quant.observers import make_observer
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.planner import RecipeError, finalize_plan, make_spec
+from edgeq.quant.qtypes import choose_qparams, fake_quant, qdtype, quantize
+from edgeq.quant.recipe import LayerConfig, Override, Recipe
+from edgeq.quant.simulate import Simulator
+from edgeq.quant.statistics import ChannelMagnitude, InputHessian
+from edgeq.quant.weights import bias_safe_weight_scale, quantize_bias, weight_qparams
 from edgeq.targets import load_target
-from edgeq.weights import bias_safe_weight_scale, quantize_bias, weight_qparams
 from tests.conftest import F32, I64, make_model
 
 
@@ -327,7 +327,7 @@ def test_batch_with_ignored_values_is_redone_with_filtering(dirty, caplog) -> No
         xs[3][0, 2] = dirty
     mm, pc = make_observer("minmax"), make_observer("percentile", bins=64)
     stats = {"n": ("n", mm), "y.mm": ("y", mm), "y.pc": ("y", pc)}
-    with caplog.at_level("INFO", logger="edgeq.calibrate"):
+    with caplog.at_level("INFO", logger="edgeq.quant.calibrate"):
         result = collect_statistics(g, stats, stack_batches([{"x": x} for x in xs], 2))
     assert ("filtering updates" in caplog.text) == (dirty is not None)
     for key, (tensor, obs) in stats.items():

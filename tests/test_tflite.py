@@ -12,18 +12,18 @@ import pytest
 from ai_edge_litert import schema_py_generated as fb
 from onnx import helper
 
-from edgeq.calibrate import collect_statistics, stack_batches
 from edgeq.errors import EdgeqError
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.exporters.tflite_builder import TYPE_NAMES, builtin_name, read_model
-from edgeq.graph import Graph
-from edgeq.interpreter import Interpreter
-from edgeq.onnx_io import model_to_graph
+from edgeq.exporters.tflite.builder import TYPE_NAMES, builtin_name, read_model
+from edgeq.ir.graph import Graph
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
 from edgeq.pipeline import prepare_for_quantization
-from edgeq.plan import QuantPlan
-from edgeq.planner import finalize_plan, make_spec
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.calibrate import collect_statistics, stack_batches
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.planner import finalize_plan, make_spec
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import output_step, within_step
 from tests.conftest import F32, make_model

@@ -12,22 +12,22 @@ import onnx
 import pytest
 from onnx import helper
 
-from edgeq.calibrate import collect_statistics, stack_batches
 from edgeq.exporters import ExportOptions, get_exporter
-from edgeq.exporters.tflite_builder import (
+from edgeq.exporters.tflite.builder import (
     TYPE_NAMES,
     builtin_name,
     pack_int4,
     read_model,
     unpack_int4,
 )
-from edgeq.graph import Graph
-from edgeq.onnx_io import model_to_graph
+from edgeq.ir.graph import Graph
+from edgeq.ir.onnx_io import model_to_graph
 from edgeq.pipeline import prepare_for_quantization
-from edgeq.plan import QuantPlan
-from edgeq.planner import finalize_plan, make_spec
-from edgeq.recipe import LayerConfig, Recipe
-from edgeq.simulate import Simulator
+from edgeq.quant.calibrate import collect_statistics, stack_batches
+from edgeq.quant.plan import QuantPlan
+from edgeq.quant.planner import finalize_plan, make_spec
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import within_step
 from tests.conftest import F32, I64, make_model
@@ -149,7 +149,7 @@ def test_encoder_exports_and_matches_the_simulator(encoder, tmp_path: Path) -> N
 
 
 def test_encoder_float_baseline(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from edgeq.interpreter import Interpreter
+    from edgeq.ir.interpreter import Interpreter
 
     graph, _ = encoder
     run = get_exporter("tflite").open(_export(graph, None, tmp_path / "f.tflite"))

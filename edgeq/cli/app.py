@@ -1,0 +1,502 @@
+"""The `edgeq` command line (typer + rich). Library code never prints; this module does."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError, InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="edgeq: quantize a float model once, deploy it to every edge runtime.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+InputShapes = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="Fix an input's shape: NAME=D1,D2,... (one per input)."),
+]
+InputValues = Annotated[
+    list[str] | None,
+    typer.Option("--input-value", help="Bind a scalar input to a constant: NAME=VALUE."),
+]
+
+
+# recipe options shared by `calibrate` and `export`
+Bits = Annotated[int | None, typer.Option("--bits", help="Weight bits (8 or 4).")]
+ActBits = Annotated[
+    int | None, typer.Option("--act-bits", help="Activation bits (8, 16; 0 = float).")
+]
+Granularity = Annotated[str | None, typer.Option(help="per_tensor, per_channel or per_block.")]
+BlockSize = Annotated[int | None, typer.Option(help="Block size for per_block weights.")]
+ObserverName = Annotated[
+    str | None,
+    typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
+]
+Refine = Annotated[
+    int | None,
+    typer.Option(help="Refine the N most noise-sensitive activation ranges against the output "
+                 "(slower, more accurate)."),
+]  # fmt: skip
+RecipeFile = Annotated[
+    Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
+]
+
+
+def _fail(exc: EdgeqError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{suffix}{unit}"
+        n /= 1000
+    return f"{n:.3g}P{unit}"
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient rich progress bar; yields `progress(stage, done, total)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:  # fmt: skip
+        task = bar.add_task("compiling + calibrating", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        yield progress
+
+
+def _load_prepared(model: Path, input_shape: list[str] | None, input_value: list[str] | None, *,
+                   require_static: bool):  # type: ignore[no-untyped-def]  # fmt: skip
+    from edgeq.cli.specs import parse_input_shapes, parse_input_values
+    from edgeq.ir.onnx_io import load_model
+    from edgeq.ir.passes import (
+        fix_input_shapes,
+        inputs_to_constants,
+        prepare,
+        require_static_inputs,
+    )
+
+    graph = load_model(model)
+    shapes = parse_input_shapes(input_shape or [])
+    values = parse_input_values(input_value or [])
+    if values:
+        graph = inputs_to_constants(graph, values)
+    if shapes:
+        graph = fix_input_shapes(graph, shapes)
+    if all(v.is_static for v in graph.inputs):
+        return prepare(graph), True
+    if require_static:
+        require_static_inputs(graph)
+    return graph, False
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Inputs/outputs, op histogram, parameters, MACs, unfixed dims, unsupported ops."""
+    from edgeq.summary import summarize
+
+    try:
+        graph, prepared = _load_prepared(model, input_shape, input_value, require_static=False)
+        summary = summarize(graph)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps(asdict(summary), default=str))
+        return
+    io = Table(title=f"{model.name} (opset {summary.opset})", show_lines=False)
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, items in (("input", summary.inputs), ("output", summary.outputs)):
+        for t in items:
+            shape = "?" if t.shape is None else "x".join(str(d) for d in t.shape)
+            io.add_row(kind, t.name, t.dtype, shape)
+    console.print(io)
+    hist = Table(title="ops" + (" (after folding)" if prepared else ""))
+    hist.add_column("op")
+    hist.add_column("count", justify="right")
+    for op, count in summary.op_histogram.items():
+        hist.add_row(op, str(count))
+    console.print(hist)
+    console.print(
+        f"parameters: {_human(summary.parameters)} ({_human(summary.parameter_bytes, 'B')}); "
+        + (f"MACs: {_human(summary.macs)}" if summary.macs is not None else "MACs: unknown")
+    )
+    for name, dims in summary.unfixed.items():
+        console.print(
+            f"[yellow]unfixed:[/] input '{name}' dims {dims}; fix with --input-shape {name}=..."
+        )
+    if summary.unsupported_by_edgeq:
+        console.print("[red]ops edgeq cannot run:[/] " + ", ".join(summary.unsupported_by_edgeq))
+    for target, ops in summary.unsupported_by_target.items():
+        console.print(f"[red]not supported on {target}:[/] {', '.join(ops)}")
+    for target, ops in summary.fallback_by_target.items():
+        console.print(f"[yellow]leave the accelerator on {target}:[/] {', '.join(ops)}")
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help=".npz with one array per model input (random if absent).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    compare: Annotated[bool, typer.Option(help="Compare with onnxruntime float32.")] = True,
+) -> None:
+    """Run the model with edgeq's JAX interpreter (fixed shapes) and compare with onnxruntime."""
+    from edgeq.cli.specs import parse_input_values
+    from edgeq.ir.interpreter import Interpreter
+
+    try:
+        graph, _ = _load_prepared(model, input_shape, input_value, require_static=True)
+        rng = np.random.default_rng(seed)
+        if inputs is not None:
+            if not inputs.is_file():
+                raise InputError(f"--inputs file '{inputs}' does not exist")
+            with np.load(inputs) as data:
+                feeds = {k: data[k] for k in data.files}
+        else:
+            feeds = {
+                v.name: rng.standard_normal(v.shape).astype(v.dtype)  # type: ignore[arg-type]
+                if np.issubdtype(v.dtype, np.floating)
+                else np.zeros(v.shape, v.dtype)  # type: ignore[arg-type]
+                for v in graph.inputs
+            }
+        interp = Interpreter(graph)
+        t0 = time.perf_counter()
+        outputs = interp(feeds)
+        elapsed = time.perf_counter() - t0
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"{model.name}: JAX interpreter (first call {elapsed:.2f}s incl. compile)")
+    for col in ("output", "shape", "min", "max"):
+        table.add_column(col)
+    if compare:
+        table.add_column("rel. max err vs onnxruntime", justify="right")
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        ort_feeds = dict(feeds)
+        ort_feeds.update({k: np.asarray(v, dtype=_ort_dtype(sess, k)) for k, v in
+                          parse_input_values(input_value or []).items()})  # fmt: skip
+        names = [o.name for o in sess.get_outputs()]
+        ref = dict(zip(names, sess.run(None, ort_feeds), strict=True))
+    for name, value in outputs.items():
+        row = [name, "x".join(map(str, value.shape)), f"{value.min():.4g}", f"{value.max():.4g}"]
+        if compare:
+            r = ref[name]
+            err = float(np.abs(value - r).max() / max(float(np.abs(r).max()), 1e-12))
+            row.append(f"{err:.2e}")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _ort_dtype(sess, name: str) -> np.dtype:  # type: ignore[no-untyped-def]
+    types = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32}
+    for i in sess.get_inputs():
+        if i.name == name:
+            return np.dtype(types.get(i.type, np.float32))
+    return np.dtype(np.float32)
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    calib: Annotated[
+        str,
+        typer.Option(
+            "--calib",
+            help="Calibration data: folder of .npy/.npz/images, or a .txt with --tokenizer.",
+        ),
+    ],
+    target: Annotated[
+        str, typer.Option("--target", help="Target profile: ane, mlx, qnn, onnx, rpi, tflm.")
+    ] = "onnx",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Plan folder to write.")] = Path("plan"),
+    bits: Bits = None,
+    act_bits: ActBits = None,
+    granularity: Granularity = None,
+    block_size: BlockSize = None,
+    observer: ObserverName = None,
+    refine: Refine = None,
+    recipe_file: RecipeFile = None,
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    preprocess: Annotated[
+        Path | None, typer.Option(help="Image preprocessing spec (TOML/JSON).")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer.json for text calibration data.")
+    ] = None,
+    calib_samples: Annotated[
+        int, typer.Option(help="Calibration samples to use (deterministic subset).")
+    ] = 256,
+    seed: Annotated[int, typer.Option(help="Seed for the subset.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Samples per compiled step.")] = 8,
+    report_samples: Annotated[
+        int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
+    ] = 8,
+) -> None:
+    """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
+    from edgeq.cli.specs import parse_input_shapes, parse_input_values
+    from edgeq.pipeline import calibrate_model
+    from edgeq.quant.recipe import Recipe, recipe_from_cli
+
+    try:
+        base = Recipe.load(recipe_file) if recipe_file else None
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
+        with _progress_bar() as progress:
+            run_ = calibrate_model(
+                model, calib, target, recipe,
+                input_shapes=parse_input_shapes(input_shape or []),
+                input_values=parse_input_values(input_value or []),
+                samples=calib_samples, seed=seed, batch_size=batch_size,
+                report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
+                progress=progress,
+            )  # fmt: skip
+        run_.plan.save(out)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    plan = run_.plan
+    counts: dict[str, int] = {}
+    for t in plan.tensors.values():
+        key = f"{t.role} {t.dtype}" + (f" {t.granularity}" if t.role == "weight" else "")
+        counts[key] = counts.get(key, 0) + 1
+    table = Table(title=f"plan for {model.name} → {target}  ({out})")
+    table.add_column("tensors")
+    table.add_column("count", justify="right")
+    for key, n in sorted(counts.items()):
+        table.add_row(key, str(n))
+    console.print(table)
+    cal = plan.calibration
+    console.print(f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f}s "
+                  f"({cal['observed_tensors']} observed tensors)")  # fmt: skip
+    _print_outputs(plan)
+
+
+def _print_outputs(plan) -> None:  # type: ignore[no-untyped-def]
+    rows = [r for r in plan.report.get("layers", []) if r.get("output")]
+    for r in rows:
+        console.print(f"output {r['tensor']}: SQNR {r['sqnr_db']:.1f} dB vs float "
+                      f"({plan.report['samples']} {'held-out' if plan.report.get('held_out') else 'calibration'} samples)")  # fmt: skip
+
+
+@app.command()
+def report(
+    plan_dir: Annotated[Path, typer.Argument(help="A plan folder written by `edgeq calibrate`.")],
+    top: Annotated[int, typer.Option(help="Rows to show (worst layers first).")] = 25,
+) -> None:
+    """Per-layer SQNR of a plan against float, worst layers first."""
+    from edgeq.quant.plan import QuantPlan
+
+    try:
+        plan = QuantPlan.load(plan_dir)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    rows = plan.report.get("layers", [])
+    console.print(f"target [bold]{plan.target}[/], model {plan.model.get('file', '?')}, "
+                  f"{plan.calibration.get('samples', '?')} calibration samples, plan {plan.plan_hash()[:12]}")  # fmt: skip
+    if not rows:
+        console.print(
+            "[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]"
+        )
+        return
+    table = Table(
+        title=f"per-layer SQNR vs float (errors propagated), worst {min(top, len(rows))} of {len(rows)}"
+    )
+    for col in ("#", "tensor", "op", "SQNR dB", "dtype", "scale", "zp", "provenance"):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(rows[:top], 1):
+        t = plan.tensors.get(r["tensor"])
+        scale = (
+            f"{float(t.scale):.3g}"
+            if t is not None and t.scale is not None and t.scale.ndim == 0
+            else ""
+        )
+        zp = (
+            str(int(t.zero_point))
+            if t is not None and t.zero_point is not None and t.zero_point.ndim == 0
+            else ""
+        )
+        table.add_row(str(i), r["tensor"], r["op"], f"{r['sqnr_db']:.1f}", t.dtype if t else "",
+                      scale, zp, t.provenance if t else "")  # fmt: skip
+    console.print(table)
+    _print_outputs(plan)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    target: Annotated[
+        str, typer.Option("--target", help="Target profile: onnx, qnn, rpi, tflm, ane, mlx.")
+    ] = "onnx",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out"),
+    calib: Annotated[
+        str | None, typer.Option("--calib", help="Calibration (and evaluation) data.")
+    ] = None,
+    plan_dir: Annotated[
+        Path | None, typer.Option("--plan", help="Use a plan from `edgeq calibrate`.")
+    ] = None,
+    bits: Bits = None,
+    act_bits: ActBits = None,
+    granularity: Granularity = None,
+    block_size: BlockSize = None,
+    observer: ObserverName = None,
+    refine: Refine = None,
+    recipe_file: RecipeFile = None,
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
+    preprocess: Annotated[Path | None, typer.Option(help="Image preprocessing spec.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text data.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 256,
+    eval_samples: Annotated[int, typer.Option(help="Held-out samples for the report.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for the subsets.")] = 0,
+    allow_fallback: Annotated[
+        bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
+    ] = False,
+    runs: Annotated[int, typer.Option(help="Timed runs for the latency comparison.")] = 20,
+) -> None:
+    """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
+    runtime against float and the simulator (size, accuracy, latency)."""
+    from edgeq.cli.specs import parse_input_shapes, parse_input_values
+    from edgeq.export import export_model
+    from edgeq.exporters import ExportOptions
+    from edgeq.quant.recipe import Recipe, recipe_from_cli
+
+    try:
+        base = Recipe.load(recipe_file) if recipe_file else None
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
+        with _progress_bar() as progress:
+            result = export_model(
+                model, target, out, plan_dir=plan_dir, calib=calib, recipe=recipe,
+                input_shapes=parse_input_shapes(input_shape or []),
+                input_values=parse_input_values(input_value or []),
+                samples=calib_samples, seed=seed, eval_samples=eval_samples,
+                preprocess=preprocess, tokenizer=tokenizer,
+                options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
+            )  # fmt: skip
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    _print_export_report(result.report, result.artifact)
+
+
+def _print_export_report(rep: dict, artifact: Path) -> None:  # type: ignore[type-arg]
+    a = rep["artifact"]
+    console.print(f"wrote {artifact} ({a['bytes'] / 1e6:.2f} MB, {a['size_ratio']:.3f}x float)")
+    if "outputs" in rep:
+        ev = rep["evaluation"]
+        table = Table(title=f"{rep['target']} artifact on {ev['samples']} "
+                            f"{'held-out' if ev.get('held_out') else 'calibration'} samples")  # fmt: skip
+        for col in ("output", "within 1 step of simulator", "SQNR vs float", "simulator SQNR"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for name, row in rep["outputs"].items():
+            vs = row.get("vs_simulator", {})
+            table.add_row(name, f"{vs.get('within_one_step', float('nan')):.2%}",
+                          f"{row['vs_float']['sqnr_db']:.1f} dB",
+                          f"{row.get('simulator_vs_float', {}).get('sqnr_db', float('nan')):.1f} dB")  # fmt: skip
+        console.print(table)
+    if "latency" in rep:
+        lat = rep["latency"]
+        console.print(f"latency ({lat['runtime']}): {lat['quantized']['p50_ms']:.2f} ms vs float "
+                      f"{lat['float']['p50_ms']:.2f} ms ({lat['speedup']:.2f}x)")  # fmt: skip
+    for note in a.get("notes", [])[:10]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="An .onnx model (QDQ or float).")],
+    target: Annotated[str, typer.Option("--target", help="Target to check against.")] = "qnn",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every node that would leave the accelerator, and why (exit 1 if any)."""
+    from edgeq.ir.onnx_io import parse_model_bytes
+    from edgeq.targets import load_target
+
+    try:
+        profile = load_target(target)
+        if target != "qnn":
+            raise InputError(f"`edgeq check` knows the qnn target only, not '{target}'",
+                             "use --target qnn")  # fmt: skip
+        if not model.is_file():
+            raise InputError(f"'{model}' does not exist", "pass the path of an .onnx file")
+        proto = parse_model_bytes(model.read_bytes(), str(model), check=False)
+        from edgeq.exporters.onnx.qnn_check import blocking, check_qnn
+
+        found = check_qnn(proto, profile)
+    except EdgeqError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps([v.as_dict() for v in found]))
+    elif not found:
+        console.print(f"{model.name}: every node can run on the QNN HTP")
+    else:
+        table = Table(title=f"{model.name}: nodes that would leave the QNN HTP")
+        for col in ("node", "op", "why", "severity"):
+            table.add_column(col)
+        for v in found:
+            table.add_row(v.node, v.op, v.reason, v.severity)
+        console.print(table)
+    if blocking(found):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def ops() -> None:
+    """List the ONNX ops edgeq's JAX interpreter supports."""
+    from edgeq.ir.ops import supported_ops
+
+    console.print(", ".join(supported_ops()))
+
+
+@app.command()
+def version() -> None:
+    """Print the edgeq version."""
+    console.print(__version__)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Compiled programs are cached in ~/.cache/edgeq/xla (EDGEQ_CACHE_DIR=DIR moves it,
+    EDGEQ_CACHE_DIR=off turns it off): a second run of the same model skips XLA compile."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    from edgeq.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
+
+
+# Commands that live in their own modules (each defines `register(app)`).
+for _module in ("edgeq.cli.bundle", "edgeq.cli.devicetest"):
+    importlib.import_module(_module).register(app, console, err_console, _fail)
+
+if __name__ == "__main__":
+    app()

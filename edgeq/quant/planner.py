@@ -1,0 +1,764 @@
+"""Recipe + target profile + graph → PlanSpec (what to quantize, how), then + statistics →
+QuantPlan (the numbers).
+
+The spec is resolved before any calibration, so an impossible recipe fails fast, naming the
+node and the target rule. Where the user did not ask for something explicitly and the target
+cannot run it (say per-channel MatMul weights on QNN), the planner falls back to what the
+target runs and records why in the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+from edgeq.ir.graph import Graph, Node
+from edgeq.quant.observers import Observer, make_observer
+from edgeq.quant.plan import QuantPlan, TensorQuant, graph_fingerprint
+from edgeq.quant.qtypes import choose_qparams, qdtype
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.weights import (
+    bias_safe_weight_scale,
+    bias_scale,
+    quantize_bias,
+    quantize_weight,
+    weight_qparams,
+)
+from edgeq.targets import QuantRules, TargetProfile
+
+log = logging.getLogger(__name__)
+
+
+class RecipeError(EdgeqError):
+    """The recipe asks for something the target cannot run."""
+
+
+# weight operand index and per-channel (output-feature) axis, per op
+def weight_operand(node: Node, graph: Graph) -> tuple[int, int, int] | None:
+    """(input index, channel axis, block axis) of a node's quantizable weight, if any."""
+    op = node.op_type
+    consts = graph.constants
+
+    def const(i: int) -> bool:
+        return (
+            len(node.inputs) > i and node.inputs[i] in consts and _is_float(consts[node.inputs[i]])
+        )
+
+    if op == "Conv" and const(1):
+        return 1, 0, 1
+    if op == "ConvTranspose" and const(1):
+        return 1, 1, 0
+    if op == "MatMul" and const(1) and consts[node.inputs[1]].ndim == 2:
+        return 1, 1, 0
+    if op == "Gemm" and const(1):
+        trans = int(node.attrs.get("transB", 0))
+        return (1, 0, 1) if trans else (1, 1, 0)
+    if (
+        op == "Gather"
+        and const(0)
+        and consts[node.inputs[0]].ndim == 2
+        and int(node.attrs.get("axis", 0)) == 0
+    ):
+        return 0, 0, 1  # embedding table [vocab, dim]: per row, blocks along dim
+    return None
+
+
+def _is_float(arr: np.ndarray) -> bool:
+    return np.issubdtype(arr.dtype, np.floating)
+
+
+FIXED_RANGE = {
+    "Sigmoid": (0.0, 1.0),
+    "Softmax": (0.0, 1.0),
+    "HardSigmoid": (0.0, 1.0),
+    "Tanh": (-1.0, 1.0),
+}
+PASS_THROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand", "Tile",
+                "DepthToSpace", "SpaceToDepth"}  # fmt: skip
+MASK_RANGE = (-64.0, 0.0)  # integer-only targets: additive masks clamp here (0 stays exact)
+MASKED_FLOOR = 16.0  # masked scores: range reaches at least this far below the max
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How one tensor will be quantized; numbers come later from statistics."""
+
+    name: str
+    role: str  # activation | weight | bias | float
+    dtype: str = "float32"
+    symmetric: bool = False
+    narrow: bool = False
+    axis: int | None = None
+    block: int | None = None
+    observer: str | None = None  # activations: observer name; weights: "minmax" | "mse"
+    fixed: tuple[float, int] | None = None
+    fixed_range: tuple[float, float] | None = None
+    group: str | None = None  # shared-scale group root
+    bias_of: tuple[str, str] | None = None  # (input activation, weight)
+    masked_floor: float | None = None
+    clip: tuple[float, float] | None = None  # consumers ignore values outside (Relu, HardSwish...)
+    source: str = ""
+    reason: str = ""
+    node: str = ""
+
+
+@dataclass
+class PlanSpec:
+    target: TargetProfile
+    recipe: Recipe
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)
+    observer_settings: dict[str, Any] = field(default_factory=dict)
+
+    def observers(self) -> dict[str, Observer]:
+        """The activation tensors to observe during calibration, with their observers.
+
+        Pass-through ops (Reshape, Transpose, ...) are not observed: their values equal their
+        input's, which is observed in the same group."""
+        out: dict[str, Observer] = {}
+        for t in self.tensors.values():
+            if t.role == "activation" and t.fixed is None and t.fixed_range is None and t.observer:
+                if t.reason.startswith("pass-through"):
+                    continue
+                out[t.name] = make_observer(t.observer, **self.observer_settings)
+        return out
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tensors.values():
+            key = f"{t.role}:{t.dtype}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: resolve the recipe against the target (no data)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Effective:
+    config: LayerConfig
+    explicit: frozenset[str]
+    source: str
+
+
+def _effective(recipe: Recipe, rules: QuantRules, node: Node | None) -> _Effective:
+    user, source = recipe.config_for(node.name, node.op_type) if node else (recipe.base, "global")
+    bits = user.weight_bits or 8
+    defaults = LayerConfig(
+        weight_bits=8,
+        act_bits=rules.default_act_bits,
+        granularity=rules.default_granularity_4bit if bits == 4 else rules.default_granularity,  # type: ignore[arg-type]
+        block_size=rules.default_block_size,
+        weight_symmetric=rules.weight_symmetric,
+        act_symmetric=False,
+        act_observer="minmax",
+        weight_method="mse" if bits == 4 else "minmax",
+    )
+    explicit = frozenset(user.set_fields())
+    config = defaults.merged(user)
+    # QNN-like targets: 4-bit blockwise weights only with 16-bit activations, so a user who
+    # asked only for --bits 4 gets W4A16 there.
+    if (
+        config.weight_bits == 4
+        and rules.block_requires_act_bits
+        and config.granularity == "per_block"
+        and "act_bits" not in explicit
+    ):
+        config = replace(config, act_bits=rules.block_requires_act_bits)
+    return _Effective(config, explicit, source)
+
+
+def _fail(node: Node | None, rule: str, fix: str) -> RecipeError:
+    where = f"{node} " if node is not None else ""
+    return RecipeError(f"{where}{rule}", fix)
+
+
+def _check_globals(recipe: Recipe, target: TargetProfile) -> None:
+    rules = target.quant
+    eff = _effective(recipe, rules, None)
+    c = eff.config
+    if rules.weight_dtype(c.weight_bits or 8) is None:
+        raise _fail(None, f"target '{target.name}' has no {c.weight_bits}-bit weights",
+                    f"use --bits 8 (supported: {_weight_bits(rules)})")  # fmt: skip
+    act = c.act_bits if c.act_bits is not None else rules.default_act_bits
+    if act == 0 and not rules.float_activations:
+        raise _fail(None, f"target '{target.name}' runs only quantized activations (no float)",
+                    "use --act-bits 8 or 16")  # fmt: skip
+    if act and rules.act_dtype(act) is None:
+        raise _fail(None, f"target '{target.name}' has no {act}-bit activations",
+                    f"use --act-bits {8 if rules.act8 else 0}")  # fmt: skip
+    if c.granularity == "per_block" and "granularity" in eff.explicit and not rules.per_block_ops:
+        raise _fail(None, f"target '{target.name}' has no per-block weights",
+                    "use --granularity per_channel")  # fmt: skip
+    if (
+        c.granularity == "per_block"
+        and rules.per_block_ops
+        and c.block_size not in rules.block_sizes
+    ):
+        raise _fail(None, f"block size {c.block_size} is not one target '{target.name}' runs",
+                    f"use one of {list(rules.block_sizes)}")  # fmt: skip
+    if c.weight_symmetric is False and not rules.weight_asymmetric_allowed:
+        raise _fail(None, f"target '{target.name}' needs symmetric weights (zero point 0)",
+                    "drop weight_symmetric = false")  # fmt: skip
+    if recipe.keep_float and not rules.float_activations:
+        raise _fail(None, f"target '{target.name}' cannot keep layers in float (keep_float)",
+                    "remove keep_float or pick a target that mixes float and integer ops")  # fmt: skip
+
+
+def _weight_bits(rules: QuantRules) -> list[int]:
+    return [b for b in (8, 4) if rules.weight_dtype(b)]
+
+
+def make_spec(
+    graph: Graph, recipe: Recipe, target: TargetProfile, **observer_settings: Any
+) -> PlanSpec:
+    """Decide, for every tensor, how it is quantized. Raises RecipeError before any work when
+    the recipe asks for something the target cannot run."""
+    rules = target.quant
+    _check_globals(recipe, target)
+    spec = PlanSpec(target, recipe, observer_settings=observer_settings)
+    producers = graph.producers()
+    consumers = graph.consumers()
+    int_derived = integer_derived(graph)
+
+    # weights and biases first: they decide which MatMul outputs are fused accumulators
+    fused_acc: set[str] = set()
+    for node in graph.nodes:
+        eff = _effective(recipe, rules, node)
+        _check_node(node, eff, target)
+        w = weight_operand(node, graph)
+        if w is not None and node.inputs[w[0]] not in spec.tensors:
+            spec.tensors[node.inputs[w[0]]] = _weight_spec(graph, node, w, eff, target)
+        bias = _bias_input(graph, node, consumers, rules)
+        if bias is not None and w is not None:
+            bias_name, acc = bias
+            if acc:
+                fused_acc.add(acc)
+            spec.tensors[bias_name] = TensorSpec(
+                bias_name, "bias", "int32", symmetric=True,
+                axis=0 if np.ndim(graph.constants[bias_name]) else None,
+                bias_of=(node.inputs[1 - w[0]] if node.op_type in ("MatMul", "Gather") else node.inputs[0],
+                         node.inputs[w[0]]),
+                source=eff.source, reason="int32, scale = input scale x weight scale",
+                node=node.name,
+            )  # fmt: skip
+
+    # activations: graph inputs, then node outputs
+    global_eff = _effective(recipe, rules, None)
+    for v in graph.inputs:
+        if np.issubdtype(v.dtype, np.floating):
+            spec.tensors[v.name] = _activation_spec(v.name, None, global_eff, rules, "graph input")
+    for node in graph.nodes:
+        eff = _effective(recipe, rules, node)
+        for out in node.outputs:
+            info = graph.value_info.get(out)
+            if not out or info is None or not np.issubdtype(info.dtype, np.floating):
+                continue
+            if out in fused_acc:
+                spec.tensors[out] = TensorSpec(out, "float", reason="int32 accumulator fused with its bias Add", node=node.name)  # fmt: skip
+                continue
+            kept = recipe.keeps_float(node.name, node.op_type)
+            if kept:
+                spec.tensors[out] = TensorSpec(out, "float", reason=f"keep_float {kept}", node=node.name)  # fmt: skip
+                continue
+            if recipe.mask_handling and out in int_derived and _feeds_add(out, consumers):
+                spec.tensors[out] = _mask_spec(out, node, eff, rules)
+                continue
+            if recipe.mask_handling and out in int_derived and rules.float_activations:
+                # e.g. Cast(attention_mask): rounding 1.0 to 1.0000001 and multiplying by
+                # float-min would put +4e31 on real tokens; such tensors stay exact
+                spec.tensors[out] = TensorSpec(out, "float", node=node.name,
+                                               reason="computed from integer inputs only (mask path): kept exact")  # fmt: skip
+                continue
+            t = _activation_spec(out, node, eff, rules, eff.source)
+            if (
+                t.role == "activation"
+                and node.op_type == "Add"
+                and recipe.mask_handling
+                and any(i in int_derived for i in node.inputs if i)
+            ):
+                t = replace(t, masked_floor=MASKED_FLOOR,
+                            reason="masked scores: mask fill ignored, range floor max-16")  # fmt: skip
+            spec.tensors[out] = t
+    if recipe.norm_inputs_16bit:
+        _norm_inputs_16bit(spec, graph, consumers, rules)
+    _assign_groups(spec, graph, producers)
+    _consumer_clips(spec, graph, consumers)
+    _integer_only_constants(spec, graph, rules)
+    return spec
+
+
+NORM_OPS = ("LayerNormalization", "Softmax")
+
+
+def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]],
+                       rules: QuantRules) -> None:  # fmt: skip
+    """Transformer safety: the inputs of LayerNorm (the residual stream, with its outlier
+    channels) and Softmax (attention scores) go to 16 bits when the target has 16-bit
+    activations; 8-bit per-tensor ranges there cost most of a transformer's accuracy."""
+    to_float = rules.high_precision == "float" and rules.float_activations
+    if not to_float and (rules.act16 is None or not rules.mixed_precision):
+        return
+    producers = graph.producers()
+    for node in graph.nodes:
+        if node.op_type not in NORM_OPS:
+            continue
+        names = [(node.inputs[0], f"{node.op_type} input")]
+        residual = producers.get(node.inputs[0])
+        if (
+            node.op_type == "LayerNormalization"
+            and residual is not None
+            and residual.op_type == "Add"
+        ):
+            names += [(i, "residual branch into a LayerNorm") for i in residual.inputs if i]
+            for i in residual.inputs:  # a linear layer's bias Add: its MatMul output too
+                bias_add = producers.get(i)
+                if bias_add is not None and bias_add.op_type == "Add":
+                    for j in bias_add.inputs:
+                        # back through layout ops (a MatMul rewritten as a 1x1 Conv) to the
+                        # accumulator itself: the whole chain shares one precision
+                        while j and j not in graph.constants:
+                            names.append((j, "residual branch into a LayerNorm"))
+                            p = producers.get(j)
+                            j = p.inputs[0] if p is not None and p.op_type in PASS_THROUGH else ""
+        for name, why in names:
+            t = spec.tensors.get(name)
+            if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:
+                continue
+            if to_float:
+                spec.tensors[name] = TensorSpec(name, "float", node=t.node,
+                                                reason=f"{why} kept float (transformer safety)")  # fmt: skip
+                continue
+            spec.tensors[name] = replace(
+                t, dtype=rules.act16, symmetric=rules.act16 == "int16",
+                reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (transformer safety)",
+            )  # fmt: skip
+
+
+def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:
+    """Input interval outside which a saturating op's output no longer changes."""
+    op = node.op_type
+    if op == "Relu":
+        return (0.0, np.inf)
+    if op == "HardSwish":
+        return (-3.0, np.inf)
+    if op == "HardSigmoid":
+        alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+        ends = sorted(((0.0 - beta) / alpha, (1.0 - beta) / alpha))
+        return (ends[0], ends[1])
+    if op == "Clip":
+
+        def bound(i: int, attr: str, default: float) -> float | None:
+            if len(node.inputs) > i and node.inputs[i]:
+                arr = graph.constants.get(node.inputs[i])
+                return None if arr is None else float(arr.reshape(-1)[0])
+            return float(node.attrs.get(attr, default))
+
+        lo, hi = bound(1, "min", -np.inf), bound(2, "max", np.inf)
+        return None if lo is None or hi is None else (lo, hi)
+    return None
+
+
+def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]]) -> None:
+    """A tensor read only by saturating ops (Relu, HardSwish, HardSigmoid, Clip) needs no
+    resolution outside their active input region: clipping its range there is exact and
+    buys resolution where it matters (TFLite's fused-ReLU ranges, generalized)."""
+    for name, t in list(spec.tensors.items()):
+        if t.role != "activation" or t.group is not None or name in graph.output_names:
+            continue
+        users = consumers.get(name, [])
+        regions = [_active_region(u, graph) for u in users]
+        if not users or any(r is None for r in regions):
+            continue
+        lo = min(r[0] for r in regions)  # type: ignore[index]
+        hi = max(r[1] for r in regions)  # type: ignore[index]
+        ops = sorted({u.op_type for u in users})
+        spec.tensors[name] = replace(
+            t,
+            clip=(lo, hi),
+            reason=(t.reason + "; " if t.reason else "")
+            + f"range clipped to {'/'.join(ops)} active input region",
+        )
+
+
+def _check_node(node: Node, eff: _Effective, target: TargetProfile) -> None:
+    """Explicit per-node requests the target cannot run are errors (naming node and rule)."""
+    rules = target.quant
+    c = eff.config
+    if eff.source == "global":
+        return
+    if "weight_bits" in eff.explicit and rules.weight_dtype(c.weight_bits or 8) is None:
+        raise _fail(node, f"asks for {c.weight_bits}-bit weights; target '{target.name}' has none",
+                    f"supported: {_weight_bits(rules)}")  # fmt: skip
+    if "act_bits" in eff.explicit:
+        if c.act_bits == 0 and not rules.float_activations:
+            raise _fail(node, f"asks for float activations; target '{target.name}' runs only quantized ones",
+                        "remove the override")  # fmt: skip
+        if c.act_bits and rules.act_dtype(c.act_bits) is None:
+            raise _fail(node, f"asks for {c.act_bits}-bit activations; target '{target.name}' has none",
+                        "remove the override")  # fmt: skip
+    if "granularity" in eff.explicit:
+        if c.granularity == "per_channel" and node.op_type not in rules.per_channel_ops:
+            raise _fail(node, f"asks for per-channel weights; target '{target.name}' allows them only on "
+                        f"{', '.join(rules.per_channel_ops)}", "use per_tensor for this node")  # fmt: skip
+        if c.granularity == "per_block" and node.op_type not in rules.per_block_ops:
+            raise _fail(node, f"asks for per-block weights; target '{target.name}' allows them only on "
+                        f"{', '.join(rules.per_block_ops) or 'no op'}", "use per_channel")  # fmt: skip
+        if (
+            c.granularity == "per_block"
+            and rules.block_requires_act_bits
+            and c.act_bits != rules.block_requires_act_bits
+        ):
+            raise _fail(node, f"asks for per-block weights with {c.act_bits}-bit activations; target "
+                        f"'{target.name}' runs blockwise weights only with {rules.block_requires_act_bits}-bit activations",
+                        f"add act_bits = {rules.block_requires_act_bits} or use per_channel")  # fmt: skip
+    if (
+        "weight_symmetric" in eff.explicit
+        and c.weight_symmetric is False
+        and not rules.weight_asymmetric_allowed
+    ):
+        raise _fail(node, f"asks for asymmetric weights; target '{target.name}' needs zero point 0",
+                    "remove weight_symmetric = false")  # fmt: skip
+
+
+def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effective,
+                 target: TargetProfile) -> TensorSpec:  # fmt: skip
+    rules = target.quant
+    c = eff.config
+    name = node.inputs[w[0]]
+    arr = graph.constants[name]
+    bits = c.weight_bits or 8
+    dtype = rules.weight_dtype(bits)
+    assert dtype is not None
+    symmetric = bool(c.weight_symmetric)
+    q = qdtype(dtype)
+    narrow = rules.narrow_weights and q.signed and symmetric and bits == 8
+    granularity, reason = c.granularity, ""
+    act_bits = c.act_bits
+    if granularity == "per_block":
+        k = arr.shape[w[2]]
+        if node.op_type not in rules.per_block_ops:
+            granularity, reason = (
+                "per_channel",
+                f"{target.name}: per-block only on {', '.join(rules.per_block_ops) or 'no op'}",
+            )
+        elif rules.block_requires_act_bits and act_bits != rules.block_requires_act_bits:
+            granularity, reason = (
+                "per_channel",
+                f"{target.name}: per-block needs {rules.block_requires_act_bits}-bit activations",
+            )
+        elif k % int(c.block_size or 32):
+            granularity, reason = (
+                "per_channel",
+                f"input dim {k} is not a multiple of block {c.block_size}",
+            )
+    if granularity == "per_channel" and node.op_type not in rules.per_channel_ops:
+        granularity = "per_tensor"
+        reason = (reason + "; " if reason else "") + (
+            f"{target.name}: per-channel only on {', '.join(rules.per_channel_ops)}"
+        )
+    if granularity == "per_block":
+        axis, block = w[2], int(c.block_size or 32)
+    elif granularity == "per_channel":
+        axis, block = w[1], None
+    else:
+        axis, block = None, None
+    return TensorSpec(
+        name, "weight", dtype, symmetric=symmetric, narrow=narrow, axis=axis, block=block,
+        observer=c.weight_method, source=eff.source, reason=reason, node=node.name,
+    )  # fmt: skip
+
+
+def _bias_input(graph: Graph, node: Node, consumers: Mapping[str, list[Node]],
+                rules: QuantRules) -> tuple[str, str | None] | None:  # fmt: skip
+    """(bias constant, fused accumulator tensor or None) for ops that take an int32 bias."""
+    consts = graph.constants
+    if (
+        node.op_type in ("Conv", "ConvTranspose", "Gemm")
+        and len(node.inputs) > 2
+        and node.inputs[2] in consts
+    ):
+        b = consts[node.inputs[2]]
+        return (node.inputs[2], None) if b.ndim <= 1 and _is_float(b) else None
+    if node.op_type == "MatMul" and rules.fuse_bias_add:
+        out = node.outputs[0]
+        users = consumers.get(out, [])
+        if len(users) == 1 and users[0].op_type == "Add" and out not in graph.output_names:
+            add = users[0]
+            other = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+            if other in consts and consts[other].ndim == 1 and _is_float(consts[other]):
+                return other, out
+    return None
+
+
+def _activation_spec(name: str, node: Node | None, eff: _Effective, rules: QuantRules,
+                     source: str) -> TensorSpec:  # fmt: skip
+    c = eff.config
+    node_name = node.name if node is not None else ""
+    if not c.act_bits:
+        return TensorSpec(
+            name, "float", reason="weight-only: activations stay float", node=node_name
+        )
+    dtype = rules.act_dtype(c.act_bits)
+    assert dtype is not None
+    symmetric = bool(c.act_symmetric) or (c.act_bits == 16 and dtype == "int16")
+    op = node.op_type if node is not None else ""
+    if op in FIXED_RANGE:
+        fixed = rules.fixed.get(op, {}).get(dtype)
+        if fixed is not None:
+            return TensorSpec(name, "activation", dtype, fixed=fixed, source=f"target {op} encoding",
+                              reason=f"fixed {op} output encoding", node=node_name)  # fmt: skip
+        return TensorSpec(name, "activation", dtype, symmetric=symmetric, fixed_range=FIXED_RANGE[op],
+                          source=source, reason=f"{op} output range {FIXED_RANGE[op]}", node=node_name)  # fmt: skip
+    return TensorSpec(name, "activation", dtype, symmetric=symmetric, observer=c.act_observer,
+                      source=source, node=node_name)  # fmt: skip
+
+
+def _mask_spec(name: str, node: Node, eff: _Effective, rules: QuantRules) -> TensorSpec:
+    if rules.float_activations:
+        return TensorSpec(name, "float", node=node.name,
+                          reason="additive attention mask: kept float, never sets a range")  # fmt: skip
+    dtype = rules.act_dtype(eff.config.act_bits or 8) or "int8"
+    return TensorSpec(name, "activation", dtype, fixed_range=MASK_RANGE, node=node.name,
+                      reason=f"additive attention mask on an integer-only target: range {MASK_RANGE}")  # fmt: skip
+
+
+def integer_derived(graph: Graph) -> set[str]:
+    """Float tensors computed only from integer graph inputs and constants (attention masks,
+    pooling weights): they carry no activation statistics of their own."""
+    float_inputs = {v.name for v in graph.inputs if np.issubdtype(v.dtype, np.floating)}
+    data_dependent: set[str] = set(float_inputs)
+    has_input: set[str] = {v.name for v in graph.inputs}
+    result: set[str] = set()
+    for node in graph.nodes:
+        ins = [i for i in node.inputs if i]
+        lookup = (
+            node.op_type == "Gather"
+            and ins[0] in graph.constants
+            and _is_float(graph.constants[ins[0]])
+        )
+        if lookup or any(i in data_dependent for i in ins):  # an embedding lookup yields data
+            data_dependent.update(node.outputs)
+        elif any(i in has_input for i in ins):
+            has_input.update(node.outputs)
+            for o in node.outputs:
+                info = graph.value_info.get(o)
+                if info is not None and np.issubdtype(info.dtype, np.floating):
+                    result.add(o)
+    return result
+
+
+def _feeds_add(name: str, consumers: Mapping[str, list[Node]]) -> bool:
+    return any(n.op_type == "Add" for n in consumers.get(name, []))
+
+
+def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) -> None:
+    """Union tensors that must share one scale (shape ops, Concat, pooling...)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    shared = set(spec.target.quant.shared_scale_ops)
+    tensors = spec.tensors
+    for node in graph.nodes:
+        if node.op_type not in shared:
+            continue
+        data_inputs = (
+            [node.inputs[0]] if node.op_type != "Concat" else [i for i in node.inputs if i]
+        )
+        members = [
+            t
+            for t in data_inputs + node.outputs
+            if t in tensors and tensors[t].role == "activation"
+        ]
+        if len(members) < 2:
+            continue
+        for m in members[1:]:
+            union(members[0], m)
+        if node.op_type in PASS_THROUGH:
+            for out in node.outputs:
+                if out in tensors and tensors[out].role == "activation":
+                    tensors[out] = replace(
+                        tensors[out], reason="pass-through: same values as its input"
+                    )
+    groups: dict[str, list[str]] = {}
+    for name in list(parent):
+        groups.setdefault(find(name), []).append(name)
+    for root, members in groups.items():
+        members = sorted(set(members) | {root}, key=lambda m: m != root)
+        fixed = next(
+            (tensors[m] for m in members if tensors[m].fixed or tensors[m].fixed_range), None
+        )
+        for m in members:
+            t = tensors[m]
+            changes: dict[str, Any] = {"group": root}
+            if fixed is not None and fixed.name != m:
+                changes.update(fixed=fixed.fixed, fixed_range=fixed.fixed_range, observer=None,
+                               reason=f"shares {fixed.name}'s fixed encoding")  # fmt: skip
+            tensors[m] = replace(t, **changes)
+
+
+def _integer_only_constants(spec: PlanSpec, graph: Graph, rules: QuantRules) -> None:
+    """Full-integer targets: float constant operands of other ops are int8 per-tensor too."""
+    if not rules.integer_only:
+        return
+    for node in graph.nodes:
+        out = spec.tensors.get(node.outputs[0]) if node.outputs else None
+        on_mask = out is not None and out.fixed_range == MASK_RANGE
+        for i in node.inputs:
+            if i in graph.constants and i not in spec.tensors and _is_float(graph.constants[i]):
+                if node.op_type in ("Reshape", "Resize", "Pad", "Slice", "Expand", "Tile"):
+                    continue
+                # a mask fill (float-min, -1e4) times 0/1 only has to reach the mask range:
+                # quantizing float-min itself would overflow the scale
+                clip = MASK_RANGE if on_mask and node.op_type == "Mul" else None
+                reason = "integer-only target: constant operand"
+                if clip is not None:
+                    reason += f", mask fill clipped to {clip[0]:g}"
+                spec.tensors[i] = TensorSpec(i, "weight", "int8", symmetric=True, narrow=True,
+                                             observer="minmax", node=node.name, clip=clip,
+                                             reason=reason)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: numbers from statistics
+# ---------------------------------------------------------------------------------------------
+def finalize_plan(
+    graph: Graph,
+    spec: PlanSpec,
+    stats: Mapping[str, Any],
+    *,
+    model: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
+) -> QuantPlan:
+    rules = spec.target.quant
+    observers = spec.observers()
+    tensors: dict[str, TensorQuant] = {}
+    ranges = _group_ranges(spec, observers, stats)
+    for name, t in spec.tensors.items():
+        if t.role == "float":
+            tensors[name] = TensorQuant(name, "float", "float32", reason=t.reason, node=t.node)
+        elif t.role == "activation":
+            tensors[name] = _activation_quant(t, ranges, rules)
+    for name, t in spec.tensors.items():
+        if t.role == "weight":
+            tensors[name] = _weight_quant(t, graph.constants[name])
+    for name, t in spec.tensors.items():
+        if t.role == "bias":
+            tensors[name] = _bias_quant(t, graph, tensors)
+    return QuantPlan(
+        target=spec.target.name,
+        tensors=tensors,
+        recipe=spec.recipe.to_dict(),
+        graph_fingerprint=graph_fingerprint(graph),
+        model=dict(model or {}),
+        rounding=rules.rounding,
+        calibration=dict(calibration or {}),
+    )
+
+
+def _group_ranges(spec: PlanSpec, observers: Mapping[str, Observer],
+                  stats: Mapping[str, Any]) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Real range per group root (or per tensor when ungrouped), from merged observer states."""
+    by_root: dict[str, list[str]] = {}
+    for name in observers:
+        t = spec.tensors[name]
+        by_root.setdefault(t.group or name, []).append(name)
+    ranges: dict[str, tuple[float, float]] = {}
+    for root, names in by_root.items():
+        missing = [n for n in names if n not in stats]
+        if missing:
+            raise EdgeqError(f"no calibration statistics for tensor(s) {missing[:3]}",
+                             "calibrate with the same plan spec")  # fmt: skip
+        obs = observers[names[0]]
+        state = stats[names[0]]
+        for n in names[1:]:
+            state = obs.merge(state, stats[n])
+        t = spec.tensors[names[0]]
+        q = qdtype(t.dtype)
+        lo, hi = obs.finalize(state, q, t.symmetric)
+        floors = [spec.tensors[n].masked_floor for n in names if spec.tensors[n].masked_floor]
+        if floors:
+            lo = min(lo, hi - max(floors))  # type: ignore[type-var]
+        if len(names) == 1 and t.clip is not None:
+            lo, hi = max(lo, t.clip[0]), min(hi, t.clip[1])
+        ranges[root] = (float(lo), float(hi))
+    return ranges
+
+
+def _activation_quant(t: TensorSpec, ranges: Mapping[str, tuple[float, float]],
+                      rules: QuantRules) -> TensorQuant:  # fmt: skip
+    q = qdtype(t.dtype)
+    if t.fixed is not None:
+        scale, zp = np.float32(t.fixed[0]), np.int64(t.fixed[1])
+        provenance = "fixed"
+    else:
+        if t.fixed_range is not None:
+            lo, hi = t.fixed_range
+            provenance = "fixed range"
+        else:
+            lo, hi = ranges.get(t.group or t.name, ranges.get(t.name, (0.0, 0.0)))
+            provenance = f"observer:{t.observer}" + (
+                f" (shared with {t.group})" if t.group and t.group != t.name else ""
+            )
+        s, z = choose_qparams(lo, hi, q, t.symmetric, rules.min_range)
+        scale, zp = np.float32(s), np.int64(z)
+    return TensorQuant(t.name, "activation", t.dtype, scale=np.asarray(scale), zero_point=np.asarray(zp),
+                       symmetric=t.symmetric, provenance=provenance, reason=t.reason, node=t.node)  # fmt: skip
+
+
+def _weight_quant(t: TensorSpec, w: np.ndarray) -> TensorQuant:
+    q = qdtype(t.dtype, t.narrow)
+    if t.clip is not None:
+        w = np.clip(w, *t.clip)
+    scale, zp = weight_qparams(w, q, axis=t.axis, block=t.block, symmetric=t.symmetric,
+                               method=t.observer or "minmax")  # fmt: skip
+    values = quantize_weight(w, scale, zp, q, t.axis, t.block)
+    return TensorQuant(t.name, "weight", t.dtype, scale=scale, zero_point=zp, axis=t.axis, block=t.block,
+                       narrow=t.narrow, symmetric=t.symmetric, values=values,
+                       provenance=f"weight:{t.observer or 'minmax'}", reason=t.reason, node=t.node)  # fmt: skip
+
+
+def _bias_quant(t: TensorSpec, graph: Graph, tensors: dict[str, TensorQuant]) -> TensorQuant:
+    assert t.bias_of is not None
+    x_name, w_name = t.bias_of
+    b = graph.constants[t.name]
+    x, w = tensors.get(x_name), tensors.get(w_name)
+    if x is None or not x.is_quantized or w is None or not w.is_quantized or w.block is not None:
+        why = (
+            "input activation is float"
+            if x is None or not x.is_quantized
+            else "weight is per-block or float"
+        )
+        return TensorQuant(
+            t.name, "float", "float32", reason=f"bias stays float: {why}", node=t.node
+        )
+    assert x.scale is not None and w.scale is not None
+    w_scale = w.scale
+    safe = bias_safe_weight_scale(b, float(x.scale), w_scale)
+    if not np.array_equal(safe, w_scale):  # int32 bias would overflow: raise the weight scale
+        q = w.qdtype
+        values = quantize_weight(graph.constants[w_name], safe, w.zero_point, q, w.axis, w.block)  # type: ignore[arg-type]
+        tensors[w_name] = replace(w, scale=safe, values=values,
+                                  reason=(w.reason + "; " if w.reason else "") + "scale raised so the int32 bias fits")  # fmt: skip
+        w_scale = safe
+    scale = bias_scale(float(x.scale), w_scale)
+    if scale.ndim and b.ndim == 0:
+        b = np.broadcast_to(b, scale.shape)
+    values = quantize_bias(b, scale)
+    return TensorQuant(t.name, "bias", "int32", scale=scale, zero_point=np.zeros(scale.shape, np.int64),
+                       axis=0 if scale.ndim else None, symmetric=True, values=values,
+                       provenance="derived:s_in*s_w", reason=t.reason, node=t.node)  # fmt: skip

@@ -1,0 +1,427 @@
+"""Firmware bundles for TFLite Micro: the .tflite, C source embedding it, a manifest, an
+optional Ed25519 signature, optionally one .tar.gz; and their verification.
+
+    bundle/
+      model.tflite
+      model_data.h        extern alignas(16) const unsigned char g_model[]; g_model_len
+      model_data.cc       the bytes
+      manifest.json       target, I/O quantization, ops to register with MicroMutableOpResolver,
+                          tensor-arena estimate, SHA-256 of every other file, edgeq version
+      manifest.json.sig   (--sign) raw 64-byte Ed25519 signature of manifest.json
+
+The manifest carries the hashes and the signature covers the manifest, so one signature
+authenticates every file. `verify_bundle` refuses a changed byte, a missing or extra file, a
+bad signature or a wrong key, and tarballs with absolute, `..`, link or device members.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError
+from edgeq.exporters import atomic_output
+from edgeq.files import file_sha256
+
+from .builder import TYPE_NAMES, builtin_name, read_metadata, read_model
+
+BUNDLE_FORMAT = "edgeq-firmware-bundle"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"
+ARENA_ALIGN = 16
+
+# builtin → MicroMutableOpResolver method (tensorflow/lite/micro/micro_mutable_op_resolver.h)
+_RESOLVER_SPECIAL = {
+    "CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
+    "AVERAGE_POOL_2D": "AddAveragePool2D", "MAX_POOL_2D": "AddMaxPool2D", "PADV2": "AddPadV2",
+    "RELU6": "AddRelu6", "BATCH_MATMUL": "AddBatchMatMul", "L2_NORMALIZATION": "AddL2Normalization",
+}  # fmt: skip
+
+
+class BundleError(EdgeqError):
+    """A bundle is incomplete, altered, unsafe or not signed by the expected key."""
+
+
+def resolver_method(builtin: str) -> str:
+    if builtin in _RESOLVER_SPECIAL:
+        return _RESOLVER_SPECIAL[builtin]
+    return "Add" + "".join(part.capitalize() for part in builtin.split("_"))
+
+
+def sha256_file(path: Path) -> str:
+    return file_sha256(path)
+
+
+# ---- what the firmware needs to know ---------------------------------------------------------
+def arena_estimate(model: Any) -> dict[str, Any]:
+    """Tensor-arena bytes: the activation tensors placed by a greedy first-fit planner over
+    their lifetimes (what TFLM's GreedyMemoryPlanner does: biggest first, 16-byte aligned,
+    tensors alive at the same time never overlap), plus per-op scratch for the int8 conv
+    kernels (per-channel multiplier and shift: 8 bytes per output channel) and bookkeeping
+    (64 bytes per tensor, 1 KiB fixed). An estimate: confirm on the device with
+    MicroInterpreter::arena_used_bytes() and keep a margin."""
+    sub = model.subgraphs[0]
+    n_ops = len(sub.operators)
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for i in sub.inputs:
+        first[int(i)], last[int(i)] = 0, 0
+    for k, op in enumerate(sub.operators):
+        for i in op.inputs:
+            if i >= 0 and model.buffers[sub.tensors[i].buffer].data is None:
+                first.setdefault(int(i), k)
+                last[int(i)] = k
+        for o in op.outputs:
+            first.setdefault(int(o), k)
+            last[int(o)] = max(last.get(int(o), k), k)
+    for o in sub.outputs:
+        last[int(o)] = n_ops
+    sizes = {}
+    for t in first:
+        tensor = sub.tensors[t]
+        itemsize = np.dtype(
+            {"int4": "int8", "bool": "bool"}.get(TYPE_NAMES[tensor.type], TYPE_NAMES[tensor.type])
+        ).itemsize
+        nbytes = (
+            int(np.prod(tensor.shape if tensor.shape is not None else [], dtype=np.int64))
+            * itemsize
+        )
+        sizes[t] = -(-nbytes // ARENA_ALIGN) * ARENA_ALIGN
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
+    peak = 0
+    for t in sorted(sizes, key=lambda x: -sizes[x]):
+        live = sorted(
+            (p for p in placed if not (p[3] < first[t] or p[2] > last[t])), key=lambda p: p[0]
+        )
+        offset = 0
+        for p_off, p_size, _, _ in live:
+            if offset + sizes[t] <= p_off:
+                break
+            offset = max(offset, p_off + p_size)
+        placed.append((offset, sizes[t], first[t], last[t]))
+        peak = max(peak, offset + sizes[t])
+    scratch = 0
+    for op in sub.operators:
+        name = builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode)
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+            scratch += 8 * int(sub.tensors[op.outputs[0]].shape[-1])
+    overhead = 64 * len(sub.tensors) + 1024
+    total = -(-(peak + scratch + overhead) // 1024) * 1024
+    return {
+        "bytes": total, "activations_bytes": peak, "scratch_bytes": scratch,
+        "overhead_bytes": overhead,
+        "method": "greedy first-fit of activation lifetimes (as TFLM's GreedyMemoryPlanner), "
+                  "16-byte aligned, + 8 B/output channel for int8 conv/FC + 64 B/tensor + 1 KiB; "
+                  "confirm with MicroInterpreter::arena_used_bytes()",
+    }  # fmt: skip
+
+
+def describe_model(data: bytes) -> dict[str, Any]:
+    model = read_model(data)
+    sub = model.subgraphs[0]
+    meta = read_metadata(model, "edgeq") or {}
+
+    def io_rows(indices: list[int], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for k, i in enumerate(indices):
+            t = sub.tensors[i]
+            q = t.quantization
+            row: dict[str, Any] = {
+                "name": rows[k]["name"] if k < len(rows) else t.name.decode(),
+                "tensor": t.name.decode() if isinstance(t.name, bytes) else t.name,
+                "shape": [int(d) for d in t.shape], "dtype": TYPE_NAMES[t.type],
+            }  # fmt: skip
+            if q is not None and q.scale is not None and len(q.scale):
+                row["scale"], row["zero_point"] = float(q.scale[0]), int(q.zeroPoint[0])
+            if k < len(rows) and rows[k].get("perm"):
+                row["layout_from_onnx"] = rows[k]["perm"]
+            out.append(row)
+        return out
+
+    builtins = sorted({builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode)
+                       for op in sub.operators})  # fmt: skip
+    return {
+        "target": meta.get("target", ""),
+        "inputs": io_rows(list(sub.inputs), meta.get("inputs", [])),
+        "outputs": io_rows(list(sub.outputs), meta.get("outputs", [])),
+        "builtins": builtins,
+        "op_resolver": {"count": len(builtins), "add": [resolver_method(b) for b in builtins]},
+        "arena": arena_estimate(model),
+    }
+
+
+# ---- C source ------------------------------------------------------------------------------
+def c_sources(data: bytes, symbol: str = "g_model") -> tuple[str, str]:
+    header = (
+        "// Generated by edgeq: the model flatbuffer for TFLite Micro.\n"
+        "#ifndef EDGEQ_MODEL_DATA_H_\n#define EDGEQ_MODEL_DATA_H_\n\n"
+        f"extern const unsigned char {symbol}[];\nextern const unsigned int {symbol}_len;\n\n"
+        "#endif  // EDGEQ_MODEL_DATA_H_\n"
+    )
+    rows = []
+    for i in range(0, len(data), 12):
+        rows.append("  " + ", ".join(f"0x{b:02x}" for b in data[i : i + 12]) + ",")
+    source = (
+        "// Generated by edgeq: the model flatbuffer for TFLite Micro.\n"
+        '#include "model_data.h"\n\n'
+        f"alignas(16) const unsigned char {symbol}[] = {{\n" + "\n".join(rows) + "\n};\n"
+        f"const unsigned int {symbol}_len = {len(data)};\n"
+    )
+    return header, source
+
+
+# ---- keys ------------------------------------------------------------------------------------
+def generate_key(private_path: Path, public_path: Path) -> None:
+    """An Ed25519 key pair as PEM (PKCS#8 private key, SubjectPublicKeyInfo public key); the
+    same files `openssl genpkey -algorithm ed25519` / `openssl pkey -pubout` write."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())  # fmt: skip
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    for path, payload, mode in ((private_path, priv, 0o600), (public_path, pub, 0o644)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+
+
+def _load_private(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"cannot read the signing key '{path}' ({exc})",
+                          "pass an unencrypted Ed25519 PEM key (edgeq keygen)") from None  # fmt: skip
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"'{path}' is not an Ed25519 private key",
+                          "create one with `edgeq keygen` or `openssl genpkey -algorithm ed25519`")  # fmt: skip
+    return key
+
+
+def _load_public(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        raw = Path(path).read_bytes()
+        key = (serialization.load_pem_public_key(raw) if b"PUBLIC KEY" in raw
+               else serialization.load_pem_private_key(raw, password=None).public_key())  # fmt: skip
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"cannot read the public key '{path}' ({exc})",
+                          "pass the Ed25519 public key PEM written by `edgeq keygen`") from None  # fmt: skip
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"'{path}' is not an Ed25519 public key", "pass an Ed25519 key")
+    return key
+
+
+def _key_id(public_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def make_bundle(tflite: Path, out: Path, sign_key: Path | None = None, tar: bool = False,
+                target: str | None = None) -> Path:  # fmt: skip
+    """Write the bundle folder `out` (or `out` + .tar.gz when `tar`); returns what was written."""
+    tflite = Path(tflite)
+    if not tflite.is_file():
+        raise BundleError(f"'{tflite}' does not exist", "pass the .tflite written by edgeq export")
+    data = tflite.read_bytes()
+    if data[4:8] != b"TFL3":
+        raise BundleError(f"'{tflite}' is not a .tflite flatbuffer (no TFL3 identifier)",
+                          "pass the .tflite written by edgeq export")  # fmt: skip
+    info = describe_model(data)
+    key = _load_private(sign_key) if sign_key is not None else None
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / "model.tflite").write_bytes(data)
+        header, source = c_sources(data)
+        (tmp / "model_data.h").write_text(header)
+        (tmp / "model_data.cc").write_text(source)
+        manifest = {
+            "format": BUNDLE_FORMAT, "version": 1, "edgeq_version": __version__,
+            "target": target or info["target"], "model": "model.tflite",
+            "model_symbol": "g_model", "model_bytes": len(data),
+            "inputs": info["inputs"], "outputs": info["outputs"],
+            "builtins": info["builtins"], "op_resolver": info["op_resolver"],
+            "arena": info["arena"],
+            "files": {name: sha256_file(tmp / name)
+                      for name in ("model.tflite", "model_data.cc", "model_data.h")},
+        }  # fmt: skip
+        if key is not None:
+            manifest["signature"] = {"algorithm": "ed25519", "file": SIGNATURE,
+                                     "public_key_sha256": _key_id(key.public_key())}  # fmt: skip
+        payload = (json.dumps(manifest, indent=1) + "\n").encode()
+        (tmp / MANIFEST).write_bytes(payload)
+        if key is not None:
+            (tmp / SIGNATURE).write_bytes(key.sign(payload))
+
+    if not tar:
+        return atomic_output(Path(out), write)
+    target_path = Path(str(out).removesuffix(".tar.gz") + ".tar.gz")
+    folder_name = target_path.name.removesuffix(".tar.gz")
+
+    def write_tar(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="edgeq-bundle-") as work:
+            folder = Path(work) / folder_name
+            write(folder)
+            with tarfile.open(tmp, "w:gz") as tf:
+                for path in sorted(folder.iterdir()):
+                    ti = tf.gettarinfo(str(path), arcname=f"{folder_name}/{path.name}")
+                    ti.uid = ti.gid = 0
+                    ti.uname = ti.gname = ""
+                    ti.mtime = 0
+                    with open(path, "rb") as fh:
+                        tf.addfile(ti, fh)
+
+    return atomic_output(target_path, write_tar)
+
+
+# ---- verifying -------------------------------------------------------------------------------
+@dataclass
+class Verification:
+    path: Path
+    files: list[str] = field(default_factory=list)
+    signed: bool = False
+    signature_checked: bool = False
+    target: str = ""
+
+
+def _safe_members(tf: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
+    members = tf.getmembers()
+    for m in members:
+        p = PurePosixPath(m.name)
+        if m.name.startswith(("/", "\\")) or p.is_absolute() or ".." in p.parts or ":" in m.name:
+            raise BundleError(f"'{name}' has an unsafe member '{m.name}' (absolute path or '..')",
+                              "refusing to extract it; rebuild the bundle with `edgeq bundle --tar`")  # fmt: skip
+        if not (m.isfile() or m.isdir()):
+            raise BundleError(f"'{name}' has a member '{m.name}' that is a link or device",
+                              "refusing to extract it; rebuild the bundle with `edgeq bundle --tar`")  # fmt: skip
+    return members
+
+
+def verify_bundle(path: Path, pubkey: Path | None = None) -> Verification:
+    """Check every hash (and the signature when a public key is given or the manifest says it is
+    signed and a key is given). Raises BundleError with a one-line reason."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        try:
+            tf = tarfile.open(path, "r:gz")  # noqa: SIM115 (closed by the with below)
+        except (tarfile.TarError, OSError) as exc:
+            raise BundleError(f"'{path}' is not a readable .tar.gz ({exc})",
+                              "pass the tarball written by `edgeq bundle --tar`") from None  # fmt: skip
+        with tf, tempfile.TemporaryDirectory(prefix="edgeq-verify-") as work:
+            members = _safe_members(tf, path.name)
+            for m in members:
+                if m.isfile():
+                    dest = Path(work) / m.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(m)
+                    assert src is not None
+                    with open(dest, "wb") as fh:
+                        shutil.copyfileobj(src, fh)
+            root = Path(work)
+            if not (root / MANIFEST).is_file():
+                subdirs = [p for p in root.iterdir() if p.is_dir()]
+                if len(subdirs) == 1:
+                    root = subdirs[0]
+            result = _verify_folder(root, pubkey)
+            result.path = path
+            return result
+    if not path.is_dir():
+        raise BundleError(f"'{path}' is not a bundle folder or .tar.gz",
+                          "pass the folder or tarball written by `edgeq bundle`")  # fmt: skip
+    return _verify_folder(path, pubkey)
+
+
+def _verify_folder(folder: Path, pubkey: Path | None) -> Verification:
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"bundle '{folder}' has no {MANIFEST}", "rebuild it with `edgeq bundle`")
+    payload = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{MANIFEST} in '{folder}' is not valid JSON ({exc})",
+                          "the bundle was altered; rebuild it") from None  # fmt: skip
+    if manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
+        raise BundleError(
+            f"'{folder}' is not an edgeq firmware bundle", "rebuild it with `edgeq bundle`"
+        )
+    files: dict[str, str] = manifest["files"]
+    for name, digest in files.items():
+        p = PurePosixPath(name)
+        if p.is_absolute() or ".." in p.parts:
+            raise BundleError(f"manifest lists an unsafe path '{name}'", "rebuild the bundle")
+        target = folder / name
+        if not target.is_file():
+            raise BundleError(f"bundle is incomplete: '{name}' is missing",
+                              "copy the whole bundle again or rebuild it")  # fmt: skip
+        if sha256_file(target) != digest:
+            raise BundleError(f"'{name}' does not match its SHA-256 in the manifest (altered or corrupt)",
+                              "do not flash it; rebuild or re-download the bundle")  # fmt: skip
+    expected = set(files) | {MANIFEST} | ({SIGNATURE} if "signature" in manifest else set())
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in expected)
+    if extra:
+        raise BundleError(f"bundle has files the manifest does not cover: {extra}",
+                          "remove them or rebuild the bundle")  # fmt: skip
+    result = Verification(folder, sorted(files), signed="signature" in manifest,
+                          target=str(manifest.get("target", "")))  # fmt: skip
+    if pubkey is not None:
+        from cryptography.exceptions import InvalidSignature
+
+        key = _load_public(pubkey)
+        sig_path = folder / SIGNATURE
+        if "signature" not in manifest or not sig_path.is_file():
+            raise BundleError("bundle is not signed (no manifest.json.sig)",
+                              "rebuild it with `edgeq bundle --sign KEY`")  # fmt: skip
+        try:
+            key.verify(sig_path.read_bytes(), payload)
+        except InvalidSignature:
+            raise BundleError("signature does not verify with this public key (wrong key or altered manifest)",
+                              "use the key the bundle was signed with; do not flash it otherwise") from None  # fmt: skip
+        result.signature_checked = True
+    return result
+
+
+def tar_with_members(out: Path, members: dict[str, bytes]) -> Path:
+    """A .tar.gz with exactly these member names (tests build hostile tarballs with it)."""
+    with tarfile.open(out, "w:gz") as tf:
+        for name, payload in members.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(payload)
+            tf.addfile(ti, io.BytesIO(payload))
+    return out
+
+
+__all__ = [
+    "BundleError",
+    "Verification",
+    "arena_estimate",
+    "c_sources",
+    "describe_model",
+    "generate_key",
+    "make_bundle",
+    "resolver_method",
+    "verify_bundle",
+]
