@@ -2,7 +2,7 @@
 W8A8, the saved .mlpackage read back (weights exact vs the plan, op sequence vs the graph) and
 its program run by the numpy MIL evaluator against the simulator; one real model end to end.
 
-Core ML's predict needs macOS: here the saved program itself is what runs (see coreml_eval)."""
+Core ML's predict needs macOS: here the saved program itself is what runs (see exporters/coreml/evaluate.py)."""
 
 from __future__ import annotations
 

@@ -225,7 +225,7 @@ def test_int4_fully_connected(tmp_path: Path) -> None:
     assert len(raw) == 24 * 32 // 2
     np.testing.assert_array_equal(unpack_int4(raw, 24 * 32).reshape(24, 32),
                                   plan.tensors["w"].values.T)  # fmt: skip
-    # the conv keeps int8 storage of the same [-8, 7] values (see exporters/tflite_ops._weight)
+    # the conv keeps int8 storage of the same [-8, 7] values (see exporters/tflite/ops._weight)
     conv = next(op for op in sub.operators
                 if builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode) == "CONV_2D")  # fmt: skip
     assert TYPE_NAMES[sub.tensors[conv.inputs[1]].type] == "int8"

@@ -1,10 +1,10 @@
 """Core ML exporter for the Apple Neural Engine (`--target ane`): an ML program (.mlpackage),
 fp16 compute, weights from the QuantPlan (int8 per-channel via iOS16
 constexpr_affine_dequantize, int4 per-block via iOS18 constexpr_blockwise_shift_scale),
-optional W8A8 via iOS17 quantize/dequantize. See `coreml_build` for the lowering.
+optional W8A8 via iOS17 quantize/dequantize. See `build` for the lowering.
 
-Running: on macOS `open` uses Core ML's predict (`coreml_mac`); elsewhere it runs the saved
-program with edgeq's numpy MIL evaluator (`coreml_eval`), which is what Linux CI checks.
+Running: on macOS `open` uses Core ML's predict (`mac`); elsewhere it runs the saved
+program with edgeq's numpy MIL evaluator (`evaluate`), which is what Linux CI checks.
 """
 
 from __future__ import annotations
