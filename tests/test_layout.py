@@ -155,3 +155,18 @@ def test_rooms_import_only_downward() -> None:
                        for a in ALLOWED[room]):  # fmt: skip
                 bad.append(f"{module} imports {target}")
     assert not bad, "\n".join(sorted(bad))
+
+
+def test_algorithms_register_by_name() -> None:
+    from edgeq.algorithms import available_algorithms, get_algorithm
+    from edgeq.algorithms.refine import refine_ranges
+    from edgeq.errors import InputError
+
+    assert get_algorithm("refine", "ranges").run is refine_ranges
+    assert "refine" in available_algorithms("ranges")
+    try:
+        get_algorithm("no-such-algorithm")
+    except InputError as exc:
+        assert "refine" in str(exc)  # the error lists what is registered
+    else:
+        raise AssertionError("unknown algorithm accepted")

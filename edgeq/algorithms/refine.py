@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edgeq.algorithms.registry import register_algorithm
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import Interpreter, evaluate
 from edgeq.quant.plan import QuantPlan, TensorQuant
@@ -80,6 +81,9 @@ def noise_sensitivity(
     return {t.name: total[t.name] / count * float(t.scale) ** 2 / 12.0 for t in acts}
 
 
+@register_algorithm(
+    "refine", "ranges", "re-choose the most noise-sensitive activation ranges against the output"
+)
 def refine_ranges(
     graph: Graph,
     plan: QuantPlan,
