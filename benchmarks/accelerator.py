@@ -75,7 +75,9 @@ def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
 
     case = CASES[CASE_MODELS[model]]
     shape = ",".join(map(str, case.input_shapes["x"]))
-    env = {**os.environ, "JAX_PLATFORMS": platform_, "EDGEQ_CACHE_DIR": "off"}
+    # an accelerator run keeps JAX's CPU backend too (edgeq folds constants there)
+    jax_platforms = platform_ if platform_ == "cpu" else f"{platform_},cpu"
+    env = {**os.environ, "JAX_PLATFORMS": jax_platforms, "EDGEQ_CACHE_DIR": "off"}
     cmd = [sys.executable, "-m", "benchmarks.accelerator", "--child", "--model-path",
            str(case.model_path()), "--calib", str(data), "--samples", str(samples),
            "--shape", shape, "--out", str(out), "--devices", str(devices)]  # fmt: skip
@@ -121,6 +123,49 @@ def compare_plans(a: Path, b: Path) -> dict[str, Any]:
     return {"tensors": len(diffs), "within_1e-5": within,
             "max_rel_scale_diff": diffs[0][0] if diffs else 0.0,
             "worst": [{"tensor": n, "role": r, "rel": d} for d, n, r in diffs[:8]]}  # fmt: skip
+
+
+def simulator_parity(model: str, plan_dir: Path, data: Path, n: int = 8) -> dict[str, Any]:
+    """The same plan simulated on the CPU and on the default accelerator, same samples: how many
+    elements of each quantized activation land on a different integer step, and the outputs'
+    largest difference in steps."""
+    import jax
+
+    from edgeq.pipeline import graph_for_plan
+    from edgeq.quant.plan import QuantPlan
+    from edgeq.quant.simulate import Simulator
+    from examples.models import CASES
+
+    plan = QuantPlan.load(plan_dir)
+    graph = graph_for_plan(CASES[CASE_MODELS[model]].model_path(), plan)
+    acts = [t for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
+            and t.name not in graph.input_names and t.name not in graph.output_names]  # fmt: skip
+    files = sorted(data.glob("*.npy"))[-n:]
+    feeds = [{"x": np.load(f)[None]} for f in files]
+    results = {}
+    for where in ("cpu", jax.default_backend()):
+        with jax.default_device(jax.devices(where)[0]):
+            sim = Simulator(graph, plan, taps=[t.name for t in acts])
+            results[where] = [sim(f) for f in feeds]
+    a, b = results["cpu"], results[jax.default_backend()]
+    flipped = total = 0
+    worst: list[tuple[float, str]] = []
+    for t in acts:
+        step = float(np.min(t.scale))
+        diff = np.concatenate(
+            [np.abs(x[t.name] - y[t.name]).ravel() for x, y in zip(a, b, strict=True)]
+        )
+        k = int(np.sum(diff > 0.5 * step))
+        flipped += k
+        total += diff.size
+        worst.append((k / diff.size, t.name))
+    worst.sort(reverse=True)
+    out_diff = {o: float(max(np.max(np.abs(x[o] - y[o])) for x, y in zip(a, b, strict=True)))
+                for o in graph.output_names}  # fmt: skip
+    return {"samples": len(feeds), "activation_elements": total,
+            "elements_on_another_step": flipped, "fraction": flipped / max(total, 1),
+            "worst_tensors": [{"tensor": n, "fraction": f} for f, n in worst[:5]],
+            "output_max_abs_diff": out_diff}  # fmt: skip
 
 
 def machine_info() -> dict[str, Any]:
@@ -179,9 +224,16 @@ def main() -> None:
     ap.add_argument("--platforms", default="cpu,cuda")
     ap.add_argument("--name", default="accelerator")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument(
+        "--sim-parity", default=None, help="MODEL:PLAN_DIR:DATA_DIR (CPU vs accelerator)"
+    )
     args = ap.parse_args()
     if args.child:
         child(args)
+        return
+    if args.sim_parity:
+        model, plan_dir, data_dir = args.sim_parity.split(":")
+        print(json.dumps(simulator_parity(model, Path(plan_dir), Path(data_dir)), indent=1))
         return
     cases = [(m, int(n)) for m, n in (c.split(":") for c in args.cases.split(","))]
     platforms = args.platforms.split(",")
