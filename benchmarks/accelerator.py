@@ -49,10 +49,18 @@ def render(model: str, n: int, folder: Path) -> Path:
 
 def child(args: argparse.Namespace) -> None:
     """One `edgeq calibrate` in this process; prints a JSON line with its own measurements."""
+    import jax.monitoring
     from typer.testing import CliRunner
 
     from edgeq.cli import app
 
+    jax_times: dict[str, float] = {}
+
+    def listen(event: str, seconds: float, **_: Any) -> None:
+        key = event.rsplit("/", 1)[-1]
+        jax_times[key] = jax_times.get(key, 0.0) + seconds
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
     t0 = time.perf_counter()
     argv = ["calibrate", args.model_path, "--calib", args.calib, "--target", "onnx",
             "--calib-samples", str(args.samples), "--report-samples", "8",
@@ -65,8 +73,10 @@ def child(args: argparse.Namespace) -> None:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) / 1024
+    jax_times = {k: round(v, 2) for k, v in jax_times.items() if v >= 0.05}
     print("EDGEQ-CHILD " + json.dumps({"exit": result.exit_code, "seconds": seconds,
-                                       "peak_rss_mb": rss, "output": result.output[-2000:]}))  # fmt: skip
+                                       "peak_rss_mb": rss, "output": result.output[-2000:],
+                                       "jax": jax_times}))  # fmt: skip
 
 
 def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
@@ -92,7 +102,7 @@ def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
         return row
     info = json.loads(line.removeprefix("EDGEQ-CHILD "))
     row.update(exit=info["exit"], in_process_s=round(info["seconds"], 2),
-               peak_rss_mb=round(info["peak_rss_mb"]))  # fmt: skip
+               peak_rss_mb=round(info["peak_rss_mb"]), jax_seconds=info.get("jax", {}))  # fmt: skip
     if info["exit"] != 0:
         row["error"] = info["output"]
         return row
