@@ -36,7 +36,13 @@ from edgeq.quant.calibrate import (
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
-from edgeq.quant.simulate import SimLayout, compile_sqnr_program, layer_sqnr
+from edgeq.quant.simulate import (
+    ReportPrograms,
+    SimLayout,
+    compile_energies,
+    compile_float_taps,
+    layer_sqnr,
+)
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -147,7 +153,7 @@ def calibrate_model(
     observers = spec.observers()
     # the per-layer report's program needs no numbers (the plan comes as arguments): compile it
     # in a worker thread while the statistics step compiles and the data streams
-    ahead = _compile_ahead(graph, SimLayout.of_spec(spec, graph), len(report_names))
+    ahead = _compile_report_ahead(graph, SimLayout.of_spec(spec, graph), len(report_names))
 
     def tick(n: int) -> None:
         if progress is not None:
@@ -213,30 +219,34 @@ def calibrate_model(
         plan.report = {
             "samples": len(feeds),
             "held_out": bool(set(report_names).isdisjoint(calib_names)),
-            "layers": layer_sqnr(graph, plan, feeds, program=_result(ahead)),
+            "layers": layer_sqnr(graph, plan, feeds, programs=_report_programs(ahead)),
         }
         phases.done("per-layer report")
     plan.calibration["phases"] = phases.seconds
     return CalibrationRun(graph, plan, calib_names, report_names)
 
 
-def _compile_ahead(graph: Graph, layout: SimLayout, samples: int) -> Future[Any] | None:
+def _compile_report_ahead(graph: Graph, layout: SimLayout,
+                          samples: int) -> tuple[SimLayout, list[str], Future[Any], Future[Any]] | None:  # fmt: skip
+    """Compile the report's two programs in worker threads (XLA compiles outside the GIL)."""
     if samples == 0:
         return None
-    pool = ThreadPoolExecutor(1, thread_name_prefix="edgeq-compile")
-    future = pool.submit(compile_sqnr_program, graph, layout, samples)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="edgeq-compile")
+    taps = pool.submit(compile_float_taps, graph, layout, samples)
+    energies = pool.submit(compile_energies, graph, layout, samples)
     pool.shutdown(wait=False)
-    return future
+    return layout, layout.watch(graph), taps, energies
 
 
-def _result(future: Future[Any] | None) -> Any:
-    """The compiled program, or None (the report then compiles its own) if compiling failed."""
-    if future is None:
+def _report_programs(ahead: tuple[SimLayout, list[str], Future[Any], Future[Any]] | None) -> Any:
+    """The programs compiled ahead, or None (the report then compiles its own) if that failed."""
+    if ahead is None:
         return None
+    layout, watch, taps, energies = ahead
     try:
-        return future.result()
+        return ReportPrograms(layout, tuple(watch), taps.result(), energies.result())
     except Exception as exc:  # a fallback, never fatal: the report compiles again and says why
-        log.warning("report program compiled ahead failed (%s); compiling it again", exc)
+        log.warning("report programs compiled ahead failed (%s); compiling them again", exc)
         return None
 
 

@@ -31,9 +31,11 @@ from edgeq.quant.calibrate import calibrate
 from edgeq.quant.planner import make_spec
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import (
+    ReportPrograms,
     SimLayout,
     Simulator,
-    compile_sqnr_program,
+    compile_energies,
+    compile_float_taps,
     layer_sqnr,
     simulate_env,
 )
@@ -101,9 +103,12 @@ def test_the_checker_sees_default_precision() -> None:
 def test_report_compiled_ahead_matches_the_general_simulator(cls_case: dict[str, Any]) -> None:
     graph, plan, feeds = cls_case["graph"], cls_case["plan"], cls_case["feeds"][8:]
     spec = make_spec(graph, Recipe(), load_target("onnx"))
-    ahead = compile_sqnr_program(graph, SimLayout.of_spec(spec, graph), len(feeds))
-    assert ahead[0].admits(plan, graph)
-    fast = {r["tensor"]: r["sqnr_db"] for r in layer_sqnr(graph, plan, feeds, program=ahead)}
+    layout = SimLayout.of_spec(spec, graph)
+    assert layout.admits(plan, graph)
+    ahead = ReportPrograms(layout, tuple(layout.watch(graph)),
+                           compile_float_taps(graph, layout, len(feeds)),
+                           compile_energies(graph, layout, len(feeds)))  # fmt: skip
+    fast = {r["tensor"]: r["sqnr_db"] for r in layer_sqnr(graph, plan, feeds, programs=ahead)}
     # the general path: the Simulator class with taps, sums on the host
     taps = [n for n in fast if n not in graph.output_names]
     ref, sim = Interpreter(graph, taps=taps), Simulator(graph, plan, taps=taps)

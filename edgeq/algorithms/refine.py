@@ -107,11 +107,14 @@ def refine_ranges(
     candidates = [n for n, _ in sorted(sens.items(), key=lambda kv: -kv[1]) if n not in grouped]
     chosen = candidates[:top_k]
     args = layout.arguments(plan, graph)
-    qmin, qmax = args["qmin"], args["qmax"]
+    bounds = [args["activations"][n] for n in layout.activations]
+    qmin = np.array([b["qmin"] for b in bounds], np.float32)
+    qmax = np.array([b["qmax"] for b in bounds], np.float32)
 
     def forward(feed: Mapping[str, Any], scales: Any, zps: Any, consts: Any) -> Any:
-        env = simulate_env(graph, layout, feed,
-                           {**args, "scale": scales, "zero_point": zps, "constants": consts})  # fmt: skip
+        acts = {n: {**bounds[i], "scale": scales[i], "zero_point": zps[i]}
+                for i, n in enumerate(layout.activations)}  # fmt: skip
+        env = simulate_env(graph, layout, feed, {"activations": acts, "constants": consts})
         return [env[o] for o in graph.output_names]
 
     batched = jit(jax.vmap(forward, in_axes=(0, None, None, None)))
@@ -124,7 +127,8 @@ def refine_ranges(
             outs = batched(batch, scales, zps, args["constants"])
             return float(sum(jnp.sum((o - t) ** 2) for o, t in zip(outs, target, strict=True)))
 
-    scales, zps = args["scale"], args["zero_point"]
+    scales = np.array([b["scale"] for b in bounds], np.float32)
+    zps = np.array([b["zero_point"] for b in bounds], np.float32)
     lo0 = (qmin - zps) * scales
     hi0 = (qmax - zps) * scales
     best = loss(scales, zps)
