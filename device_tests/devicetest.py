@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, InputError
+from edgeq.outputs import DEVICETEST, check_output, write_output
 from edgeq.quant.plan import json_default
 
 from . import remote_runner
@@ -401,6 +402,7 @@ def run_devicetest(
     max_latency_ms: float | None = None,
     compute_plan: bool = True,
     pause_s: float = 0.0,
+    force: bool = False,
 ) -> DeviceTestResult:
     """Run `artifact` on `device`; compare, check budgets, write the report into `out`
     (default: `<artifact folder>/devicetest/`). Raises DeviceError when the device run fails
@@ -413,6 +415,7 @@ def run_devicetest(
     spec = parse_device(device)
     options = options or DeviceOptions()
     out_dir = Path(out) if out is not None else artifact.parent / "devicetest"
+    check_output(out_dir, DEVICETEST, force)  # a folder we may not write is refused first
     report: dict[str, Any] = {
         "format": "edgeq-devicetest-report", "edgeq_version": __version__, "status": "failed",
         "device": str(spec), "transport": spec.kind,
@@ -478,9 +481,9 @@ def run_devicetest(
     except EdgeqError as exc:
         report["status"] = "failed"
         report["error"] = str(exc)
-        write_report(out_dir, report)
+        write_report(out_dir, report, force)
         raise
-    path = write_report(out_dir, report)
+    path = write_report(out_dir, report, force)
     return DeviceTestResult(report, outputs, passed, path)
 
 
@@ -505,17 +508,16 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_report(out_dir: Path, report: Mapping[str, Any]) -> Path:
-    """devicetest_report.json + .md into `out_dir`, each written to a temp name and renamed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in ((REPORT_MD, report_markdown(report)),
-                       (REPORT_JSON, json.dumps(report, indent=1, default=json_default))):  # fmt: skip
-        tmp = Path(tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)[1])
-        try:
-            tmp.write_text(text)
-            tmp.replace(out_dir / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+def write_report(out_dir: Path, report: Mapping[str, Any], force: bool = False) -> Path:
+    """devicetest_report.json + .md as one output folder (`edgeq.outputs`: moved into place
+    complete; an existing folder must be an earlier devicetest report folder, or `force`)."""
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / REPORT_MD).write_text(report_markdown(report))
+        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=1, default=json_default))
+
+    write_output(out_dir, DEVICETEST, write, force=force)
     return out_dir / REPORT_JSON
 
 

@@ -1,7 +1,8 @@
 """`edgeq export` as one call: plan (calibrate, or load `--plan`) → artifact → checked on its
 runtime against float and the simulator → export report.
 
-Output folder (written to a temp name, renamed into place; nothing is left on failure):
+Output folder (`edgeq.outputs`: built beside it and moved into place, nothing is left on
+failure; an existing folder must be an earlier export, or `force`):
 
     out/model.<ext>            the artifact (file, or folder for .mlpackage / MLX)
     out/plan/                  the QuantPlan it was made from
@@ -27,12 +28,12 @@ from edgeq.exporters import (
     Artifact,
     ExportOptions,
     Runner,
-    atomic_output,
     get_exporter,
     median_latency_ms,
 )
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import Interpreter
+from edgeq.outputs import EXPORT, check_output, write_output
 from edgeq.quant.plan import QuantPlan, json_default
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import Simulator
@@ -84,9 +85,13 @@ def export_model(
     options: ExportOptions | None = None,
     runs: int = 20,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> ExportResult:
+    """`force`: write into an existing folder that is not an earlier export (only edgeq's
+    files are replaced there; see `edgeq.outputs`)."""
     from edgeq.pipeline import calibrate_model, graph_for_plan
 
+    check_output(out, EXPORT, force)  # refuse a bad -o before any work
     options = options or ExportOptions()
     profile = load_target(target)
     exporter = get_exporter(profile.exporter)
@@ -140,7 +145,7 @@ def export_model(
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1, default=json_default))
         (tmp / "export_report.md").write_text(report_markdown(report))
 
-    atomic_output(out, write)
+    write_output(out, EXPORT, write, force=force)
     return ExportResult(out, out / name, report)
 
 

@@ -18,10 +18,7 @@ needed for the targets that use it.
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgeq.errors import EdgeqError, InputError
+from edgeq.outputs import atomic_output
 
 if TYPE_CHECKING:
     from edgeq.ir.graph import Graph
@@ -136,28 +134,6 @@ def median_latency_ms(run: Runner, feeds: Feeds, runs: int, warmup: int = 3) -> 
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
-
-
-def atomic_output(out: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` with a temp path beside `out`, then rename it into place; nothing is
-    left behind on failure. Works for files and folders."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp = tmp_dir / out.name
-    try:
-        write(tmp)
-        if not tmp.exists():
-            raise EdgeqError(f"exporter wrote nothing for '{out}'")
-        if out.is_dir() and not out.is_symlink():
-            old = tmp_dir / (out.name + ".old")
-            out.rename(old)
-            os.replace(tmp, out)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out
 
 
 __all__ = [

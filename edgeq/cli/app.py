@@ -58,6 +58,11 @@ Refine = Annotated[
 RecipeFile = Annotated[
     Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
 ]
+Force = Annotated[
+    bool,
+    typer.Option("--force", help="Write into an existing folder that is not an earlier edgeq "
+                 "output of this kind (only edgeq's files are replaced; nothing else is touched)."),
+]  # fmt: skip
 
 
 def _fail(exc: EdgeqError) -> typer.Exit:
@@ -265,13 +270,16 @@ def calibrate(
     report_samples: Annotated[
         int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
     ] = 8,
+    force: Force = False,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
+    from edgeq.outputs import PLAN, check_output
     from edgeq.pipeline import calibrate_model
     from edgeq.quant.recipe import Recipe, recipe_from_cli
 
     try:
+        check_output(out, PLAN, force)  # before any work
         base = Recipe.load(recipe_file) if recipe_file else None
         recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
         with _progress_bar() as progress:
@@ -283,7 +291,7 @@ def calibrate(
                 report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
                 progress=progress,
             )  # fmt: skip
-        run_.plan.save(out)
+        run_.plan.save(out, force=force)
     except EdgeqError as exc:
         raise _fail(exc) from None
     plan = run_.plan
@@ -384,6 +392,7 @@ def export(
         bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
     ] = False,
     runs: Annotated[int, typer.Option(help="Timed runs for the latency comparison.")] = 20,
+    force: Force = False,
 ) -> None:
     """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
     runtime against float and the simulator (size, accuracy, latency)."""
@@ -403,6 +412,7 @@ def export(
                 samples=calib_samples, seed=seed, eval_samples=eval_samples,
                 preprocess=preprocess, tokenizer=tokenizer,
                 options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
+                force=force,
             )  # fmt: skip
     except EdgeqError as exc:
         raise _fail(exc) from None

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 
 from edgeq.errors import InputError
 from edgeq.ir.graph import Graph
+from edgeq.outputs import PLAN, write_output
 from edgeq.quant.qtypes import QDType, dequantize, fake_quant, qdtype
 
 PLAN_VERSION = 1
@@ -138,28 +137,18 @@ class QuantPlan:
                     out[f"t{i}.{key}"] = np.asarray(value)
         return out
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write plan.json + plan.npz atomically (a temp folder renamed into place)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+    def save(self, folder: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write plan.json + plan.npz as one output folder (`edgeq.outputs`: built beside it,
+        moved into place; an existing folder must be an earlier plan, or `force`)."""
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir()
             (tmp / "plan.json").write_text(
                 json.dumps(self.to_json_dict(), indent=1, default=json_default)
             )
             np.savez(tmp / "plan.npz", **self.arrays())
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                folder.rename(old)
-                tmp.rename(folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return write_output(folder, PLAN, write, force=force)
 
     @staticmethod
     def load(folder: str | os.PathLike[str]) -> QuantPlan:

@@ -31,8 +31,8 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
-from edgeq.exporters import atomic_output
 from edgeq.files import file_sha256
+from edgeq.outputs import OutputKind, check_output, create_new_file, write_output
 
 from .builder import TYPE_NAMES, builtin_name, read_metadata, read_model
 
@@ -51,6 +51,40 @@ _RESOLVER_SPECIAL = {
 
 class BundleError(EdgeqError):
     """A bundle is incomplete, altered, unsafe or not signed by the expected key."""
+
+
+def _bundle_entries(folder: Path) -> list[str] | None:
+    """The files of an earlier bundle in `folder` (its manifest is its marker), else None."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        return None
+    files = manifest.get("files")
+    names = [n for n in (files if isinstance(files, dict) else {}) if "/" not in str(n)]
+    return sorted({*names, MANIFEST, SIGNATURE})
+
+
+def _is_bundle_tar(path: Path) -> list[str] | None:
+    """[] if `path` is a bundle tarball edgeq wrote (its first member is the manifest)."""
+    try:
+        with tarfile.open(path, "r|gz") as tf:
+            first = tf.next()
+            src = tf.extractfile(first) if first is not None and first.isfile() else None
+            if src is None or not first.name.endswith("/" + MANIFEST) or first.size > 1 << 20:
+                return None
+            manifest = json.loads(src.read())
+    except (OSError, ValueError, tarfile.TarError, EOFError):
+        return None
+    return [] if isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT else None
+
+
+# bundle folders carry no marker file: their manifest must list every file they hold
+BUNDLE = OutputKind("bundle", "an edgeq firmware bundle", marker=False, recognize=_bundle_entries)
+BUNDLE_TAR = OutputKind("bundle", "an edgeq firmware bundle (.tar.gz)", folder=False,
+                        recognize=_is_bundle_tar)  # fmt: skip
+KEY_FILE = OutputKind("key", "a key file", folder=False, recognize=lambda _: None)
 
 
 def resolver_method(builtin: str) -> str:
@@ -193,11 +227,19 @@ def generate_key(private_path: Path, public_path: Path) -> None:
                              serialization.NoEncryption())  # fmt: skip
     pub = key.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
-    for path, payload, mode in ((private_path, priv, 0o600), (public_path, pub, 0o644)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+    taken = [str(p) for p in (private_path, public_path) if os.path.lexists(p)]
+    if taken:
+        raise BundleError(f"refusing to overwrite {' and '.join(repr(t) for t in taken)}",
+                          "pick a new key name, or move the old key away yourself")  # fmt: skip
+    for path in (private_path, public_path):
+        check_output(path, KEY_FILE)
+    Path(private_path).parent.mkdir(parents=True, exist_ok=True)
+    create_new_file(private_path, priv, 0o600)
+    try:
+        create_new_file(public_path, pub, 0o644)
+    except BaseException:
+        Path(private_path).unlink(missing_ok=True)
+        raise
 
 
 def _load_private(path: Path) -> Any:
@@ -240,9 +282,12 @@ def _key_id(public_key: Any) -> str:
 
 # ---- writing ---------------------------------------------------------------------------------
 def make_bundle(tflite: Path, out: Path, sign_key: Path | None = None, tar: bool = False,
-                target: str | None = None) -> Path:  # fmt: skip
-    """Write the bundle folder `out` (or `out` + .tar.gz when `tar`); returns what was written."""
+                target: str | None = None, force: bool = False) -> Path:  # fmt: skip
+    """Write the bundle folder `out` (or `out` + .tar.gz when `tar`); returns what was written.
+    An existing `out` must be an earlier bundle (or `force`: only the bundle's files change)."""
     tflite = Path(tflite)
+    target_path = Path(str(out).removesuffix(".tar.gz") + ".tar.gz") if tar else Path(out)
+    check_output(target_path, BUNDLE_TAR if tar else BUNDLE, force)
     if not tflite.is_file():
         raise BundleError(f"'{tflite}' does not exist", "pass the .tflite written by edgeq export")
     data = tflite.read_bytes()
@@ -277,8 +322,7 @@ def make_bundle(tflite: Path, out: Path, sign_key: Path | None = None, tar: bool
             (tmp / SIGNATURE).write_bytes(key.sign(payload))
 
     if not tar:
-        return atomic_output(Path(out), write)
-    target_path = Path(str(out).removesuffix(".tar.gz") + ".tar.gz")
+        return write_output(target_path, BUNDLE, write, force=force)
     folder_name = target_path.name.removesuffix(".tar.gz")
 
     def write_tar(tmp: Path) -> None:
@@ -294,7 +338,7 @@ def make_bundle(tflite: Path, out: Path, sign_key: Path | None = None, tar: bool
                     with open(path, "rb") as fh:
                         tf.addfile(ti, fh)
 
-    return atomic_output(target_path, write_tar)
+    return write_output(target_path, BUNDLE_TAR, write_tar, force=force)
 
 
 # ---- verifying -------------------------------------------------------------------------------
