@@ -61,7 +61,8 @@ class DeviceTestResult:
 
 
 # ---------------------------------------------------------------- context
-def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> Context:
+def find_context(artifact: Path, model: Path | None, plan_dir: Path | None,
+                 allow_model_mismatch: bool = False) -> Context:  # fmt: skip
     """Graph and plan for `artifact`: from --model/--plan, or from the export folder it is in
     (plan/plan.json names the model file; it is looked up beside the folder)."""
     from edgeq.quant.plan import QuantPlan
@@ -83,9 +84,11 @@ def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> C
         raise InputError(f"--model '{model}' does not exist", "pass the float .onnx model")
     ctx.model = model
     if ctx.plan is not None:
+        from edgeq.export import bind_plan
         from edgeq.pipeline import graph_for_plan
 
         ctx.graph = graph_for_plan(model, ctx.plan)
+        ctx.plan = bind_plan(ctx.plan, model, ctx.graph, allow_model_mismatch)
     else:
         from edgeq.ir.onnx_io import load_model
         from edgeq.pipeline import prepare_for_quantization
@@ -185,6 +188,11 @@ def make_feeds(ctx: Context, desc: Mapping[str, Any] | None, inputs: Path | None
                          "pass --model MODEL.onnx (or an export folder's artifact)")  # fmt: skip
     if inputs is not None:
         return _load_inputs(Path(inputs), infos, samples), f"{inputs}"
+    from edgeq.files import check_size, nbytes_of
+
+    per_sample = sum(nbytes_of(v.shape, np.float32 if v.dtype.kind == "f" else v.dtype)
+                     for v in infos)  # fmt: skip
+    check_size(samples * per_sample, f"--samples {samples} random input samples")
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(samples):
@@ -203,12 +211,12 @@ def make_feeds(ctx: Context, desc: Mapping[str, Any] | None, inputs: Path | None
 
 def _load_inputs(path: Path, infos: list[Any], samples: int) -> list[dict[str, np.ndarray]]:
     from edgeq.calibration import open_source, validate
+    from edgeq.files import load_npy, load_npz
 
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return [validate({k: data[k] for k in data.files}, infos, path.name)]
+        return [validate(load_npz(path, f"--inputs '{path}'"), infos, path.name)]
     if path.is_file() and path.suffix == ".npy" and len(infos) == 1:
-        return [validate({infos[0].name: np.load(path, allow_pickle=False)}, infos, path.name)]
+        return [validate({infos[0].name: load_npy(path, f"--inputs '{path}'")}, infos, path.name)]
     source = open_source(path, infos)
     names = source.names()[:samples]
     if not names:
@@ -403,6 +411,7 @@ def run_devicetest(
     compute_plan: bool = True,
     pause_s: float = 0.0,
     force: bool = False,
+    allow_model_mismatch: bool = False,
 ) -> DeviceTestResult:
     """Run `artifact` on `device`; compare, check budgets, write the report into `out`
     (default: `<artifact folder>/devicetest/`). Raises DeviceError when the device run fails
@@ -422,7 +431,8 @@ def run_devicetest(
         "artifact": {"file": artifact.name, "bytes": _size(artifact)},
     }  # fmt: skip
     try:
-        ctx = find_context(artifact, Path(model) if model else None, Path(plan) if plan else None)
+        ctx = find_context(artifact, Path(model) if model else None, Path(plan) if plan else None,
+                           allow_model_mismatch)  # fmt: skip
         report.update({"model": str(ctx.model) if ctx.model else None,
                        "plan": str(ctx.plan_dir) if ctx.plan_dir else None,
                        "target": ctx.plan.target if ctx.plan is not None else None,

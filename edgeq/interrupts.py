@@ -58,7 +58,8 @@ def handling_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received.clear()
+    if signal.getsignal(SIGNALS[0]) is not _handler:
+        _received.clear()  # a fresh run (nested blocks share the record)
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     try:
         yield

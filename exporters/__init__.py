@@ -106,6 +106,16 @@ def get_exporter(name: str) -> Exporter:
     return module.EXPORTER  # type: ignore[no-any-return]
 
 
+def require_valid_plan(plan: QuantPlan | None) -> None:
+    """The exporter boundary: a plan with a NaN, zero or negative scale, an out-of-range zero
+    point or integers that would wrap never becomes an artifact. Plans are checked when loaded;
+    every exporter calls this first all the same (an API caller may build a plan by hand)."""
+    if plan is not None:
+        from edgeq.quant.plan_check import check_numbers
+
+        check_numbers(plan, "the plan given to the exporter")
+
+
 def exporter_for_artifact(path: Path) -> Exporter:
     """The exporter that can open an existing artifact, from its file name / folder content."""
     path = Path(path)
@@ -147,4 +157,5 @@ __all__ = [
     "get_exporter",
     "median_latency_ms",
     "register_exporter",
+    "require_valid_plan",
 ]

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeq import __version__
+from edgeq.cli import guard
 from edgeq.errors import EdgeqError, InputError
 
 app = typer.Typer(
@@ -66,7 +67,9 @@ Force = Annotated[
 
 
 def _fail(exc: EdgeqError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -187,9 +190,13 @@ def run(
         if inputs is not None:
             if not inputs.is_file():
                 raise InputError(f"--inputs file '{inputs}' does not exist")
-            with np.load(inputs) as data:
-                feeds = {k: data[k] for k in data.files}
+            from edgeq.files import load_npz
+
+            feeds = load_npz(inputs, f"--inputs '{inputs}'")
         else:
+            from edgeq.files import check_size, nbytes_of
+
+            check_size(sum(nbytes_of(v.shape, v.dtype) for v in graph.inputs), "random inputs")
             feeds = {
                 v.name: rng.standard_normal(v.shape).astype(v.dtype)  # type: ignore[arg-type]
                 if np.issubdtype(v.dtype, np.floating)
@@ -393,7 +400,10 @@ def export(
     ] = False,
     runs: Annotated[int, typer.Option(help="Timed runs for the latency comparison.")] = 20,
     force: Force = False,
-) -> None:
+    allow_model_mismatch: Annotated[bool, typer.Option(
+        help="Apply a --plan made for another model file (same shapes) instead of refusing it.",
+    )] = False,
+) -> None:  # fmt: skip
     """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
     runtime against float and the simulator (size, accuracy, latency)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
@@ -412,7 +422,7 @@ def export(
                 samples=calib_samples, seed=seed, eval_samples=eval_samples,
                 preprocess=preprocess, tokenizer=tokenizer,
                 options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
-                force=force,
+                force=force, allow_model_mismatch=allow_model_mismatch,
             )  # fmt: skip
     except EdgeqError as exc:
         raise _fail(exc) from None
@@ -508,5 +518,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 for _module in ("edgeq.cli.bundle", "edgeq.cli.devicetest"):
     importlib.import_module(_module).register(app, console, err_console, _fail)
 
+# every command: one-line errors (exit 2), signals clean up and exit 128+N (edgeq.cli.guard)
+guard.install(app, err_console)
+
 if __name__ == "__main__":
-    app()
+    guard.exit_now(guard.run_app(app))
