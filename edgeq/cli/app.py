@@ -67,10 +67,7 @@ Force = Annotated[
 
 
 def _fail(exc: EdgeqError) -> typer.Exit:
-    from rich.markup import escape
-
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    return guard.error_exit(str(exc), err_console)
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -216,7 +213,9 @@ def run(
         table.add_column("rel. max err vs onnxruntime", justify="right")
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        so.log_severity_level = 4  # its errors come back as one line, not as a log dump too
+        sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
         ort_feeds = dict(feeds)
         ort_feeds.update({k: np.asarray(v, dtype=_ort_dtype(sess, k)) for k, v in
                           parse_input_values(input_value or []).items()})  # fmt: skip
@@ -508,6 +507,7 @@ def version() -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Compiled programs are cached in ~/.cache/edgeq/xla (EDGEQ_CACHE_DIR=DIR moves it,
     EDGEQ_CACHE_DIR=off turns it off): a second run of the same model skips XLA compile."""
+    guard.set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
     from edgeq.compile_cache import enable_compilation_cache
 

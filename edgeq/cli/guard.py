@@ -18,7 +18,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 
@@ -57,19 +56,32 @@ def describe(exc: BaseException) -> tuple[str, str]:
             "this is a bug in edgeq: rerun with --verbose for the traceback and report it")  # fmt: skip
 
 
+_state = {"verbose": False}
+
+
+def set_verbose(verbose: bool) -> None:
+    """Called by the app's callback on every invocation (`edgeq --verbose ...`)."""
+    _state["verbose"] = bool(verbose)
+
+
 def _verbose() -> bool:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    return bool(root is not None and root.params.get("verbose"))
+    return _state["verbose"]
+
+
+def error_exit(what: str, err_console: Console) -> typer.Exit:
+    """Print `error: <what>` (after the traceback being handled, with --verbose); the Exit to
+    raise. Call it inside an `except` block."""
+    if _verbose() and sys.exc_info()[0] is not None:
+        err_console.print(traceback.format_exc(), highlight=False, markup=False)
+    err_console.print(f"[bold red]error:[/] {escape(what)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=EXIT_ERROR)
 
 
 def guarded(fn: Callable[..., Any], err_console: Console) -> Callable[..., Any]:
     """`fn` with the one error path and signal handling around it."""
 
     def fail(what: str) -> typer.Exit:
-        err_console.print(f"[bold red]error:[/] {what}", highlight=False, soft_wrap=True,
-                          markup=True)  # fmt: skip
-        return typer.Exit(code=EXIT_ERROR)
+        return error_exit(what, err_console)
 
     def interrupted(signum: int) -> typer.Exit:
         import signal
@@ -83,8 +95,7 @@ def guarded(fn: Callable[..., Any], err_console: Console) -> Callable[..., Any]:
         with interrupts.handling_signals():
             try:
                 result = fn(*args, **kwargs)
-            except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
-                    click.ClickException) as exc:  # fmt: skip
+            except (typer.Exit, typer.Abort, typer.TyperException) as exc:
                 if interrupts.pending() and getattr(exc, "exit_code", 1) == 0:
                     raise interrupted(interrupts.pending() or 2) from None
                 raise
@@ -94,19 +105,14 @@ def guarded(fn: Callable[..., Any], err_console: Console) -> Callable[..., Any]:
                     err_console.print(traceback.format_exc(), highlight=False, markup=False)
                 raise interrupted(signum) from None
             except EdgeqError as exc:
-                if _verbose():
-                    err_console.print(traceback.format_exc(), highlight=False, markup=False)
                 if interrupts.pending():
                     raise interrupted(interrupts.pending() or 2) from None
-                raise fail(escape(str(exc))) from None
+                raise fail(str(exc)) from None
             except Exception as exc:
-                if _verbose():
-                    err_console.print(traceback.format_exc(), highlight=False, markup=False)
                 if interrupts.pending():  # a swallowed interrupt came back as another error
                     raise interrupted(interrupts.pending() or 2) from None
                 what, fix = describe(exc)
-                log.debug("error", exc_info=True)
-                raise fail(escape(f"{what} — {fix}")) from None
+                raise fail(f"{what} — {fix}") from None
             if interrupts.pending():  # the interrupt was swallowed by a library: never exit 0
                 raise interrupted(interrupts.pending() or 2)
             return result
@@ -132,16 +138,13 @@ def run_app(app: typer.Typer) -> int:
     """Run the app as the console script does; the exit code (interrupts: 128 + signal)."""
     try:
         with interrupts.handling_signals():  # start-up and shut-down too, not only the command
-            code = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):  # outside a command (start-up)
-        code = 128 + (interrupts.pending() or 2)
-    code = code if isinstance(code, int) else 0
-    if interrupts.pending() and code == 0:
+            app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:  # outside a command (start-up)
+        code = 130
+    if interrupts.pending():
         code = 128 + (interrupts.pending() or 2)
     return code
 
@@ -156,4 +159,4 @@ def exit_now(code: int) -> None:
     sys.exit(code)
 
 
-__all__ = ["describe", "exit_now", "guarded", "install", "run_app"]
+__all__ = ["describe", "error_exit", "exit_now", "guarded", "install", "run_app"]
