@@ -25,7 +25,13 @@ from edgeq.ir.passes import (
     quantized_copies,
     run_passes,
 )
-from edgeq.quant.calibrate import collect_statistics, find_token_mask, stack_batches
+from edgeq.quant.calibrate import (
+    calibration_devices,
+    collect_statistics,
+    find_token_mask,
+    shard_batch_size,
+    stack_batches,
+)
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
@@ -69,6 +75,24 @@ def _blocked(recipe: Recipe | None, profile: Any) -> bool:
     return base.weight_bits == 4 and rules.default_granularity_4bit == "per_block"
 
 
+class PhaseTimer:
+    """Wall time per named phase, in order: `done(name)` closes the phase that ran since the
+    last call; `add(name, s)` records a sub-phase measured elsewhere (subtract it with
+    `done(..., minus=s)`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
+    def done(self, name: str, minus: float = 0.0) -> None:
+        now = time.perf_counter()
+        self.add(name, now - self._t - minus)
+        self._t = now
+
+
 @dataclass
 class CalibrationRun:
     graph: Graph
@@ -92,15 +116,22 @@ def calibrate_model(
     preprocess: Any = None,
     tokenizer: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    devices: int | None = None,
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
-    for `target`. `progress(stage, done, total)` is called as work advances."""
+    for `target`. `progress(stage, done, total)` is called as work advances. `devices`: how
+    many of JAX's devices the batches are split over (None: all; the batch size is rounded
+    up to a multiple)."""
     from edgeq.calibration import batches, disjoint, open_source, subset
 
+    phases = PhaseTimer()
     recipe = recipe or Recipe()
     profile = load_target(target)
     model = Path(model)
+    run_on = calibration_devices(devices)
+    batch_size = shard_batch_size(batch_size, len(run_on))
     graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
+    phases.done("load and prepare")
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
     total = len(source)
@@ -125,7 +156,9 @@ def calibrate_model(
     token_mask = find_token_mask(graph) if recipe.mask_handling else None
     exact = integer_derived(graph)
     result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
-                                token_mask=token_mask, unmasked=exact)  # fmt: skip
+                                token_mask=token_mask, unmasked=exact, devices=run_on)  # fmt: skip
+    phases.add("compile statistics step", result.compile_seconds)
+    phases.done("stream calibration data", minus=result.compile_seconds)
     mask_path = sorted(exact & set(observers))
     if token_mask and mask_path and calib_names:
         # the mask path (token counts, expanded masks) is quantized on integer-only targets:
@@ -139,6 +172,7 @@ def calibrate_model(
         )  # fmt: skip
         for n in mask_path:
             result.states[n] = observers[n].merge(result.states[n], extremes.states[n])
+        phases.done("mask extremes")
     plan = finalize_plan(
         graph, spec, result.states,
         model={
@@ -151,8 +185,10 @@ def calibrate_model(
             "samples": result.samples, "seed": seed, "batch_size": batch_size,
             "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
             "padding_ignored_via": token_mask,
+            "devices": {"count": result.devices, "platform": run_on[0].platform},
         },
     )  # fmt: skip
+    phases.done("plan")
     from edgeq.calibration import validate
 
     if recipe.refine_top > 0:
@@ -164,6 +200,7 @@ def calibrate_model(
             graph, plan, refine_feeds, top_k=recipe.refine_top,
             progress=(lambda d, t: progress("refine", d, t)) if progress else None,
         )  # fmt: skip
+        phases.done("refine")
     if report_names:
         feeds = [source.load(n) for n in report_names]
         feeds = [validate(f, graph.inputs, n) for f, n in zip(feeds, report_names, strict=True)]
@@ -174,6 +211,8 @@ def calibrate_model(
             "held_out": bool(set(report_names).isdisjoint(calib_names)),
             "layers": layer_sqnr(graph, plan, feeds),
         }
+        phases.done("per-layer report")
+    plan.calibration["phases"] = phases.seconds
     return CalibrationRun(graph, plan, calib_names, report_names)
 
 
