@@ -26,7 +26,11 @@ DEFAULT_IR_VERSION = 10
 
 
 def np_dtype(elem_type: int) -> np.dtype:
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        raise ModelLoadError(f"unknown ONNX element type {elem_type}",
+                             "re-export the model (a corrupt or too new file?)") from None  # fmt: skip
 
 
 def onnx_dtype(dtype: np.dtype | type) -> int:
