@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from edgeq.quant.calibrate import (
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
-from edgeq.quant.simulate import layer_sqnr
+from edgeq.quant.simulate import SimLayout, compile_sqnr_program, layer_sqnr
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,9 @@ def calibrate_model(
     if not report_names and report_samples:
         report_names = calib_names[:report_samples]  # no held-out data: say so in the plan
     observers = spec.observers()
+    # the per-layer report's program needs no numbers (the plan comes as arguments): compile it
+    # in a worker thread while the statistics step compiles and the data streams
+    ahead = _compile_ahead(graph, SimLayout.of_spec(spec, graph), len(report_names))
 
     def tick(n: int) -> None:
         if progress is not None:
@@ -209,11 +213,31 @@ def calibrate_model(
         plan.report = {
             "samples": len(feeds),
             "held_out": bool(set(report_names).isdisjoint(calib_names)),
-            "layers": layer_sqnr(graph, plan, feeds),
+            "layers": layer_sqnr(graph, plan, feeds, program=_result(ahead)),
         }
         phases.done("per-layer report")
     plan.calibration["phases"] = phases.seconds
     return CalibrationRun(graph, plan, calib_names, report_names)
+
+
+def _compile_ahead(graph: Graph, layout: SimLayout, samples: int) -> Future[Any] | None:
+    if samples == 0:
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="edgeq-compile")
+    future = pool.submit(compile_sqnr_program, graph, layout, samples)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _result(future: Future[Any] | None) -> Any:
+    """The compiled program, or None (the report then compiles its own) if compiling failed."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:  # a fallback, never fatal: the report compiles again and says why
+        log.warning("report program compiled ahead failed (%s); compiling it again", exc)
+        return None
 
 
 def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:

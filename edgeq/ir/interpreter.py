@@ -21,6 +21,7 @@ import numpy as np
 import edgeq.ir.ops  # noqa: F401  (registers the op set)
 from edgeq.errors import DynamicShapeError, EdgeqError, InputError
 from edgeq.ir.graph import Graph, Node
+from edgeq.ir.jit import jit
 from edgeq.ir.ops.registry import OpContext, call, is_concrete, lookup
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Interpreter:
         if missing:
             raise InputError(f"tap(s) {missing} name no tensor in the graph", "see edgeq inspect")
         self.taps = tuple(taps)
-        self._jitted = jax.jit(self.forward)
+        self._jitted = jit(self.forward)
 
     def forward(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """The pure function (traceable): feeds -> outputs and taps."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import evaluate
+from edgeq.ir.jit import jit
 from edgeq.quant.observers import Observer
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import PlanSpec, finalize_plan, integer_derived, make_spec
@@ -176,7 +177,7 @@ def collect_statistics(
         key = (fn.__name__, layout)
         if key not in compiled:
             t = time.perf_counter()
-            jitted = jax.jit(fn, **place.jit_shardings(batch))
+            jitted = jit(fn, **place.jit_shardings(batch))
             compiled[key] = jitted.lower(states, batch).compile()
             compile_seconds += time.perf_counter() - t
         return compiled[key](states, batch)
