@@ -577,9 +577,15 @@ def classify(exit_code: int | None, output: str, exception: BaseException | None
 
 
 def run_case(case: Case, work: Path, timeout: float) -> Outcome:
+    import logging
+
     from typer.testing import CliRunner
 
     from edgeq.cli import app
+
+    # the CLI's logging.basicConfig binds the first CliRunner's stderr, closed afterwards: keep
+    # log records out of the run (a real process has one stderr)
+    logging.disable(logging.CRITICAL)
 
     d = work / f"case{case.index:05d}"
     shutil.rmtree(d, ignore_errors=True)
@@ -607,7 +613,6 @@ def run_cases(cases: list[Case], work: Path, timeout: float, budget_s: float | N
     """Run in this process (a crash ends it), stopping early once `budget_s` is spent."""
     import logging
 
-    logging.disable(logging.CRITICAL)  # the CLI's logging.basicConfig must not flood the run
     outcomes = []
     t0 = time.perf_counter()
     try:
