@@ -21,6 +21,7 @@ SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None
 )
 _received: list[int] = []
+_deferring: list[bool] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -48,8 +49,20 @@ def raise_if_pending() -> None:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
-    if len(_received) == 1:
+    if len(_received) == 1 and not _deferring:
         raise Interrupted(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A short step that must not be cut in half (moving an output's entries into place): a
+    signal arriving inside only records itself, and is raised when the step is done."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    raise_if_pending()
 
 
 @contextmanager
@@ -68,4 +81,4 @@ def handling_signals() -> Iterator[None]:
             signal.signal(s, old)
 
 
-__all__ = ["SIGNALS", "Interrupted", "handling_signals", "pending", "raise_if_pending"]
+__all__ = ["SIGNALS", "Interrupted", "deferred", "handling_signals", "pending", "raise_if_pending"]

@@ -197,7 +197,8 @@ def write_output(
             (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         interrupts.raise_if_pending()
         try:
-            _commit(tmp, dest, kind, force, work)
+            with interrupts.deferred():  # a few renames: never cut in half by a signal
+                _commit(tmp, dest, kind, force, work)
         except OSError as exc:
             raise _cannot_write(out, exc) from None
     return Path(out)
@@ -223,6 +224,7 @@ def _commit(tmp: Path, dest: Path, kind: OutputKind, force: bool, work: Path) ->
     trash = work / ".replaced"
     trash.mkdir()
     moved: list[str] = []
+    placed: list[str] = []
     try:
         for name in sorted({*(owned or []), *new}):
             if os.path.lexists(dest / name):
@@ -230,10 +232,12 @@ def _commit(tmp: Path, dest: Path, kind: OutputKind, force: bool, work: Path) ->
                 moved.append(name)
         for name in new:
             os.rename(tmp / name, dest / name)
-    except BaseException:
-        for name in moved:  # put back what was moved away, where the slot is still free
-            if not os.path.lexists(dest / name):
-                os.rename(trash / name, dest / name)
+            placed.append(name)
+    except BaseException:  # undo: the folder is left as it was, never a mix of old and new
+        for name in placed:
+            os.rename(dest / name, tmp / name)
+        for name in moved:
+            os.rename(trash / name, dest / name)
         raise
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,32 @@ def test_check_output_names_what_is_there(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"f0, f1, f2, f3, … \(6 entries\)"):
         check_output(tmp_path, KIND)
     assert check_output(tmp_path / "new", KIND) == (tmp_path / "new").resolve()
+
+
+def test_a_failed_replacement_leaves_the_old_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    out = tmp_path / "out"
+
+    def files(text: str) -> Callable[[Path], None]:
+        def write(tmp: Path) -> None:
+            tmp.mkdir()
+            (tmp / "a").write_text(f"{text} a")
+            (tmp / "b").write_text(f"{text} b")
+
+        return write
+
+    write_output(out, KIND, files("old"))
+    real, calls = os.rename, []
+
+    def disk_full_on_the_fifth(src: str, dst: str) -> None:
+        calls.append(src)
+        if len(calls) == 5:  # 3 old entries moved aside, the new marker placed, then "a" fails
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", disk_full_on_the_fifth)
+    with pytest.raises(OutputError, match="No space left"):
+        write_output(out, KIND, files("new"))
+    monkeypatch.undo()
+    assert {p.name: p.read_text() for p in out.iterdir() if p.name != MARKER} == {
+        "a": "old a", "b": "old b"}  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["out"]
