@@ -3,6 +3,8 @@ every `finally` and context manager (temp folders beside `-o`, temp folders in T
 up, and the command exits 128 + the signal number (130, 143, 129), never 0.
 
 The first signal raises; a second one while cleaning up is only recorded (cleanup finishes).
+A signal the process ignores when the handlers are installed (SIGHUP under `nohup`) stays
+ignored.
 `pending()` stays true once a signal arrived, so a signal that some library swallowed (an
 exception raised inside a JAX callback comes back as a different error, or not at all) is still
 seen: writers check it before moving an output into place, and the CLI checks it on exit.
@@ -73,7 +75,9 @@ def handling_signals() -> Iterator[None]:
         return
     if signal.getsignal(SIGNALS[0]) is not _handler:
         _received.clear()  # a fresh run (nested blocks share the record)
-    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    # a signal the user set to be ignored stays ignored (`nohup edgeq export ...`)
+    wanted = [s for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, _handler) for s in wanted}
     try:
         yield
     finally:
@@ -81,4 +85,25 @@ def handling_signals() -> Iterator[None]:
             signal.signal(s, old)
 
 
-__all__ = ["SIGNALS", "Interrupted", "deferred", "handling_signals", "pending", "raise_if_pending"]
+def exit_on_signal() -> None:
+    """From now on a signal ends the process at once with 128 + its number (for the shut-down
+    after a finished command: nothing is left to clean up, and nothing may exit 0 after it)."""
+    import os
+
+    def leave(signum: int, frame: FrameType | None) -> None:
+        os._exit(128 + signum)
+
+    for s in SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, leave)
+
+
+__all__ = [
+    "SIGNALS",
+    "Interrupted",
+    "deferred",
+    "exit_on_signal",
+    "handling_signals",
+    "pending",
+    "raise_if_pending",
+]

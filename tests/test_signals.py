@@ -57,6 +57,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "m.onnx", root / "data"
 
 
+def _default_signals() -> None:  # this test may itself run under nohup
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _start(tiny: tuple[Path, Path], work: Path, swallow: bool) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
     model, data = tiny
     (work / "tmp").mkdir(parents=True)
@@ -65,7 +70,8 @@ def _start(tiny: tuple[Path, Path], work: Path, swallow: bool) -> tuple[subproce
                SWALLOW="1" if swallow else "0")  # fmt: skip
     args = [sys.executable, "-c", DRIVER, "calibrate", str(model), "--calib", str(data),
             "--report-samples", "0", "-o", str(work / "out" / "plan")]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_signals)  # fmt: skip
     return proc, ready
 
 
@@ -91,3 +97,17 @@ def test_signals_clean_up_and_exit_nonzero(tiny: tuple[Path, Path], tmp_path: Pa
         assert "Traceback" not in text and "interrupted" in text, text
         assert os.listdir(work / "out") == [], sig  # no plan, no temp folder beside it
         assert os.listdir(work / "tmp") == [], sig  # nothing left in TMPDIR
+
+
+def test_an_ignored_sighup_stays_ignored() -> None:
+    """`nohup edgeq export ...`: the user asked to survive the terminal closing."""
+    from edgeq.interrupts import handling_signals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with handling_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -137,13 +137,14 @@ def install(app: typer.Typer, err_console: Console) -> None:
 def run_app(app: typer.Typer) -> int:
     """Run the app as the console script does; the exit code (interrupts: 128 + signal)."""
     try:
-        with interrupts.handling_signals():  # start-up and shut-down too, not only the command
+        with interrupts.handling_signals():  # start-up too, not only the command
             app()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:  # outside a command (start-up)
         code = 130
+    interrupts.exit_on_signal()  # the shut-down: a signal now ends the process with 128+N
     if interrupts.pending():
         code = 128 + (interrupts.pending() or 2)
     return code
