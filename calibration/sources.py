@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.files import ArrayFileError, load_arrays
+
 from .base import (
     CalibrationDataError,
     CalibrationSource,
@@ -23,13 +25,12 @@ Shape = tuple[int | str, ...]
 
 
 def _load_array_file(path: Path) -> Any:
+    """An .npy array or the arrays of an .npz, sizes checked before reading
+    (`edgeq.files`: corrupt, truncated, pickled or oversized files are one-line errors)."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise CalibrationDataError(
-            f"calibration sample '{path.name}' in '{path.parent}' cannot be read: {exc}",
-            "re-save it with numpy.save / numpy.savez (no pickled objects)",
-        ) from exc
+        return load_arrays(path, f"calibration sample '{path.name}' in '{path.parent}'")
+    except ArrayFileError as exc:
+        raise CalibrationDataError(exc.problem, exc.fix) from None
 
 
 class NpyFolder(FolderSource):
@@ -46,6 +47,8 @@ class NpyFolder(FolderSource):
 
     def load(self, name: str) -> Feed:
         arr = _load_array_file(self.file(name))
+        if isinstance(arr, dict) and len(arr) == 1:
+            arr = next(iter(arr.values()))
         if not isinstance(arr, np.ndarray):
             raise CalibrationDataError(
                 f"calibration sample '{name}' in '{self.path}' is not a single array",
@@ -67,19 +70,12 @@ class NpzFolder(FolderSource):
 
     def load(self, name: str) -> Feed:
         archive = _load_array_file(self.file(name))
-        if not isinstance(archive, np.lib.npyio.NpzFile):
+        if not isinstance(archive, dict):
             raise CalibrationDataError(
                 f"calibration sample '{name}' in '{self.path}' is not an .npz archive",
                 "save it with numpy.savez(path, **{input_name: array})",
             )
-        try:
-            with archive:
-                return {k: with_batch_dim(archive[k], self.shapes.get(k)) for k in archive.files}
-        except (OSError, ValueError) as exc:
-            raise CalibrationDataError(
-                f"calibration sample '{name}' in '{self.path}' cannot be read: {exc}",
-                "re-save it with numpy.savez (no pickled objects)",
-            ) from exc
+        return {k: with_batch_dim(v, self.shapes.get(k)) for k, v in archive.items()}
 
 
 class IterableSource(CalibrationSource):

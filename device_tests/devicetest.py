@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, InputError
+from edgeq.outputs import DEVICETEST, check_output, write_output
 from edgeq.quant.plan import json_default
 
 from . import remote_runner
@@ -60,7 +61,8 @@ class DeviceTestResult:
 
 
 # ---------------------------------------------------------------- context
-def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> Context:
+def find_context(artifact: Path, model: Path | None, plan_dir: Path | None,
+                 allow_model_mismatch: bool = False) -> Context:  # fmt: skip
     """Graph and plan for `artifact`: from --model/--plan, or from the export folder it is in
     (plan/plan.json names the model file; it is looked up beside the folder)."""
     from edgeq.quant.plan import QuantPlan
@@ -82,9 +84,11 @@ def find_context(artifact: Path, model: Path | None, plan_dir: Path | None) -> C
         raise InputError(f"--model '{model}' does not exist", "pass the float .onnx model")
     ctx.model = model
     if ctx.plan is not None:
+        from edgeq.export import bind_plan
         from edgeq.pipeline import graph_for_plan
 
         ctx.graph = graph_for_plan(model, ctx.plan)
+        ctx.plan = bind_plan(ctx.plan, model, ctx.graph, allow_model_mismatch)
     else:
         from edgeq.ir.onnx_io import load_model
         from edgeq.pipeline import prepare_for_quantization
@@ -184,6 +188,11 @@ def make_feeds(ctx: Context, desc: Mapping[str, Any] | None, inputs: Path | None
                          "pass --model MODEL.onnx (or an export folder's artifact)")  # fmt: skip
     if inputs is not None:
         return _load_inputs(Path(inputs), infos, samples), f"{inputs}"
+    from edgeq.files import check_size, nbytes_of
+
+    per_sample = sum(nbytes_of(v.shape, np.float32 if v.dtype.kind == "f" else v.dtype)
+                     for v in infos)  # fmt: skip
+    check_size(samples * per_sample, f"--samples {samples} random input samples")
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(samples):
@@ -202,12 +211,12 @@ def make_feeds(ctx: Context, desc: Mapping[str, Any] | None, inputs: Path | None
 
 def _load_inputs(path: Path, infos: list[Any], samples: int) -> list[dict[str, np.ndarray]]:
     from edgeq.calibration import open_source, validate
+    from edgeq.files import load_npy, load_npz
 
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return [validate({k: data[k] for k in data.files}, infos, path.name)]
+        return [validate(load_npz(path, f"--inputs '{path}'"), infos, path.name)]
     if path.is_file() and path.suffix == ".npy" and len(infos) == 1:
-        return [validate({infos[0].name: np.load(path, allow_pickle=False)}, infos, path.name)]
+        return [validate({infos[0].name: load_npy(path, f"--inputs '{path}'")}, infos, path.name)]
     source = open_source(path, infos)
     names = source.names()[:samples]
     if not names:
@@ -401,6 +410,8 @@ def run_devicetest(
     max_latency_ms: float | None = None,
     compute_plan: bool = True,
     pause_s: float = 0.0,
+    force: bool = False,
+    allow_model_mismatch: bool = False,
 ) -> DeviceTestResult:
     """Run `artifact` on `device`; compare, check budgets, write the report into `out`
     (default: `<artifact folder>/devicetest/`). Raises DeviceError when the device run fails
@@ -413,13 +424,15 @@ def run_devicetest(
     spec = parse_device(device)
     options = options or DeviceOptions()
     out_dir = Path(out) if out is not None else artifact.parent / "devicetest"
+    check_output(out_dir, DEVICETEST, force)  # a folder we may not write is refused first
     report: dict[str, Any] = {
         "format": "edgeq-devicetest-report", "edgeq_version": __version__, "status": "failed",
         "device": str(spec), "transport": spec.kind,
         "artifact": {"file": artifact.name, "bytes": _size(artifact)},
     }  # fmt: skip
     try:
-        ctx = find_context(artifact, Path(model) if model else None, Path(plan) if plan else None)
+        ctx = find_context(artifact, Path(model) if model else None, Path(plan) if plan else None,
+                           allow_model_mismatch)  # fmt: skip
         report.update({"model": str(ctx.model) if ctx.model else None,
                        "plan": str(ctx.plan_dir) if ctx.plan_dir else None,
                        "target": ctx.plan.target if ctx.plan is not None else None,
@@ -478,9 +491,9 @@ def run_devicetest(
     except EdgeqError as exc:
         report["status"] = "failed"
         report["error"] = str(exc)
-        write_report(out_dir, report)
+        write_report(out_dir, report, force)
         raise
-    path = write_report(out_dir, report)
+    path = write_report(out_dir, report, force)
     return DeviceTestResult(report, outputs, passed, path)
 
 
@@ -505,17 +518,16 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_report(out_dir: Path, report: Mapping[str, Any]) -> Path:
-    """devicetest_report.json + .md into `out_dir`, each written to a temp name and renamed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in ((REPORT_MD, report_markdown(report)),
-                       (REPORT_JSON, json.dumps(report, indent=1, default=json_default))):  # fmt: skip
-        tmp = Path(tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)[1])
-        try:
-            tmp.write_text(text)
-            tmp.replace(out_dir / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+def write_report(out_dir: Path, report: Mapping[str, Any], force: bool = False) -> Path:
+    """devicetest_report.json + .md as one output folder (`edgeq.outputs`: moved into place
+    complete; an existing folder must be an earlier devicetest report folder, or `force`)."""
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / REPORT_MD).write_text(report_markdown(report))
+        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=1, default=json_default))
+
+    write_output(out_dir, DEVICETEST, write, force=force)
     return out_dir / REPORT_JSON
 
 

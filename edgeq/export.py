@@ -1,7 +1,8 @@
 """`edgeq export` as one call: plan (calibrate, or load `--plan`) → artifact → checked on its
 runtime against float and the simulator → export report.
 
-Output folder (written to a temp name, renamed into place; nothing is left on failure):
+Output folder (`edgeq.outputs`: built beside it and moved into place, nothing is left on
+failure; an existing folder must be an earlier export, or `force`):
 
     out/model.<ext>            the artifact (file, or folder for .mlpackage / MLX)
     out/plan/                  the QuantPlan it was made from
@@ -27,12 +28,12 @@ from edgeq.exporters import (
     Artifact,
     ExportOptions,
     Runner,
-    atomic_output,
     get_exporter,
     median_latency_ms,
 )
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import Interpreter
+from edgeq.outputs import EXPORT, check_output, write_output
 from edgeq.quant.plan import QuantPlan, json_default
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import Simulator
@@ -84,9 +85,17 @@ def export_model(
     options: ExportOptions | None = None,
     runs: int = 20,
     progress: Progress | None = None,
+    force: bool = False,
+    allow_model_mismatch: bool = False,
 ) -> ExportResult:
+    """`force`: write into an existing folder that is not an earlier export (only edgeq's
+    files are replaced there; see `edgeq.outputs`). `allow_model_mismatch`: apply a `plan_dir`
+    made for another model file (same graph shapes) instead of refusing it."""
     from edgeq.pipeline import calibrate_model, graph_for_plan
 
+    check_output(out, EXPORT, force)  # refuse a bad -o before any work
+    _check_counts(runs=(runs, 1), samples=(samples, 1), eval_samples=(eval_samples, 0),
+                  batch_size=(batch_size, 1))  # fmt: skip
     options = options or ExportOptions()
     profile = load_target(target)
     exporter = get_exporter(profile.exporter)
@@ -101,6 +110,7 @@ def export_model(
                 f"use --target {plan.target}, or calibrate again with --target {target}",
             )
         graph = graph_for_plan(model, plan)
+        plan = bind_plan(plan, model, graph, allow_model_mismatch)
         held_out = False  # evaluation samples may overlap the plan's calibration samples
         if calib is not None:
             eval_feeds = _load_feeds(calib, graph, eval_samples, seed, preprocess, tokenizer)
@@ -140,8 +150,41 @@ def export_model(
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1, default=json_default))
         (tmp / "export_report.md").write_text(report_markdown(report))
 
-    atomic_output(out, write)
+    write_output(out, EXPORT, write, force=force)
     return ExportResult(out, out / name, report)
+
+
+def _check_counts(**counts: tuple[int, int]) -> None:
+    for name, (value, least) in counts.items():
+        if value < least:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag} is {value}; it must be at least {least}",
+                             f"pass {flag} {max(least, 1)} or more")  # fmt: skip
+
+
+def bind_plan(plan: QuantPlan, model: Path, graph: Graph, allow_model_mismatch: bool) -> QuantPlan:
+    """`plan` checked against the model file and its prepared graph (SHA-256, shapes,
+    fingerprint). With `allow_model_mismatch` a plan made for another file of the same shapes
+    is applied, and the plan written with the artifact records both models."""
+    from dataclasses import replace
+
+    from edgeq.files import file_sha256
+    from edgeq.quant.plan import graph_fingerprint
+    from edgeq.quant.plan_check import check_against_graph, check_model_file
+
+    sha = file_sha256(model)
+    if not allow_model_mismatch:
+        check_model_file(plan, model, sha)
+        check_against_graph(plan, graph, graph_fingerprint(graph))
+        return plan
+    check_against_graph(plan, graph)
+    if (plan.model or {}).get("sha256") == sha:
+        return plan
+    info = {**plan.model, "file": model.name, "sha256": sha,
+            "plan_made_for": {k: plan.model.get(k) for k in ("file", "sha256")}}  # fmt: skip
+    log.warning("applying a plan made for %s to %s (--allow-model-mismatch)",
+                plan.model.get("file"), model)  # fmt: skip
+    return replace(plan, model=info, graph_fingerprint=graph_fingerprint(graph))
 
 
 def _load_feeds(calib: Any, graph: Graph, n: int, seed: int, preprocess: Any,

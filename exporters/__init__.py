@@ -18,10 +18,7 @@ needed for the targets that use it.
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgeq.errors import EdgeqError, InputError
+from edgeq.outputs import atomic_output
 
 if TYPE_CHECKING:
     from edgeq.ir.graph import Graph
@@ -108,6 +106,16 @@ def get_exporter(name: str) -> Exporter:
     return module.EXPORTER  # type: ignore[no-any-return]
 
 
+def require_valid_plan(plan: QuantPlan | None) -> None:
+    """The exporter boundary: a plan with a NaN, zero or negative scale, an out-of-range zero
+    point or integers that would wrap never becomes an artifact. Plans are checked when loaded;
+    every exporter calls this first all the same (an API caller may build a plan by hand)."""
+    if plan is not None:
+        from edgeq.quant.plan_check import check_numbers
+
+        check_numbers(plan, "the plan given to the exporter")
+
+
 def exporter_for_artifact(path: Path) -> Exporter:
     """The exporter that can open an existing artifact, from its file name / folder content."""
     path = Path(path)
@@ -138,28 +146,6 @@ def median_latency_ms(run: Runner, feeds: Feeds, runs: int, warmup: int = 3) -> 
     return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
 
 
-def atomic_output(out: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` with a temp path beside `out`, then rename it into place; nothing is
-    left behind on failure. Works for files and folders."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp = tmp_dir / out.name
-    try:
-        write(tmp)
-        if not tmp.exists():
-            raise EdgeqError(f"exporter wrote nothing for '{out}'")
-        if out.is_dir() and not out.is_symlink():
-            old = tmp_dir / (out.name + ".old")
-            out.rename(old)
-            os.replace(tmp, out)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out
-
-
 __all__ = [
     "Artifact",
     "ExportOptions",
@@ -171,4 +157,5 @@ __all__ = [
     "get_exporter",
     "median_latency_ms",
     "register_exporter",
+    "require_valid_plan",
 ]

@@ -23,7 +23,7 @@ PACKAGES = {
 CORE = ("edgeq.ir", "edgeq.quant", "edgeq.algorithms")
 # what a room may import from edgeq (besides itself); `edgeq` alone is the package's
 # `__version__`. Dependencies point down: cli -> pipeline/export -> exporters -> quant -> ir.
-BASE = ("edgeq.errors", "edgeq.files")
+BASE = ("edgeq.errors", "edgeq.files", "edgeq.outputs", "edgeq.interrupts")
 ALLOWED = {
     "edgeq.ir": (*BASE, "edgeq.ir"),
     "edgeq.quant": (*BASE, "edgeq.ir", "edgeq.quant", "edgeq.targets"),

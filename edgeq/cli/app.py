@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeq import __version__
+from edgeq.cli import guard
 from edgeq.errors import EdgeqError, InputError
 
 app = typer.Typer(
@@ -63,11 +64,15 @@ Devices = Annotated[
 RecipeFile = Annotated[
     Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
 ]
+Force = Annotated[
+    bool,
+    typer.Option("--force", help="Write into an existing folder that is not an earlier edgeq "
+                 "output of this kind (only edgeq's files are replaced; nothing else is touched)."),
+]  # fmt: skip
 
 
 def _fail(exc: EdgeqError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    return guard.error_exit(str(exc), err_console)
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -187,9 +192,13 @@ def run(
         if inputs is not None:
             if not inputs.is_file():
                 raise InputError(f"--inputs file '{inputs}' does not exist")
-            with np.load(inputs) as data:
-                feeds = {k: data[k] for k in data.files}
+            from edgeq.files import load_npz
+
+            feeds = load_npz(inputs, f"--inputs '{inputs}'")
         else:
+            from edgeq.files import check_size, nbytes_of
+
+            check_size(sum(nbytes_of(v.shape, v.dtype) for v in graph.inputs), "random inputs")
             feeds = {
                 v.name: rng.standard_normal(v.shape).astype(v.dtype)  # type: ignore[arg-type]
                 if np.issubdtype(v.dtype, np.floating)
@@ -209,7 +218,9 @@ def run(
         table.add_column("rel. max err vs onnxruntime", justify="right")
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        so.log_severity_level = 4  # its errors come back as one line, not as a log dump too
+        sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
         ort_feeds = dict(feeds)
         ort_feeds.update({k: np.asarray(v, dtype=_ort_dtype(sess, k)) for k, v in
                           parse_input_values(input_value or []).items()})  # fmt: skip
@@ -271,13 +282,16 @@ def calibrate(
         int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
     ] = 8,
     devices: Devices = None,
+    force: Force = False,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
+    from edgeq.outputs import PLAN, check_output
     from edgeq.pipeline import calibrate_model
     from edgeq.quant.recipe import Recipe, recipe_from_cli
 
     try:
+        check_output(out, PLAN, force)  # before any work
         base = Recipe.load(recipe_file) if recipe_file else None
         recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
         with _progress_bar() as progress:
@@ -289,7 +303,7 @@ def calibrate(
                 report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
                 progress=progress, devices=devices,
             )  # fmt: skip
-        run_.plan.save(out)
+        run_.plan.save(out, force=force)
     except EdgeqError as exc:
         raise _fail(exc) from None
     plan = run_.plan
@@ -392,7 +406,11 @@ def export(
         bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
     ] = False,
     runs: Annotated[int, typer.Option(help="Timed runs for the latency comparison.")] = 20,
-) -> None:
+    force: Force = False,
+    allow_model_mismatch: Annotated[bool, typer.Option(
+        help="Apply a --plan made for another model file (same shapes) instead of refusing it.",
+    )] = False,
+) -> None:  # fmt: skip
     """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
     runtime against float and the simulator (size, accuracy, latency)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
@@ -411,6 +429,7 @@ def export(
                 samples=calib_samples, seed=seed, eval_samples=eval_samples,
                 preprocess=preprocess, tokenizer=tokenizer,
                 options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
+                force=force, allow_model_mismatch=allow_model_mismatch,
             )  # fmt: skip
     except EdgeqError as exc:
         raise _fail(exc) from None
@@ -496,6 +515,7 @@ def version() -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Compiled programs are cached in ~/.cache/edgeq/xla (EDGEQ_CACHE_DIR=DIR moves it,
     EDGEQ_CACHE_DIR=off turns it off): a second run of the same model skips XLA compile."""
+    guard.set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
     from edgeq.compile_cache import enable_compilation_cache
 
@@ -506,5 +526,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 for _module in ("edgeq.cli.bundle", "edgeq.cli.devicetest"):
     importlib.import_module(_module).register(app, console, err_console, _fail)
 
+# every command: one-line errors (exit 2), signals clean up and exit 128+N (edgeq.cli.guard)
+guard.install(app, err_console)
+
 if __name__ == "__main__":
-    app()
+    guard.exit_now(guard.run_app(app))

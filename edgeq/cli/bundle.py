@@ -26,13 +26,16 @@ def register(app: typer.Typer, console: Console, err_console: Console,
         ] = None,
         tar: Annotated[bool, typer.Option("--tar", help="Write one OUT.tar.gz instead.")] = False,
         target: Annotated[str | None, typer.Option(help="Target name for the manifest.")] = None,
-    ) -> None:
+        force: Annotated[bool, typer.Option(
+            "--force", help="Write into an existing folder that is not an earlier bundle "
+            "(only the bundle's files are replaced).")] = False,
+    ) -> None:  # fmt: skip
         """Firmware bundle: .tflite, model_data.cc/.h (alignas(16) g_model), manifest.json with
         I/O quantization, ops to register, arena estimate and SHA-256s; optional signature."""
         from edgeq.exporters.tflite.bundle import make_bundle
 
         try:
-            written = make_bundle(artifact, out, sign_key=sign, tar=tar, target=target)
+            written = make_bundle(artifact, out, sign_key=sign, tar=tar, target=target, force=force)
         except EdgeqError as exc:
             raise fail(exc) from None
         console.print(f"wrote {written}" + (" (signed)" if sign else ""))
@@ -60,12 +63,15 @@ def register(app: typer.Typer, console: Console, err_console: Console,
     def keygen(
         out: Annotated[Path, typer.Option("--out", "-o", help="Private key file to write.")],
     ) -> None:
-        """An Ed25519 key pair for `edgeq bundle --sign`: OUT (private) and OUT.pub."""
+        """An Ed25519 key pair for `edgeq bundle --sign`: OUT (private, mode 0600) and OUT.pub;
+        an existing file is never overwritten."""
         from edgeq.exporters.tflite.bundle import generate_key
 
         pub = out.with_name(out.name + ".pub")
         try:
             generate_key(out, pub)
+        except EdgeqError as exc:
+            raise fail(exc) from None
         except OSError as exc:
             raise fail(
                 EdgeqError(f"cannot write '{out}' ({exc})", "pick a writable path")

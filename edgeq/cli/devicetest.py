@@ -51,6 +51,12 @@ def register(app: typer.Typer, console: Console, err_console: Console,
             help="Budget: p50 latency in ms.")] = None,
         seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
         debug_pause: Annotated[float, typer.Option(hidden=True)] = 0.0,
+        force: Annotated[bool, typer.Option(
+            "--force", help="Write the report into an existing folder that is not an earlier "
+            "devicetest report folder (only the report files are replaced).")] = False,
+        allow_model_mismatch: Annotated[bool, typer.Option(
+            help="Use a --plan made for another model file (same shapes) instead of refusing it.",
+        )] = False,
     ) -> None:  # fmt: skip
         """Run an artifact on a device: p50/p90 latency, parity with the simulator and float,
         the target's budgets; writes devicetest_report.json/.md; exit 1 on a missed budget."""
@@ -67,7 +73,7 @@ def register(app: typer.Typer, console: Console, err_console: Console,
                 artifact, device, inputs=inputs, runs=runs, warmup=warmup, samples=samples,
                 model=model, plan=plan, out=out, options=options, seed=seed,
                 min_within_step=min_within_step, max_latency_ms=max_latency_ms,
-                pause_s=debug_pause,
+                pause_s=debug_pause, force=force, allow_model_mismatch=allow_model_mismatch,
             )  # fmt: skip
         except EdgeqError as exc:
             raise fail(exc) from None

@@ -9,6 +9,7 @@ refers to its inputs by name. Constants (ONNX initializers and folded values) li
 from __future__ import annotations
 
 import copy
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,40 +174,39 @@ def node_inputs_all(node: Node) -> list[str]:
 
 
 def topological_order(graph: Graph) -> list[Node]:
-    """Nodes sorted so every input is produced before use (stable: keeps original order)."""
+    """Nodes sorted so every input is produced before use (stable: among the nodes ready to
+    run, the earliest in the original order goes first). Kahn's algorithm with a heap of
+    original positions: O(n log n), so a 50,000-node graph sorts in well under a second."""
     available = set(graph.constants) | set(graph.input_names) | {""}
     produced_by = graph.producers()
     remaining = list(graph.nodes)
     ordered: list[Node] = []
-    pending_count = {id(n): 0 for n in remaining}
-    waiting: dict[str, list[Node]] = {}
-    ready: list[Node] = []
-    for node in remaining:
-        missing = {i for i in node_inputs_all(node) if i not in available}
+    pending_count = [0] * len(remaining)
+    waiting: dict[str, list[int]] = {}
+    ready: list[int] = []
+    for i, node in enumerate(remaining):
+        missing = {name for name in node_inputs_all(node) if name not in available}
         for name in missing:
             if name not in produced_by:
                 raise GraphError(
                     f"{node} reads '{name}', which no node, input or constant defines",
                     "check the model with onnx.checker or re-export it",
                 )
-            waiting.setdefault(name, []).append(node)
-        pending_count[id(node)] = len(missing)
+            waiting.setdefault(name, []).append(i)
+        pending_count[i] = len(missing)
         if not missing:
-            ready.append(node)
-    ready.reverse()
-    index = {id(n): i for i, n in enumerate(remaining)}
+            ready.append(i)
+    heapq.heapify(ready)
     while ready:
-        # pop the earliest node in original order to keep the order stable
-        ready.sort(key=lambda n: -index[id(n)])
-        node = ready.pop()
-        ordered.append(node)
-        for out in node.outputs:
+        i = heapq.heappop(ready)
+        ordered.append(remaining[i])
+        for out in remaining[i].outputs:
             for consumer in waiting.pop(out, []):
-                pending_count[id(consumer)] -= 1
-                if pending_count[id(consumer)] == 0:
-                    ready.append(consumer)
+                pending_count[consumer] -= 1
+                if pending_count[consumer] == 0:
+                    heapq.heappush(ready, consumer)
     if len(ordered) != len(remaining):
-        stuck = [n for n in remaining if pending_count[id(n)] > 0]
+        stuck = [n for i, n in enumerate(remaining) if pending_count[i] > 0]
         raise GraphError(
             f"graph has a cycle through {len(stuck)} node(s), e.g. {stuck[0]}",
             "ONNX graphs must be acyclic; re-export the model",

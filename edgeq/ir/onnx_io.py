@@ -14,7 +14,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from edgeq.errors import ModelLoadError
+from edgeq.errors import EdgeqError, ModelLoadError
+from edgeq.files import check_size, nbytes_of
 from edgeq.ir.graph import Dim, Graph, Node, ValueInfo, topological_order
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,11 @@ DEFAULT_IR_VERSION = 10
 
 
 def np_dtype(elem_type: int) -> np.dtype:
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        raise ModelLoadError(f"unknown ONNX element type {elem_type}",
+                             "re-export the model (a corrupt or too new file?)") from None  # fmt: skip
 
 
 def onnx_dtype(dtype: np.dtype | type) -> int:
@@ -66,9 +71,47 @@ def parse_model_bytes(data: bytes, source: str = "<bytes>", check: bool = True) 
             f"'{source}' is not an ONNX model (no graph/opset/IR version)",
             "pass an .onnx file exported by torch.onnx, tf2onnx or paddle2onnx",
         )
+    check_names(model.graph, source)
     if check:
         check_model(model, source)
     return model
+
+
+def check_names(graph: onnx.GraphProto, source: str) -> None:
+    """Every name in the graph (and its subgraphs) is text: protobuf hands back bytes for a
+    string field that is not valid UTF-8, which nothing downstream can use."""
+
+    def bad(value: Any, what: str) -> None:
+        if not isinstance(value, str):
+            raise ModelLoadError(
+                f"'{source}' has a {what} that is not UTF-8 text ({bytes(value)[:40]!r})",
+                "re-export the model: ONNX names must be UTF-8",
+            )
+
+    bad(graph.name, "graph name")
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        bad(vi.name, "value name")
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                bad(d.dim_param, "dimension name")
+    for t in graph.initializer:
+        bad(t.name, "initializer name")
+        for e in t.external_data:
+            bad(e.key, "external data key")
+            bad(e.value, "external data value")
+    for node in graph.node:
+        bad(node.name, "node name")
+        bad(node.op_type, "op type")
+        bad(node.domain, "op domain")
+        for name in (*node.input, *node.output):
+            bad(name, "tensor name")
+        for attr in node.attribute:
+            bad(attr.name, "attribute name")
+            if attr.type == AttributeProto.GRAPH:
+                check_names(attr.g, source)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    check_names(g, source)
 
 
 def check_model(model: onnx.ModelProto, source: str) -> None:
@@ -105,11 +148,15 @@ def _external_tensors(model: onnx.ModelProto) -> list[TensorProto]:
 
 
 def load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Read external tensor data, refusing any location outside the model's folder."""
+    """Read external tensor data, refusing any location outside the model's folder, offsets
+    and lengths that are not byte counts, and sizes over the limit (checked before reading)."""
     base = base_dir.resolve()
     for tensor in _external_tensors(model):
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        if "\0" in location:
+            raise ModelLoadError(f"tensor '{tensor.name}' has an external data location with a "
+                                 "NUL byte; refused", "re-export the model")  # fmt: skip
         target = (base / location).resolve()
         if not location or Path(location).is_absolute() or not target.is_relative_to(base):
             raise ModelLoadError(
@@ -122,10 +169,20 @@ def load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
                 f"external data file '{location}' for tensor '{tensor.name}' is missing",
                 f"put it next to the model in '{base}'",
             )
-        offset = int(info.get("offset", 0))
-        n_elems = int(np.prod(tensor.dims)) if tensor.dims else 1
-        itemsize = np_dtype(tensor.data_type).itemsize
-        length = int(info.get("length", n_elems * itemsize))
+        nbytes = tensor_nbytes(tensor)
+        offset = _byte_count(info.get("offset", "0"), "offset", tensor.name)
+        length = _byte_count(info.get("length", str(nbytes)), "length", tensor.name)
+        if length != nbytes:
+            raise ModelLoadError(
+                f"external data for tensor '{tensor.name}' has length {length}, its shape and "
+                f"dtype need {nbytes} bytes", "re-export the model with its data file")  # fmt: skip
+        available = target.stat().st_size - offset
+        if length > available:
+            raise ModelLoadError(
+                f"external data '{location}' for tensor '{tensor.name}' is truncated "
+                f"({max(available, 0)} of {length} bytes)",
+                "re-export the model with its data file",
+            )
         with open(target, "rb") as fh:
             fh.seek(offset)
             raw = fh.read(length)
@@ -138,6 +195,48 @@ def load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
         tensor.raw_data = raw
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
+
+
+def _byte_count(text: str, what: str, tensor: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelLoadError(f"external data {what} {text!r} of tensor '{tensor}' is not a byte "
+                             "count", "re-export the model with its data file")  # fmt: skip
+    return value
+
+
+def tensor_nbytes(tensor: TensorProto) -> int:
+    """Bytes a tensor's shape and dtype need, refused over the size limit (before reading)."""
+    if any(d < 0 for d in tensor.dims):
+        raise ModelLoadError(f"tensor '{tensor.name}' has a negative dimension {list(tensor.dims)}",
+                             "re-export the model")  # fmt: skip
+    try:
+        dtype = np_dtype(tensor.data_type)
+    except (KeyError, ValueError, TypeError):
+        raise ModelLoadError(f"tensor '{tensor.name}' has an unknown data type {tensor.data_type}",
+                             "re-export the model") from None  # fmt: skip
+    itemsize = dtype.itemsize if dtype.kind not in "OUS" else 1
+    nbytes = nbytes_of(tensor.dims, np.uint8) * itemsize
+    try:
+        check_size(nbytes, f"tensor '{tensor.name}' (shape {list(tensor.dims)}, {dtype})")
+    except EdgeqError as exc:
+        raise ModelLoadError(exc.problem, exc.fix) from None
+    return nbytes
+
+
+def tensor_array(tensor: TensorProto) -> np.ndarray:
+    """A TensorProto's values, its size checked first; a malformed tensor is one line."""
+    tensor_nbytes(tensor)
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"tensor '{tensor.name}' is malformed ({' '.join(str(exc).split())[:160]})",
+            "re-export the model",
+        ) from None
 
 
 def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
@@ -161,16 +260,20 @@ def _value_info(vi: onnx.ValueInfoProto) -> ValueInfo | None:
 
 def _attr_value(attr: AttributeProto, opset: int) -> Any:
     if attr.type == AttributeProto.TENSOR:
-        return numpy_helper.to_array(attr.t)
+        return tensor_array(attr.t)
     if attr.type == AttributeProto.GRAPH:
         return graph_from_proto(attr.g, opset)
     if attr.type == AttributeProto.GRAPHS:
         return [graph_from_proto(g, opset) for g in attr.graphs]
     value = helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode()
-    if attr.type == AttributeProto.STRINGS:
-        return [v.decode() for v in value]
+    try:
+        if isinstance(value, bytes):
+            return value.decode()
+        if attr.type == AttributeProto.STRINGS:
+            return [v.decode() for v in value]
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"attribute '{attr.name}' holds a string that is not UTF-8 text",
+                             "re-export the model") from None  # fmt: skip
     if attr.type in (AttributeProto.INTS, AttributeProto.FLOATS):
         return list(value)
     return value
@@ -180,7 +283,7 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray:
     attr = node.attribute[0]
     kind = attr.name
     if kind == "value":
-        return numpy_helper.to_array(attr.t)
+        return tensor_array(attr.t)
     if kind == "value_float":
         return np.array(attr.f, dtype=np.float32)
     if kind == "value_floats":
@@ -193,7 +296,7 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray:
 
 
 def graph_from_proto(gp: onnx.GraphProto, opset: int) -> Graph:
-    constants = {t.name: numpy_helper.to_array(t) for t in gp.initializer}
+    constants = {t.name: tensor_array(t) for t in gp.initializer}
     nodes: list[Node] = []
     for i, n in enumerate(gp.node):
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1:
@@ -246,7 +349,11 @@ def model_to_graph(model: onnx.ModelProto, source: str = "<model>") -> Graph:
         log.warning("%s uses opset %d (< %d); trying anyway", source, opset, MIN_OPSET)
     graph = graph_from_proto(model.graph, opset)
     graph.nodes = topological_order(graph)  # raises GraphError naming a node on a cycle
-    graph.metadata = {p.key: p.value for p in model.metadata_props}
+    graph.metadata = {
+        p.key: p.value
+        for p in model.metadata_props
+        if isinstance(p.key, str) and isinstance(p.value, str)
+    }
     return graph
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import InputError
+from edgeq.files import check_size, load_npz
 from edgeq.ir.graph import Graph
+from edgeq.outputs import PLAN, write_output
 from edgeq.quant.qtypes import QDType, dequantize, fake_quant, qdtype
 
 PLAN_VERSION = 1
@@ -138,31 +138,25 @@ class QuantPlan:
                     out[f"t{i}.{key}"] = np.asarray(value)
         return out
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write plan.json + plan.npz atomically (a temp folder renamed into place)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+    def save(self, folder: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write plan.json + plan.npz as one output folder (`edgeq.outputs`: built beside it,
+        moved into place; an existing folder must be an earlier plan, or `force`)."""
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir()
             (tmp / "plan.json").write_text(
                 json.dumps(self.to_json_dict(), indent=1, default=json_default)
             )
             np.savez(tmp / "plan.npz", **self.arrays())
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                folder.rename(old)
-                tmp.rename(folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return write_output(folder, PLAN, write, force=force)
 
     @staticmethod
     def load(folder: str | os.PathLike[str]) -> QuantPlan:
+        """Read a plan folder, checking schema and numbers (`edgeq.quant.plan_check`): a
+        malformed, truncated or tampered plan is a one-line PlanError, never a wrong artifact."""
+        from edgeq.quant import plan_check as check
+
         folder = Path(folder)
         meta_path, npz_path = folder / "plan.json", folder / "plan.npz"
         if not meta_path.is_file() or not npz_path.is_file():
@@ -171,13 +165,17 @@ class QuantPlan:
                 "create one with `edgeq calibrate MODEL --calib DATA -o PLAN_DIR`",
             )
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"'{meta_path}' is not valid JSON: {exc}") from None
-        if meta.get("format") != "edgeq-quant-plan" or meta.get("version") != PLAN_VERSION:
-            raise InputError(f"'{folder}' holds no edgeq plan of version {PLAN_VERSION}")
-        with np.load(npz_path) as data:
-            arrays = {k: data[k] for k in data.files}
+            check_size(meta_path.stat().st_size, f"'{meta_path}'", 1 << 30)
+            meta = json.loads(meta_path.read_bytes())
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise check.PlanError(f"'{meta_path}' is not valid JSON: {_first_line(exc)}",
+                                  "re-create the plan with `edgeq calibrate`") from None  # fmt: skip
+        check.check_json(meta, f"'{meta_path}'")
+        if meta["version"] != PLAN_VERSION:
+            raise check.PlanError(f"'{folder}' holds an edgeq plan of version {meta['version']}, "
+                                  f"not {PLAN_VERSION}", "re-create it with this edgeq")  # fmt: skip
+        arrays = load_npz(npz_path, f"'{npz_path}'")
+        check.check_array_keys(list(arrays), len(meta["tensors"]), f"'{npz_path}'")
         tensors: dict[str, TensorQuant] = {}
         for i, t in enumerate(meta["tensors"]):
             t = dict(t)
@@ -189,7 +187,7 @@ class QuantPlan:
                 zero_point=arrays.get(f"t{i}.zero_point"),
                 values=arrays.get(f"t{i}.values"),
             )
-        return QuantPlan(
+        plan = QuantPlan(
             target=meta["target"],
             tensors=tensors,
             recipe=meta.get("recipe", {}),
@@ -199,6 +197,18 @@ class QuantPlan:
             calibration=meta.get("calibration", {}),
             report=meta.get("report", {}),
         )
+        check.check_numbers(plan, f"plan '{folder}'")
+        if plan.recipe:
+            from edgeq.quant.recipe import Recipe
+
+            try:
+                Recipe.from_dict(plan.recipe)
+            except InputError as exc:
+                raise check.PlanError(f"'{meta_path}': {exc}", check._FIX) from None
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                raise check.PlanError(f"'{meta_path}': the recipe is malformed "
+                                      f"({_first_line(exc)})", check._FIX) from None  # fmt: skip
+        return plan
 
     def plan_hash(self) -> str:
         h = hashlib.sha256(
@@ -208,6 +218,10 @@ class QuantPlan:
             h.update(key.encode())
             h.update(np.ascontiguousarray(value).tobytes())
         return h.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def json_default(value: Any) -> Any:

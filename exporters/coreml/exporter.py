@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeq.errors import EdgeqError, InputError
-from edgeq.exporters import Artifact, ExportOptions, Feeds, Runner, atomic_output
+from edgeq.exporters import (
+    Artifact,
+    ExportOptions,
+    Feeds,
+    Runner,
+    atomic_output,
+    require_valid_plan,
+)
 from edgeq.exporters.coreml.build import build_program
 from edgeq.exporters.coreml.check import check_ops, check_weights
 from edgeq.exporters.coreml.evaluate import MILProgramEvaluator, SavedProgram
@@ -59,6 +66,7 @@ class CoreMLExporter:
 
     def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
                options: ExportOptions) -> Artifact:  # fmt: skip
+        require_valid_plan(plan)
         t0 = time.perf_counter()
         built = build_program(graph, plan, options.deployment_target)
         meta = {"inputs": built.inputs, "outputs": built.outputs,

@@ -32,7 +32,7 @@ import mlx.core as mx
 import numpy as np
 
 from edgeq.errors import EdgeqError
-from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output
+from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output, require_valid_plan
 from edgeq.exporters.mlx.runtime import (
     CONFIG_FILE,
     GRAPH_FILE,
@@ -193,6 +193,7 @@ class MlxExporter:
 
     def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
                options: ExportOptions) -> Artifact:  # fmt: skip
+        require_valid_plan(plan)
         _check_ops(graph)
         # "auto" (the profile default): float16 scales/biases (mlx-lm's convention, 5 bits a
         # weight at 4-bit/g32) only where that is lossless (scale and scale*zero_point exact in

@@ -23,7 +23,7 @@ import onnx
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
-from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output
+from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output, require_valid_plan
 from edgeq.ir.graph import Graph, Node
 from edgeq.ir.onnx_io import graph_to_model
 from edgeq.ir.opset import TARGET_OPSET, upgrade_opset
@@ -142,6 +142,7 @@ class OnnxQdqExporter:
 
     def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
                options: ExportOptions) -> Artifact:  # fmt: skip
+        require_valid_plan(plan)
         model = build_model(graph, plan, profile)
         notes: list[str] = []
         checks: dict[str, Any] = {}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError, InputError
-from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output
+from edgeq.exporters import Artifact, ExportOptions, Runner, atomic_output, require_valid_plan
 from edgeq.ir.graph import Graph
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.qtypes import round_half
@@ -67,6 +67,7 @@ class TFLiteExporter:
 
     def export(self, graph: Graph, plan: QuantPlan | None, profile: TargetProfile, out: Path,
                options: ExportOptions) -> Artifact:  # fmt: skip
+        require_valid_plan(plan)
         if plan is None and profile.name == "tflm":
             pass  # the float baseline of a firmware model still runs under LiteRT
         _check_target(graph, plan, profile)
