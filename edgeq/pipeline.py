@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.files import file_sha256
+from edgeq.ir.exported import target_rewrites
 from edgeq.ir.graph import Graph
 from edgeq.ir.onnx_io import load_model
 from edgeq.ir.passes import (
@@ -53,6 +54,8 @@ def prepare_for_quantization(
         graph = run_passes(graph, (("quantized_copies", quantized_copies),))
     if profile is not None and profile.raw.get("matmul_as_conv") and not _blocked(recipe, profile):
         graph = run_passes(graph, (("matmul_as_conv", matmul_as_conv),))
+    if profile is not None:
+        graph = run_passes(graph, target_rewrites(profile.raw.get("rewrites", [])))
     return graph
 
 

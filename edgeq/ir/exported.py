@@ -28,9 +28,11 @@ canonical graph a uniform average. A tokenizer's output always has at least one 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from edgeq.errors import GraphError
 from edgeq.ir.graph import Graph, Node, ValueInfo
 from edgeq.ir.rewrite import Matcher, eliminate_dead_nodes, replace_node, toposort
 
@@ -427,6 +429,53 @@ def split_to_slices(graph: Graph) -> Graph:
     return g
 
 
+# ---- 1-D convolutions as 2-D ---------------------------------------------------------------------
+def conv1d_as_conv2d(graph: Graph) -> Graph:
+    """Conv over [N, C, L] → Reshape to [N, C, 1, L], a 2-D Conv with kernel [1, k], Reshape
+    back (for runtimes whose convolution kernels are 2-D only). The same sums in the same order."""
+    g = graph.copy()
+    nodes: list[Node] = []
+    for node in g.nodes:
+        w = g.constants.get(node.inputs[1]) if node.op_type == "Conv" else None
+        x_shape = _static(g, node.inputs[0]) if w is not None else None
+        y_shape = _static(g, node.outputs[0]) if w is not None else None
+        if w is None or w.ndim != 3 or x_shape is None or y_shape is None:
+            nodes.append(node)
+            continue
+        base = node.name or node.outputs[0]
+        w2 = _const(g, w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]), f"{node.inputs[1]}_2d")
+        x4, y4 = g.unique_name(f"{base}_in2d"), g.unique_name(f"{base}_out2d")
+        attrs = dict(node.attrs)
+        attrs["kernel_shape"] = [1, int(w.shape[2])]
+        attrs["strides"] = [1, *[int(v) for v in node.attrs.get("strides", [1])]]
+        attrs["dilations"] = [1, *[int(v) for v in node.attrs.get("dilations", [1])]]
+        if "pads" in node.attrs:
+            pb, pe = (int(v) for v in node.attrs["pads"])
+            attrs["pads"] = [0, pb, 0, pe]
+        in4 = (x_shape[0], x_shape[1], 1, x_shape[2])
+        out4 = (y_shape[0], y_shape[1], 1, y_shape[2])
+        dtype = _dtype(g, node.inputs[0]) or np.dtype(np.float32)
+        s_in = _const(g, np.asarray(in4, np.int64), f"{base}_shape2d")
+        s_out = _const(g, np.asarray(y_shape, np.int64), f"{base}_shape1d")
+        nodes += [
+            Node("Reshape", [node.inputs[0], s_in], [x4], f"{base}_to_2d"),
+            Node("Conv", [x4, w2, *node.inputs[2:]], [y4], base, attrs),
+            Node("Reshape", [y4, s_out], list(node.outputs), f"{base}_to_1d"),
+        ]
+        _set_info(g, x4, dtype, in4)
+        _set_info(g, y4, dtype, out4)
+    g.nodes = nodes
+    return eliminate_dead_nodes(g)
+
+
+# Rewrites a target asks for by name (`rewrites = [...]` in its profile), applied after
+# `prepare` and before planning: exact, and only where that target's runtime needs them.
+TARGET_REWRITES = {
+    "split_to_slices": split_to_slices,
+    "conv1d_as_conv2d": conv1d_as_conv2d,
+}
+
+
 # ---- GELU (tanh approximation) written out --------------------------------------------------------
 def gelu_tanh(graph: Graph) -> Graph:
     """0.5·x·(1 + tanh(c·(x + 0.044715·x³))), c = √(2/π), as torch and Keras write
@@ -527,10 +576,22 @@ EXPORTED_PASSES = (
 
 __all__ = [
     "EXPORTED_PASSES",
+    "TARGET_REWRITES",
+    "conv1d_as_conv2d",
     "drop_softmax_nan_guards",
     "gelu_tanh",
     "index_gathers_to_reshape",
     "masks_to_arithmetic",
     "simplify_bool_logic",
     "split_to_slices",
+    "target_rewrites",
 ]
+
+
+def target_rewrites(names: list[str]) -> tuple[tuple[str, Any], ...]:
+    """The named target rewrites as passes (an unknown name lists the known ones)."""
+    unknown = [n for n in names if n not in TARGET_REWRITES]
+    if unknown:
+        raise GraphError(f"unknown target rewrite(s) {unknown}",
+                         f"known: {', '.join(sorted(TARGET_REWRITES))}")  # fmt: skip
+    return tuple((n, TARGET_REWRITES[n]) for n in names)
