@@ -31,6 +31,7 @@ from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import layer_sqnr
+from edgeq.support import require_support
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def calibrate_model(
     profile = load_target(target)
     model = Path(model)
     graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
+    require_support(graph, target)  # an op the target cannot run fails here, before data
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
     total = len(source)

@@ -66,6 +66,35 @@ def _set_info(g: Graph, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> N
     g.value_info[name] = ValueInfo(name, np.dtype(dtype), shape)
 
 
+# ---- shared initializers ------------------------------------------------------------------------
+def unshare_constants(graph: Graph) -> Graph:
+    """A float tensor constant read by several nodes gets one copy per node. The dynamo
+    exporter stores equal initializers once (a freshly initialized model's zero biases and
+    LayerNorm betas become one tensor): one plan entry per use lets each be quantized for its
+    own role (a bias at s_in·s_w, a LayerNorm beta in float)."""
+    g = graph.copy()
+    uses: dict[str, int] = {}
+    for node in g.nodes:
+        for i in set(node.inputs):
+            if i in g.constants:
+                uses[i] = uses.get(i, 0) + 1
+    seen: dict[str, int] = {}
+    for node in g.nodes:
+        renamed: dict[str, str] = {}
+        for i in node.inputs:
+            arr = g.constants.get(i)
+            if arr is None or uses.get(i, 0) < 2 or arr.size < 2 or i in renamed:
+                continue
+            if not np.issubdtype(arr.dtype, np.floating):
+                continue
+            seen[i] = seen.get(i, 0) + 1
+            if seen[i] > 1:  # the first reader keeps the original name
+                renamed[i] = _const(g, arr, f"{i}_use{seen[i]}")
+        if renamed:
+            node.inputs = [renamed.get(i, i) for i in node.inputs]
+    return g
+
+
 # ---- common subexpressions -----------------------------------------------------------------------
 def merge_duplicates(graph: Graph) -> Graph:
     """Nodes with the same op, inputs and attributes compute the same values: keep the first
@@ -563,6 +592,7 @@ def _times_half_x(m: Matcher, name: str, x: str) -> Node | None:
 
 
 EXPORTED_PASSES = (
+    ("unshare_constants", unshare_constants),
     ("merge_duplicates", merge_duplicates),
     ("index_gathers_to_reshape", index_gathers_to_reshape),
     ("simplify_bool_logic", simplify_bool_logic),
@@ -585,6 +615,7 @@ __all__ = [
     "simplify_bool_logic",
     "split_to_slices",
     "target_rewrites",
+    "unshare_constants",
 ]
 
 

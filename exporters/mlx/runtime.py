@@ -920,6 +920,16 @@ __all__ = [
     "SUPPORTED_OPS",
     "MlxProgram",
     "QuantizedWeight",
+    "op_support",
     "read_artifact",
     "unsupported",
 ]
+
+_DECOMPOSED = {"LSTM": "unrolled over time", "GRU": "unrolled over time",
+               "Resize": "gathers along H and W", "HardSwish": "clip · mul",
+               "HardSigmoid": "clip", "Gelu": "erf/tanh formula"}  # fmt: skip
+
+
+def op_support() -> dict[str, dict[str, Any]]:
+    """ONNX op → {"kind": native | decomposed} for every op the MLX runtime lowers."""
+    return {op: {"kind": "decomposed" if op in _DECOMPOSED else "native"} for op in sorted(OPS)}

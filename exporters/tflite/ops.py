@@ -946,3 +946,26 @@ def batch_norm(c: Converter, node: Node) -> None:
     opt.fusedActivationFunction = ACT.NONE
     c.emit("DEPTHWISE_CONV_2D", [xt.index, wt.index, bt.index], [out.index], xt.dtype, opt,
            weight=wtype)  # fmt: skip
+
+
+@handles("Split")
+def split(c: Converter, node: Node) -> None:
+    """SPLIT_V along the axis in the input's current layout; every output shares the input's
+    scale (TFLite's SPLIT/SPLIT_V keep the quantization)."""
+    x = node.inputs[0]
+    outs = [o for o in node.outputs if o]
+    if len(outs) != len(node.outputs):
+        raise c.fail(node, "a Split with unused outputs is not lowered", "keep every output")
+    for o in outs:
+        same_quant(c, node, x, o, "SPLIT_V")
+    rank = len(c.shape(x))
+    axis = int(node.attrs.get("axis", 0)) % rank
+    perm, xt = c.any_layout(x)
+    sizes = [c.shape(o)[axis] for o in outs]
+    sizes_t = c.int_const(f"{node.name}/sizes", sizes)
+    axis_t = c.m.const(f"{node.name}/axis", np.asarray(perm.index(axis), np.int32), "int32")
+    tensors = [c.new(o, perm) for o in outs]
+    opt = fb.SplitVOptionsT()
+    opt.numSplits = len(outs)
+    c.emit("SPLIT_V", [xt.index, sizes_t.index, axis_t.index], [t.index for t in tensors],
+           xt.dtype, opt)  # fmt: skip
