@@ -784,6 +784,37 @@ class ProgramBuilder:
         b = b if b is not None else self._in(node.inputs[2], like=like)
         self._set(node, mb.select(cond=cond, a=a, b=b, name=self.vname(node.outputs[0])))
 
+    def _op_LeakyRelu(self, node: Node) -> None:
+        self._unary(node, "leaky_relu", alpha=np.float16(node.attrs.get("alpha", 0.01)))
+
+    def _op_BatchNormalization(self, node: Node) -> None:
+        if len([o for o in node.outputs if o]) != 1:
+            raise UnsupportedOpError(f"{node}: training-mode BatchNormalization")
+        vals = [fp16(self._const(n)) for n in node.inputs[1:5]]
+        self._unary(node, "batch_norm", gamma=vals[0], beta=vals[1], mean=vals[2],
+                    variance=vals[3], epsilon=_fp16_epsilon(node.attrs.get("epsilon", 1e-5)))  # fmt: skip
+
+    def _op_Pad(self, node: Node) -> None:
+        mode = _text(node.attrs.get("mode"), "constant")
+        rank = len(self._shape(node.inputs[0]))
+        if len(node.inputs) > 1 and node.inputs[1]:
+            pads = [int(v) for v in self._const(node.inputs[1]).reshape(-1)]
+        else:
+            pads = [int(v) for v in node.attrs.get("pads", [])]
+        axes = list(range(rank))
+        if len(node.inputs) > 3 and node.inputs[3]:
+            axes = [int(a) % rank for a in self._const(node.inputs[3]).reshape(-1)]
+        widths = [0] * (2 * rank)
+        for i, a in enumerate(axes):
+            widths[2 * a], widths[2 * a + 1] = pads[i], pads[i + len(axes)]
+        if any(v < 0 for v in widths) or mode not in ("constant", "reflect", "edge"):
+            raise UnsupportedOpError(f"{node}: Pad mode {mode} or negative pads")
+        value = 0.0
+        if len(node.inputs) > 2 and node.inputs[2]:
+            value = float(self._const(node.inputs[2]).reshape(-1)[0])
+        self._unary(node, "pad", pad=np.asarray(widths, np.int32),
+                    mode={"edge": "replicate"}.get(mode, mode), constant_val=np.float16(value))  # fmt: skip
+
     def _op_LSTM(self, node: Node) -> None:
         self._recurrent(node, lstm=True)
 

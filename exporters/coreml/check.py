@@ -42,7 +42,8 @@ EXPECTED_MIL: dict[str, tuple[str, ...]] = {
     "Equal": ("equal",), "Less": ("less",), "Greater": ("greater",),
     "GreaterOrEqual": ("greater_equal",), "LessOrEqual": ("less_equal",),
     "And": ("logical_and",), "Or": ("logical_or",), "Not": ("logical_not",),
-    "Where": ("select",), "LSTM": ("stack",), "GRU": ("stack",),
+    "Where": ("select",), "LSTM": ("stack",), "GRU": ("stack",), "LeakyRelu": ("leaky_relu",),
+    "BatchNormalization": ("batch_norm",), "Pad": ("pad",),
 }  # fmt: skip
 # MIL's own graph passes (run when the program is saved) fuse patterns into single ops: a
 # Sigmoid·Mul becomes `silu`, an erf/tanh GELU `gelu`, a MatMul + bias Add `linear`, a Conv +

@@ -426,6 +426,27 @@ def _conv_transpose(a: Mapping[str, Any]) -> np.ndarray:
     return y
 
 
+def _batch_norm(a: Mapping[str, Any]) -> np.ndarray:
+    x = _f32(a["x"])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    k = _f32(a["gamma"]).reshape(shape) / np.sqrt(
+        _f32(a["variance"]).reshape(shape) + float(a["epsilon"])
+    )
+    return (x - _f32(a["mean"]).reshape(shape)) * k + _f32(a["beta"]).reshape(shape)
+
+
+def _pad(a: Mapping[str, Any]) -> np.ndarray:
+    x = np.asarray(a["x"])
+    p = [int(v) for v in np.asarray(a["pad"]).reshape(-1)]
+    widths = [(0, 0)] * (x.ndim - len(p) // 2) + [
+        (p[2 * i], p[2 * i + 1]) for i in range(len(p) // 2)
+    ]
+    mode = str(a.get("mode", "constant"))
+    if mode == "constant":
+        return np.pad(x, widths, constant_values=float(a.get("constant_val", 0.0)))
+    return np.pad(x, widths, mode={"replicate": "edge"}.get(mode, mode))
+
+
 _SAMPLING = {"UNALIGN_CORNERS": "half_pixel", "STRICT_ALIGN_CORNERS": "align_corners",
              "ALIGN_CORNERS": "align_corners", "DEFAULT": "asymmetric"}  # fmt: skip
 
@@ -456,6 +477,11 @@ _OPS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "resize_bilinear": _resize_bilinear,
     "upsample_nearest_neighbor": _upsample_nearest,
     "abs": lambda a: np.abs(np.asarray(a["x"])),
+    "leaky_relu": lambda a: np.where(
+        _f32(a["x"]) >= 0, _f32(a["x"]), _f32(a["x"]) * float(a["alpha"])
+    ),
+    "batch_norm": _batch_norm,
+    "pad": _pad,
     "log": lambda a: np.log(_f32(a["x"])),
     "silu": lambda a: _f32(a["x"]) / (1.0 + np.exp(-_f32(a["x"]))),
     "equal": _binary(np.equal),

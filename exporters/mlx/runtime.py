@@ -903,6 +903,37 @@ def _recurrent(p: MlxProgram, c: NodeCall) -> list[_Value]:
     return result
 
 
+@_op("BatchNormalization")
+def _batch_norm(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    v = _value(p, c, 0)
+    gamma, beta, mean, var = (p.const_np(c.inputs[i]).astype(np.float32) for i in range(1, 5))
+    k = gamma / np.sqrt(var + float(c.attrs.get("epsilon", 1e-5)))
+    shift = beta - mean * k
+    if v.nhwc:  # channels last
+        return [_Value(v.array * mx.array(k) + mx.array(shift), True)]
+    x = v.array
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return [_Value(x * mx.array(k.reshape(shape)) + mx.array(shift.reshape(shape)))]
+
+
+@_op("Pad")
+def _pad(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    x = _arr(p, c, 0)
+    mode = _text(c.attrs.get("mode"), "constant")
+    pads = _ints(p, c, 1, "pads") or []
+    axes = _ints(p, c, 3, "axes") if c.has(3) else list(range(x.ndim))
+    axes = [a % x.ndim for a in axes or []]
+    widths = [(0, 0)] * x.ndim
+    for i, a in enumerate(axes):
+        widths[a] = (pads[i], pads[i + len(axes)])
+    if mode not in ("constant", "edge") or any(b < 0 or e < 0 for b, e in widths):
+        raise c.fail(f"Pad mode {mode} or negative pads")
+    value = float(p.const_np(c.inputs[2]).reshape(-1)[0]) if c.has(2) else 0.0
+    if mode == "edge":
+        return [_Value(mx.pad(x, widths, mode="edge"))]
+    return [_Value(mx.pad(x, widths, constant_values=value))]
+
+
 @_op("Not", "And", "Or", "GreaterOrEqual", "LessOrEqual", "IsNaN")
 def _logic(p: MlxProgram, c: NodeCall) -> list[_Value]:
     arrs = [_arr(p, c, i) for i in range(len(c.inputs))]

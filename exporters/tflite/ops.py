@@ -969,3 +969,118 @@ def split(c: Converter, node: Node) -> None:
     opt.numSplits = len(outs)
     c.emit("SPLIT_V", [xt.index, sizes_t.index, axis_t.index], [t.index for t in tensors],
            xt.dtype, opt)  # fmt: skip
+
+
+@handles("Pad")
+def pad(c: Converter, node: Node) -> None:
+    """Constant-mode Pad as PADV2 with the fill on the output's grid (same scale in and out)."""
+    x, y = node.inputs[0], node.outputs[0]
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise c.fail(node, f"Pad mode {mode} is not lowered", "use constant padding")
+    same_quant(c, node, x, y, "PADV2")
+    xs = c.shape(x)
+    rank = len(xs)
+    if len(node.inputs) > 1 and node.inputs[1]:
+        pads = [int(v) for v in c.g.constants[node.inputs[1]].reshape(-1)]
+    else:
+        pads = [int(v) for v in node.attrs.get("pads", [])]
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3]:
+        axes = [int(a) % rank for a in c.g.constants[node.inputs[3]].reshape(-1)]
+    widths = [[0, 0] for _ in range(rank)]
+    for i, a in enumerate(axes):
+        widths[a] = [pads[i], pads[i + len(axes)]]
+    if any(v < 0 for w in widths for v in w):
+        raise c.fail(node, "negative pads (cropping) are not lowered", "use Slice")
+    fill = 0.0
+    if len(node.inputs) > 2 and node.inputs[2]:
+        fill = float(c.g.constants[node.inputs[2]].reshape(-1)[0])
+    perm, xt = c.any_layout(x)
+    paddings = c.int_const(f"{node.name}/paddings", [widths[i] for i in perm])
+    out = c.new(y, perm)
+    if xt.quant is not None:
+        lo_q, hi_q = _bounds(xt.dtype)
+        q = int(np.clip(round(fill / xt.quant.scale[0]) + xt.quant.zero_point[0], lo_q, hi_q))
+        value = c.m.const(f"{node.name}/value", np.asarray([q]), xt.dtype, xt.quant)
+    else:
+        value = c.m.const(f"{node.name}/value", np.asarray([fill], np.float32), "float32")
+    c.emit("PADV2", [xt.index, paddings.index, value.index], [out.index], xt.dtype)
+
+
+_COMPARE = {"Equal": "EQUAL", "Less": "LESS", "Greater": "GREATER",
+            "GreaterOrEqual": "GREATER_EQUAL", "LessOrEqual": "LESS_EQUAL"}  # fmt: skip
+_LOGIC = {"And": "LOGICAL_AND", "Or": "LOGICAL_OR", "Not": "LOGICAL_NOT"}
+
+
+@handles(*_COMPARE, *_LOGIC)
+def compare_logic(c: Converter, node: Node) -> None:
+    """Comparisons (bool out; quantized operands must share one encoding, as TFLite's int8
+    comparisons compare the integers) and logical ops on bool tensors."""
+    y = node.outputs[0]
+    names = [i for i in node.inputs if i]
+    rank = len(c.shape(y))
+    perm = common_layout(c, names, rank)
+    ins = []
+    acts = [n for n in names if n not in c.g.constants]
+    ref = c.qparams(acts[0]) if acts and node.op_type in _COMPARE else None
+    for n in names:
+        if n in c.g.constants:
+            arr = c.g.constants[n]
+            if ref is not None and np.issubdtype(arr.dtype, np.floating):
+                lo_q, hi_q = _bounds(c.act_dtype(acts[0]))
+                q = np.clip(np.round(arr / ref.scale[0]) + ref.zero_point[0], lo_q, hi_q)
+                if not np.allclose((q - ref.zero_point[0]) * ref.scale[0], arr):
+                    raise c.fail(node, f"constant '{n}' is not on the compared tensor's int8 grid",
+                                 "compare integer tensors or exact grid values")  # fmt: skip
+                arr = q.astype(_NP[c.act_dtype(acts[0])])
+                dtype, quant = c.act_dtype(acts[0]), ref
+            elif arr.dtype == np.bool_:
+                dtype, quant = "bool", None
+            elif np.issubdtype(arr.dtype, np.floating):
+                dtype, quant = "float32", None
+            else:
+                arr, dtype, quant = arr.astype(np.int32), "int32", None
+            if arr.ndim == rank:
+                arr = arr.transpose(perm)
+            ins.append(c.m.const(f"{node.name}/{n}", np.asarray(arr), dtype, quant))
+        else:
+            if ref is not None and not ref.same(c.qparams(n)):
+                raise c.fail(node, "compared tensors have different encodings",
+                             "calibrate so both sides share one scale")  # fmt: skip
+            ins.append(c.get(n, perm) if len(c.shape(n)) == rank else c.get(n))
+    out = c.new(y, perm, dtype="bool")
+    op = _COMPARE.get(node.op_type) or _LOGIC[node.op_type]
+    c.emit(op, [t.index for t in ins], [out.index], ins[0].dtype)
+
+
+@handles("Where")
+def where(c: Converter, node: Node) -> None:
+    """SELECT_V2: both value operands and the output share one encoding."""
+    cond, a, b = node.inputs
+    y = node.outputs[0]
+    rank = len(c.shape(y))
+    perm = common_layout(c, [cond, a, b], rank)
+    yq = c.qparams(y)
+    ins = []
+    for n in (cond, a, b):
+        if n in c.g.constants:
+            arr = c.g.constants[n]
+            if n != cond and yq is not None:
+                lo_q, hi_q = _bounds(c.act_dtype(y))
+                arr = np.clip(np.round(arr / yq.scale[0]) + yq.zero_point[0], lo_q, hi_q)
+                arr, dtype, quant = arr.astype(_NP[c.act_dtype(y)]), c.act_dtype(y), yq
+            elif arr.dtype == np.bool_:
+                dtype, quant = "bool", None
+            else:
+                arr, dtype, quant = arr.astype(np.float32), "float32", None
+            if arr.ndim == rank:
+                arr = arr.transpose(perm)
+            ins.append(c.m.const(f"{node.name}/{n}", np.asarray(arr), dtype, quant))
+        else:
+            if n != cond:
+                same_quant(c, node, n, y, "SELECT_V2")
+            ins.append(c.get(n, perm) if len(c.shape(n)) == rank else c.get(n))
+    out = c.new(y, perm)
+    c.emit("SELECT_V2", [t.index for t in ins], [out.index], out.dtype)

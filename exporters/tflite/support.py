@@ -25,7 +25,10 @@ EMITS: dict[str, tuple[str, ...]] = {
     "Upsample": ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"),
     "Reshape": ("RESHAPE",), "Flatten": ("RESHAPE",), "Squeeze": ("RESHAPE",), "Unsqueeze": ("RESHAPE",),
     "Transpose": ("TRANSPOSE",), "Concat": ("CONCATENATION",), "Slice": ("STRIDED_SLICE",),
-    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (),
+    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2",),
+    "Where": ("SELECT_V2",), "Equal": ("EQUAL",), "Less": ("LESS",), "Greater": ("GREATER",),
+    "GreaterOrEqual": ("GREATER_EQUAL",), "LessOrEqual": ("LESS_EQUAL",),
+    "And": ("LOGICAL_AND",), "Or": ("LOGICAL_OR",), "Not": ("LOGICAL_NOT",),
     "LayerNormalization": ("DEQUANTIZE", "MEAN", "SUB", "MUL", "ADD", "RSQRT", "QUANTIZE"),
     "BatchNormalization": ("DEPTHWISE_CONV_2D",),
     "Cast": ("CAST", "QUANTIZE"), "Expand": ("BROADCAST_TO",),
@@ -55,7 +58,7 @@ def builtins_for(op: str) -> tuple[str, ...]:
 
 
 def kind(op: str, profile: Any) -> str:
-    if op in FLOAT_ISLANDS or HANDLERS[op].__module__.endswith("float_islands"):
+    if op in FLOAT_ISLANDS:
         return "float island"
     if op in DECOMPOSED or (op == "HardSwish" and profile.raw.get("hardswish") == "lowered"):
         return "decomposed"
@@ -87,8 +90,8 @@ def refusal(op: str, profile: Any) -> str:
         missing = [b for b in emits if b not in micro]
         return (f"TFLite Micro has no kernel for {', '.join(missing)} "
                 "(MicroMutableOpResolver, tflite-micro)")  # fmt: skip
-    if op == "GRU":
-        return "TFLite has no GRU builtin"
+    if op == "Erf":
+        return "TFLite has no ERF builtin (GELU is its own builtin)"
     return f"no TFLite lowering for {op} in edgeq"
 
 
