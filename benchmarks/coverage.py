@@ -97,8 +97,13 @@ def real_models() -> list[CoverageModel]:
 
     work = Path(tempfile.gettempdir()) / "edgeq-models"
     models = [
-        CoverageModel(c.name, lambda c=c: c.model_path(work), dict(c.input_shapes),
-                      c.make_feeds, dict(c.input_values) or None)  # fmt: skip
+        CoverageModel(
+            c.name,
+            lambda c=c: c.model_path(work),
+            dict(c.input_shapes),
+            c.make_feeds,
+            dict(c.input_values) or None,
+        )
         for c in CASES.values()
     ]
     minilm = CASES["minilm"]
@@ -186,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{c['target']} w{c['bits']}"] = cell_text(c)
         rows.append(row)
     columns = ["model"] + [f"{t} w{b}" for t in targets for b in bits]
-    counts = {s: sum(c["status"] == s for c in cells) for s in ("ok", "refused", "crash", "not run")}
+    counts = {
+        s: sum(c["status"] == s for c in cells) for s in ("ok", "refused", "crash", "not run")
+    }
     low = sum(c["status"] == "ok" and c["parity"] < 0.99 for c in cells)
     md = (f"# Coverage: models × targets × bits\n\n`python -m benchmarks.coverage "
           f"{' '.join(argv or [])}`; {args.calib} calibration and {args.eval} evaluation samples "

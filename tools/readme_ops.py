@@ -50,8 +50,10 @@ def render() -> str:
     for t in targets:
         missing = [op for op in OPS if op not in tables[t]]
         if missing:
-            reasons.append(f"- `{t}` refuses " + "; ".join(f"{op}: {refusal(op, t)}" for op in missing))
-    lines += reasons + ["", END]
+            reasons.append(
+                f"- `{t}` refuses " + "; ".join(f"{op}: {refusal(op, t)}" for op in missing)
+            )
+    lines += [*reasons, "", END]
     return "\n".join(lines)
 
 
