@@ -77,7 +77,7 @@ def graph_feeds(spec: dict[str, Any], n: int, split: str) -> list[Feeds]:
     return out
 
 
-def test_graph_models() -> list[CoverageModel]:
+def graph_models() -> list[CoverageModel]:
     manifest = json.loads((GRAPHS / "manifest.json").read_text())
     models = []
     for file, row in sorted(manifest["graphs"].items()):
@@ -154,35 +154,9 @@ def cell_text(cell: dict[str, Any]) -> str:
     return f"{cell['status'].upper()}: {cell['reason'][:120]}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="", help="comma-separated name substrings")
-    parser.add_argument("--targets", default=",".join(TARGETS))
-    parser.add_argument("--bits", default="8,4")
-    parser.add_argument("--calib", type=int, default=8)
-    parser.add_argument("--eval", type=int, default=4)
-    parser.add_argument("--name", default="coverage", help="results file name")
-    args = parser.parse_args(argv)
-    wanted = [m for m in args.models.split(",") if m]
-    models = [m for m in test_graph_models() + real_models()
-              if not wanted or any(w in m.name for w in wanted)]  # fmt: skip
-    targets = [t for t in args.targets.split(",") if t]
-    bits = [int(b) for b in args.bits.split(",") if b]
-    cells: list[dict[str, Any]] = []
-    for model in models:
-        if not model.path().exists():
-            for t in targets:
-                for b in bits:
-                    cells.append({"model": model.name, "target": t, "bits": b,
-                                  "status": "not run", "reason": "run `make test-graphs` first"})  # fmt: skip
-            continue
-        calib, evals = model.feeds(args.calib, "calib"), model.feeds(args.eval, "eval")
-        for t in targets:
-            for b in bits:
-                cell = run_cell(model, t, b, calib, evals)
-                print(f"{model.name:32s} {t:5s} w{b}: {cell_text(cell)} ({cell['seconds']} s)",
-                      flush=True)  # fmt: skip
-                cells.append(cell)
+def write(args: argparse.Namespace, argv: list[str] | None, models: list[CoverageModel],
+          targets: list[str], bits: list[int], cells: list[dict[str, Any]]) -> tuple[dict[str, int], int]:  # fmt: skip
+    """Write the matrix so far (called after every cell: a stopped run keeps its cells)."""
     rows = []
     for model in models:
         row: dict[str, Any] = {"model": model.name}
@@ -204,6 +178,40 @@ def main(argv: list[str] | None = None) -> int:
           f"{counts['crash']} crashed, {counts['not run']} not run.\n\n"
           + md_table(rows, columns))  # fmt: skip
     write_results(args.name, {"machine": machine(), "cells": cells, "args": vars(args)}, md)
+    return counts, low
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated name substrings")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--bits", default="8,4")
+    parser.add_argument("--calib", type=int, default=8)
+    parser.add_argument("--eval", type=int, default=4)
+    parser.add_argument("--name", default="coverage", help="results file name")
+    args = parser.parse_args(argv)
+    wanted = [m for m in args.models.split(",") if m]
+    models = [m for m in graph_models() + real_models()
+              if not wanted or any(w in m.name for w in wanted)]  # fmt: skip
+    targets = [t for t in args.targets.split(",") if t]
+    bits = [int(b) for b in args.bits.split(",") if b]
+    cells: list[dict[str, Any]] = []
+    for model in models:
+        if not model.path().exists():
+            for t in targets:
+                for b in bits:
+                    cells.append({"model": model.name, "target": t, "bits": b,
+                                  "status": "not run", "reason": "run `make test-graphs` first"})  # fmt: skip
+            continue
+        calib, evals = model.feeds(args.calib, "calib"), model.feeds(args.eval, "eval")
+        for t in targets:
+            for b in bits:
+                cell = run_cell(model, t, b, calib, evals)
+                print(f"{model.name:32s} {t:5s} w{b}: {cell_text(cell)} ({cell['seconds']} s)",
+                      flush=True)  # fmt: skip
+                cells.append(cell)
+                write(args, argv, models, targets, bits, cells)
+    counts, low = write(args, argv, models, targets, bits, cells)
     print(f"\n{counts}; below 99% parity: {low}")
     return 0
 
