@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,17 @@ from edgeq.ir.passes import (
     quantized_copies,
     run_passes,
 )
-from edgeq.quant.calibrate import collect_statistics, find_token_mask, stack_batches
+from edgeq.quant.calibrate import (
+    calibration_devices,
+    collect_statistics,
+    find_token_mask,
+    shard_batch_size,
+    stack_batches,
+)
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
-from edgeq.quant.simulate import layer_sqnr
+from edgeq.quant.simulate import SimLayout, compile_sqnr_program, layer_sqnr
 from edgeq.support import require_support
 from edgeq.targets import load_target
 
@@ -73,6 +80,24 @@ def _blocked(recipe: Recipe | None, profile: Any) -> bool:
     return base.weight_bits == 4 and rules.default_granularity_4bit == "per_block"
 
 
+class PhaseTimer:
+    """Wall time per named phase, in order: `done(name)` closes the phase that ran since the
+    last call; `add(name, s)` records a sub-phase measured elsewhere (subtract it with
+    `done(..., minus=s)`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
+    def done(self, name: str, minus: float = 0.0) -> None:
+        now = time.perf_counter()
+        self.add(name, now - self._t - minus)
+        self._t = now
+
+
 @dataclass
 class CalibrationRun:
     graph: Graph
@@ -96,16 +121,23 @@ def calibrate_model(
     preprocess: Any = None,
     tokenizer: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    devices: int | None = None,
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
-    for `target`. `progress(stage, done, total)` is called as work advances."""
+    for `target`. `progress(stage, done, total)` is called as work advances. `devices`: how
+    many of JAX's devices the batches are split over (None: all; the batch size is rounded
+    up to a multiple)."""
     from edgeq.calibration import batches, disjoint, open_source, subset
 
+    phases = PhaseTimer()
     recipe = recipe or Recipe()
     profile = load_target(target)
     model = Path(model)
+    run_on = calibration_devices(devices)
+    batch_size = shard_batch_size(batch_size, len(run_on))
     graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
     require_support(graph, target)  # an op the target cannot run fails here, before data
+    phases.done("load and prepare")
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
     total = len(source)
@@ -118,6 +150,9 @@ def calibrate_model(
     if not report_names and report_samples:
         report_names = calib_names[:report_samples]  # no held-out data: say so in the plan
     observers = spec.observers()
+    # the per-layer report's program needs no numbers (the plan comes as arguments): compile it
+    # in a worker thread while the statistics step compiles and the data streams
+    ahead = _compile_ahead(graph, SimLayout.of_spec(spec, graph), len(report_names))
 
     def tick(n: int) -> None:
         if progress is not None:
@@ -130,7 +165,9 @@ def calibrate_model(
     token_mask = find_token_mask(graph) if recipe.mask_handling else None
     exact = integer_derived(graph)
     result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
-                                token_mask=token_mask, unmasked=exact)  # fmt: skip
+                                token_mask=token_mask, unmasked=exact, devices=run_on)  # fmt: skip
+    phases.add("compile statistics step", result.compile_seconds)
+    phases.done("stream calibration data", minus=result.compile_seconds)
     mask_path = sorted(exact & set(observers))
     if token_mask and mask_path and calib_names:
         # the mask path (token counts, expanded masks) is quantized on integer-only targets:
@@ -144,6 +181,7 @@ def calibrate_model(
         )  # fmt: skip
         for n in mask_path:
             result.states[n] = observers[n].merge(result.states[n], extremes.states[n])
+        phases.done("mask extremes")
     plan = finalize_plan(
         graph, spec, result.states,
         model={
@@ -156,8 +194,10 @@ def calibrate_model(
             "samples": result.samples, "seed": seed, "batch_size": batch_size,
             "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
             "padding_ignored_via": token_mask,
+            "devices": {"count": result.devices, "platform": run_on[0].platform},
         },
     )  # fmt: skip
+    phases.done("plan")
     from edgeq.calibration import validate
 
     if recipe.refine_top > 0:
@@ -169,6 +209,7 @@ def calibrate_model(
             graph, plan, refine_feeds, top_k=recipe.refine_top,
             progress=(lambda d, t: progress("refine", d, t)) if progress else None,
         )  # fmt: skip
+        phases.done("refine")
     if report_names:
         feeds = [source.load(n) for n in report_names]
         feeds = [validate(f, graph.inputs, n) for f, n in zip(feeds, report_names, strict=True)]
@@ -177,9 +218,31 @@ def calibrate_model(
         plan.report = {
             "samples": len(feeds),
             "held_out": bool(set(report_names).isdisjoint(calib_names)),
-            "layers": layer_sqnr(graph, plan, feeds),
+            "layers": layer_sqnr(graph, plan, feeds, program=_result(ahead)),
         }
+        phases.done("per-layer report")
+    plan.calibration["phases"] = phases.seconds
     return CalibrationRun(graph, plan, calib_names, report_names)
+
+
+def _compile_ahead(graph: Graph, layout: SimLayout, samples: int) -> Future[Any] | None:
+    if samples == 0:
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="edgeq-compile")
+    future = pool.submit(compile_sqnr_program, graph, layout, samples)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _result(future: Future[Any] | None) -> Any:
+    """The compiled program, or None (the report then compiles its own) if compiling failed."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:  # a fallback, never fatal: the report compiles again and says why
+        log.warning("report program compiled ahead failed (%s); compiling it again", exc)
+        return None
 
 
 def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:

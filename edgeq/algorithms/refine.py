@@ -25,9 +25,10 @@ import numpy as np
 from edgeq.algorithms.registry import register_algorithm
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import Interpreter, evaluate
+from edgeq.ir.jit import jit
 from edgeq.quant.plan import QuantPlan, TensorQuant
-from edgeq.quant.qtypes import choose_qparams, round_half
-from edgeq.quant.simulate import quantized_graph
+from edgeq.quant.qtypes import choose_qparams
+from edgeq.quant.simulate import SimLayout, quantized_graph, simulate_env
 
 log = logging.getLogger(__name__)
 Feeds = Mapping[str, np.ndarray]
@@ -61,7 +62,7 @@ def noise_sensitivity(
 
     shapes = {n: graph.value_info[n].shape for n in names}
 
-    @jax.jit
+    @jit
     def jvp_norms(feed: Mapping[str, Any], v: Any) -> dict[str, Any]:
         zeros = {n: jnp.zeros(shapes[n], jnp.float32) for n in names}
         _, pullback = jax.vjp(lambda d: forward(feed, d), zeros)
@@ -95,40 +96,35 @@ def refine_ranges(
 ) -> QuantPlan:
     """The plan with the `top_k` most noise-sensitive activation ranges re-chosen to minimize
     the simulated output error on `feeds` (calibration samples)."""
+    layout = SimLayout.of_plan(plan, graph)
+    if layout is None:
+        log.warning("range refinement skipped: the plan has per-axis activation parameters")
+        return plan
     sens = noise_sensitivity(graph, plan, feeds[: min(len(feeds), 4)])
-    acts = _activations(plan)
+    acts = [plan.tensors[n] for n in layout.activations]
     index = {t.name: i for i, t in enumerate(acts)}
     grouped = {t.name for t in acts if "shared" in t.provenance or t.provenance.startswith("fixed")}
     candidates = [n for n, _ in sorted(sens.items(), key=lambda kv: -kv[1]) if n not in grouped]
     chosen = candidates[:top_k]
-    gq = quantized_graph(graph, plan)
-    qmin = np.array([t.qdtype.qmin for t in acts], np.float32)
-    qmax = np.array([t.qdtype.qmax for t in acts], np.float32)
+    args = layout.arguments(plan, graph)
+    qmin, qmax = args["qmin"], args["qmax"]
 
-    def forward(feed: Mapping[str, Any], scales: Any, zps: Any) -> Any:
-        def fq(name: str, value: Any) -> Any:
-            i = index.get(name)
-            if i is None or not jnp.issubdtype(value.dtype, jnp.floating):
-                return value
-            s, z = scales[i], zps[i]
-            v = jnp.clip(round_half(value / s, plan.rounding) + z, qmin[i], qmax[i])  # type: ignore[arg-type]
-            return ((v - z) * s).astype(value.dtype)
-
-        env = evaluate(gq, feed, transform=fq)
+    def forward(feed: Mapping[str, Any], scales: Any, zps: Any, consts: Any) -> Any:
+        env = simulate_env(graph, layout, feed,
+                           {**args, "scale": scales, "zero_point": zps, "constants": consts})  # fmt: skip
         return [env[o] for o in graph.output_names]
 
-    batched = jax.jit(jax.vmap(forward, in_axes=(0, None, None)))
+    batched = jit(jax.vmap(forward, in_axes=(0, None, None, None)))
     batch = _stack(feeds)
     reference = Interpreter(graph)
     target = [np.stack([reference(f)[o] for f in feeds]) for o in graph.output_names]
 
     def loss(scales: np.ndarray, zps: np.ndarray) -> float:
         with jax.enable_x64(True):
-            outs = batched(batch, scales, zps)
+            outs = batched(batch, scales, zps, args["constants"])
             return float(sum(jnp.sum((o - t) ** 2) for o, t in zip(outs, target, strict=True)))
 
-    scales = np.array([float(t.scale) for t in acts], np.float32)
-    zps = np.array([float(t.zero_point) for t in acts], np.float32)
+    scales, zps = args["scale"], args["zero_point"]
     lo0 = (qmin - zps) * scales
     hi0 = (qmax - zps) * scales
     best = loss(scales, zps)

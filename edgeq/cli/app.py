@@ -55,6 +55,11 @@ Refine = Annotated[
     typer.Option(help="Refine the N most noise-sensitive activation ranges against the output "
                  "(slower, more accurate)."),
 ]  # fmt: skip
+Devices = Annotated[
+    int | None,
+    typer.Option("--devices", help="Split calibration batches over the first N of JAX's "
+                 "devices (GPUs/TPUs when JAX has them; default: all)."),
+]  # fmt: skip
 RecipeFile = Annotated[
     Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
 ]
@@ -265,6 +270,7 @@ def calibrate(
     report_samples: Annotated[
         int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
     ] = 8,
+    devices: Devices = None,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
@@ -281,7 +287,7 @@ def calibrate(
                 input_values=parse_input_values(input_value or []),
                 samples=calib_samples, seed=seed, batch_size=batch_size,
                 report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
-                progress=progress,
+                progress=progress, devices=devices,
             )  # fmt: skip
         run_.plan.save(out)
     except EdgeqError as exc:
@@ -298,8 +304,10 @@ def calibrate(
         table.add_row(key, str(n))
     console.print(table)
     cal = plan.calibration
+    dev = cal.get("devices", {})
     console.print(f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f}s "
-                  f"({cal['observed_tensors']} observed tensors)")  # fmt: skip
+                  f"({cal['observed_tensors']} observed tensors, {dev.get('count', 1)} "
+                  f"{dev.get('platform', 'cpu')} device(s))")  # fmt: skip
     _print_outputs(plan)
 
 

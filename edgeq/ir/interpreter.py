@@ -8,6 +8,8 @@ its own calls only; no global flag is set).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import numpy as np
 import edgeq.ir.ops  # noqa: F401  (registers the op set)
 from edgeq.errors import DynamicShapeError, EdgeqError, InputError
 from edgeq.ir.graph import Graph, Node
+from edgeq.ir.jit import jit
 from edgeq.ir.ops.registry import OpContext, call, is_concrete, lookup
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,25 @@ def _as_numpy(value: Any) -> Any:
     return np.asarray(value)
 
 
+@functools.cache
+def _host_device() -> Any:
+    """JAX's CPU device when the default backend is an accelerator (None otherwise, or when
+    JAX was started without its CPU backend)."""
+    if jax.default_backend() == "cpu":
+        return None
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
+
+
+def _on_host() -> Any:
+    """Values known before running (constant folding, shape arithmetic) are computed op by op;
+    on an accelerator each op would be compiled and launched alone, so they run on the CPU."""
+    device = _host_device()
+    return jax.default_device(device) if device is not None else contextlib.nullcontext()
+
+
 def run_node(node: Node, env: dict[str, Array], opset: int) -> list[Array]:
     """Evaluate one node against `env`; store and return its outputs."""
     opdef = lookup(node.op_type, opset, node, node.domain)
@@ -45,7 +67,7 @@ def run_node(node: Node, env: dict[str, Array], opset: int) -> list[Array]:
     eager = node.op_type not in _NO_EAGER and all(x is None or is_concrete(x) for x in inputs)
     try:
         if eager:
-            with jax.ensure_compile_time_eval():
+            with jax.ensure_compile_time_eval(), _on_host():
                 result = _as_numpy(call(opdef, ctx, inputs, node.attrs))
         else:
             result = call(opdef, ctx, inputs, node.attrs)
@@ -164,7 +186,7 @@ class Interpreter:
         if missing:
             raise InputError(f"tap(s) {missing} name no tensor in the graph", "see edgeq inspect")
         self.taps = tuple(taps)
-        self._jitted = jax.jit(self.forward)
+        self._jitted = jit(self.forward)
 
     def forward(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """The pure function (traceable): feeds -> outputs and taps."""

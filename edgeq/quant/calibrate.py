@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import evaluate
+from edgeq.ir.jit import jit
 from edgeq.quant.observers import Observer
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import PlanSpec, finalize_plan, integer_derived, make_spec
@@ -37,6 +38,31 @@ class CalibrationStats:
     samples: int
     batches: int
     seconds: float
+    compile_seconds: float = 0.0  # tracing, lowering and XLA compile of the steps (in `seconds`)
+    devices: int = 1  # devices the batches were split over
+
+
+def calibration_devices(count: int | None = None) -> list[Any]:
+    """The devices calibration runs on: the first `count` of JAX's default backend (all when
+    None). Raises InputError when more are asked for than exist."""
+    from edgeq.errors import InputError
+
+    available = jax.devices()
+    if count is None or count == 0:
+        return list(available)
+    if count < 0 or count > len(available):
+        raise InputError(
+            f"--devices {count}: this machine has {len(available)} {available[0].platform} "
+            f"device(s)",
+            f"pass --devices 1..{len(available)} (or leave it out to use all)",
+        )
+    return list(available[:count])
+
+
+def shard_batch_size(batch_size: int, devices: int) -> int:
+    """The smallest multiple of `devices` that is at least `batch_size` (each device gets an
+    equal slice of every full batch)."""
+    return max(devices, -(-batch_size // devices) * devices)
 
 
 def stack_batches(feeds: Iterable[Feeds], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -59,10 +85,17 @@ def collect_statistics(
     group_bytes: int = 64 << 20,
     token_mask: str | None = None,
     unmasked: Collection[str] = (),
+    devices: Sequence[Any] | None = None,
 ) -> CalibrationStats:
     """Run every batch ([B, *input_shape] per input) and update `stats` (key -> (tensor,
     statistic)). The forward is vmapped over the batch axis of a batch-1 graph and jitted
     together with the statistic updates.
+
+    With several `devices` (default: JAX's first device only) every batch is split along its
+    batch axis over them (data parallel, `jax.sharding`); the statistic states are replicated
+    and XLA reduces the updates across devices (min/max, histogram counts, Hessian sums). A
+    batch whose size the device count does not divide runs replicated instead. The result is
+    the same as on one device up to float summation order.
 
     Batches go through plain reductions (`Observer.update_unfiltered`: XLA's library kernels,
     about half the compile and run time of reductions with a select in them) as long as every
@@ -131,7 +164,24 @@ def collect_statistics(
             rest.update({k: jax.tree.map(lambda v, j=j: v[j], new) for j, k in enumerate(keys)})
         return out, rest
 
-    fast_step, filtered_step = jax.jit(fast), jax.jit(filtered)
+    devices = list(devices) if devices else jax.devices()[:1]
+    place = _placement(devices)
+    compiled: dict[tuple[Any, ...], Any] = {}
+    compile_seconds = 0.0
+
+    def step(fn: Callable[..., Any], states: Any, batch: Mapping[str, Any]) -> Any:
+        """fn(states, batch), compiled once per (step, batch shapes and layout) ahead of the
+        call so the compile time is measured apart from the run time."""
+        nonlocal compile_seconds
+        layout = tuple((k, v.shape, str(v.dtype), v.sharding) for k, v in sorted(batch.items()))
+        key = (fn.__name__, layout)
+        if key not in compiled:
+            t = time.perf_counter()
+            jitted = jit(fn, **place.jit_shardings(batch))
+            compiled[key] = jitted.lower(states, batch).compile()
+            compile_seconds += time.perf_counter() - t
+        return compiled[key](states, batch)
+
     # NaN padding (token masks) needs the filtering updates from the start; otherwise the
     # plain ones run until a batch holds a value they cannot ignore (NaN, ±inf, mask fill),
     # which is redone with the filtering ones, as is every batch after it
@@ -144,10 +194,12 @@ def collect_statistics(
     t0 = time.perf_counter()
     n_samples = n_batches = 0
     with jax.enable_x64(True):
+        states = place.replicate(states)
         for batch in batches:
-            batch = {k: np.asarray(v) for k, v in batch.items()}
+            size = len(next(iter(batch.values())))
+            batch = place.batch({k: np.asarray(v) for k, v in batch.items()}, size)
             if not filtering:
-                new, exact = fast_step(states, batch)
+                new, exact = step(fast, states, batch)
                 if bool(exact):
                     states = new
                 else:
@@ -155,8 +207,7 @@ def collect_statistics(
                              "switch to their filtering updates", n_batches)  # fmt: skip
                     filtering = True
             if filtering:
-                states = filtered_step(states, batch)
-            size = len(next(iter(batch.values())))
+                states = step(filtered, states, batch)
             n_samples += size
             n_batches += 1
             if progress is not None:
@@ -165,7 +216,43 @@ def collect_statistics(
         for (_, keys), state in zip(packed, states[0], strict=True):
             arrays = {n: np.asarray(v) for n, v in state.items()}
             host.update({k: {n: v[j] for n, v in arrays.items()} for j, k in enumerate(keys)})
-    return CalibrationStats(host, n_samples, n_batches, time.perf_counter() - t0)
+    return CalibrationStats(host, n_samples, n_batches, time.perf_counter() - t0,
+                            compile_seconds, len(devices))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where calibration arrays live: one device, or a 1-D mesh with the batch axis split."""
+
+    devices: tuple[Any, ...]
+
+    def replicate(self, tree: Any) -> Any:
+        if len(self.devices) == 1:
+            return jax.device_put(tree, self.devices[0])
+        return jax.device_put(tree, self._sharding(split=False))
+
+    def batch(self, batch: dict[str, np.ndarray], size: int) -> Any:
+        if len(self.devices) == 1:
+            return jax.device_put(batch, self.devices[0])
+        return jax.device_put(batch, self._sharding(split=size % len(self.devices) == 0))
+
+    def jit_shardings(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """in/out shardings for a step: states replicated in and out, the batch as placed."""
+        if len(self.devices) == 1:
+            return {}
+        rep = self._sharding(split=False)
+        return {"in_shardings": (rep, {k: v.sharding for k, v in batch.items()}),
+                "out_shardings": rep}  # fmt: skip
+
+    def _sharding(self, split: bool) -> Any:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.asarray(self.devices), ("batch",))
+        return NamedSharding(mesh, PartitionSpec("batch") if split else PartitionSpec())
+
+
+def _placement(devices: Sequence[Any]) -> _Placement:
+    return _Placement(tuple(devices))
 
 
 def _unfiltered(stat: Any, state: Any, x: Any) -> tuple[Any, Any]:
