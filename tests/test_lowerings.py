@@ -86,7 +86,14 @@ def _where_logic() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return model, {"ids": np.array([[3, 0, 2, 5, 0, 1]], np.int64)}
 
 
+def _gelu() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    nodes = [N("MatMul", ["x", "w"], ["m"]), N("Gelu", ["m"], ["y"])]
+    inits = {"w": RNG.standard_normal((8, 16)).astype(np.float32)}
+    return make_model(nodes, [("x", F32, [1, 4, 8])], [("y", F32, [1, 4, 16])], inits, 20), {}
+
+
 CASES = {
+    "gelu": _gelu,
     "split": _split,
     "resize_nearest": lambda: _resize("nearest", "asymmetric"),
     "resize_bilinear": lambda: _resize("linear", "half_pixel"),
@@ -135,8 +142,7 @@ def test_float_lowering_matches_onnxruntime(tmp_path: Path, case: str, target: s
 
 
 @pytest.mark.parametrize("target", ["rpi", "tflm"])
-@pytest.mark.parametrize("case", ["split", "resize_nearest", "resize_bilinear", "conv_transpose",
-                                  "pad", "gru"])  # fmt: skip
+@pytest.mark.parametrize("case", ["gelu", "split", "resize_bilinear", "conv_transpose", "gru"])
 def test_int8_tflite_matches_simulator(tmp_path: Path, case: str, target: str) -> None:
     model, fixed = CASES[case]()
     path = _save(tmp_path, model)
@@ -154,13 +160,10 @@ def test_int8_tflite_matches_simulator(tmp_path: Path, case: str, target: str) -
     assert within_step(got, np.concatenate([r.ravel() for r in ref]), step) >= 0.99
 
 
-def test_tflm_refuses_gelu_naming_the_micro_kernel(tmp_path: Path) -> None:
-    model = make_model([N("Gelu", ["x"], ["y"], domain="")], [("x", F32, [1, 8])],
-                       [("y", F32, [1, 8])], opset=20)  # fmt: skip
-    graph = prepare_for_quantization(load_model(_save(tmp_path, model)), target="tflm")
-    (line,) = refusals(graph, "tflm")
-    assert "TFLite Micro has no kernel for GELU" in line
-    assert "Gelu" in op_support("rpi") and "Gelu" not in op_support("tflm")
+def test_op_support_kinds_follow_the_runtime() -> None:
+    assert op_support("rpi")["Gelu"]["kind"] == "native"  # LiteRT's int8 GELU
+    assert op_support("tflm")["Gelu"]["kind"] == "float island"  # no GELU micro kernel
+    assert "Erf" not in op_support("rpi") and "GRU" not in op_support("qnn")
 
 
 def test_export_refuses_before_calibrating(tmp_path: Path) -> None:
@@ -176,7 +179,7 @@ def test_export_refuses_before_calibrating(tmp_path: Path) -> None:
         def __iter__(self):  # type: ignore[no-untyped-def]
             return iter(never())
 
-    with pytest.raises(UnsupportedOpError, match="ERF"):
+    with pytest.raises(UnsupportedOpError, match="no ERF builtin"):
         calibrate_model(_save(tmp_path, model), Lazy(), "rpi")
 
 

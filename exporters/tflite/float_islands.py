@@ -274,3 +274,30 @@ def recurrent(c: Converter, node: Node) -> None:
             continue
         sub = Node(node.op_type, node.inputs, [out], node.name)
         float_result(c, sub, results[k], identity(len(c.shape(out))), f"{node.op_type} (unrolled)")
+
+
+def gelu_tanh_island(c: Converter, node: Node) -> None:
+    """GELU where the runtime has no GELU kernel (TFLite Micro): float32 between DEQUANTIZE and
+    QUANTIZE as 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with MUL, ADD and TANH. For an erf
+    GELU this is the tanh approximation (|difference| < 5e-4, far below an int8 step)."""
+    x = node.inputs[0]
+    perm, _ = c.any_layout(x)
+    xf = float_view(c, x, perm)
+    shape = list(xf.shape)
+    y = node.outputs[0]
+
+    def op(name: str, ins: list[Any], label: str) -> Any:
+        out = c.m.tensor(f"{y}/{label}", shape, "float32")
+        opt = {"MUL": fb.MulOptionsT, "ADD": fb.AddOptionsT}.get(name)
+        c.emit(name, [t.index for t in ins], [out.index], "float32", opt() if opt else None)
+        return out
+
+    def k(v: float, label: str) -> Any:
+        return c.m.const(f"{y}/{label}", np.asarray(v, np.float32), "float32")
+
+    x3 = op("MUL", [op("MUL", [xf, xf], "x2"), xf], "x3")
+    inner = op("ADD", [xf, op("MUL", [x3, k(0.044715, "c3")], "cx3")], "inner")
+    t = op("TANH", [op("MUL", [inner, k(float(np.sqrt(2 / np.pi)), "c")], "scaled")], "tanh")
+    half_x = op("MUL", [xf, k(0.5, "half")], "half_x")
+    res = op("MUL", [half_x, op("ADD", [t, k(1.0, "one")], "one_plus")], "gelu")
+    float_result(c, node, res, perm, "Gelu (tanh form; TFLite Micro has no GELU kernel)")

@@ -18,7 +18,7 @@ from edgeq.ir.graph import Node
 
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
-from .float_islands import divide_activations
+from .float_islands import divide_activations, gelu_tanh_island
 from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
@@ -417,6 +417,10 @@ def unary(c: Converter, node: Node) -> None:
     if node.op_type == "Relu" and _try_fuse(c, node, ACT.RELU):
         return
     if node.op_type == "HardSwish" and _hard_swish_lowered(c, node):
+        return
+    micro = c.profile.raw.get("micro_kernels")
+    if node.op_type == "Gelu" and micro is not None and "GELU" not in micro:
+        gelu_tanh_island(c, node)
         return
     if c.quantized and node.op_type in FIXED:
         q = c.qparams(y)

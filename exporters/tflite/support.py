@@ -46,7 +46,10 @@ DECOMPOSED = {"HardSigmoid": "MUL + ADD (int8 saturation clips to [0, 1])",
 FLOAT_ISLANDS = {"LayerNormalization", "ReduceL2", "LSTM", "GRU"}
 
 
-def builtins_for(op: str) -> tuple[str, ...]:
+def builtins_for(op: str, profile: Any = None) -> tuple[str, ...]:
+    micro = profile.raw.get("micro_kernels") if profile is not None else None
+    if op == "Gelu" and micro is not None and "GELU" not in micro:
+        return ("DEQUANTIZE", "MUL", "ADD", "TANH", "QUANTIZE")  # float island, tanh form
     if op in EMITS:
         return EMITS[op]
     for table in (_UNARY, _REDUCE):
@@ -58,7 +61,8 @@ def builtins_for(op: str) -> tuple[str, ...]:
 
 
 def kind(op: str, profile: Any) -> str:
-    if op in FLOAT_ISLANDS:
+    micro = profile.raw.get("micro_kernels")
+    if op in FLOAT_ISLANDS or (op == "Gelu" and micro is not None and "GELU" not in micro):
         return "float island"
     if op in DECOMPOSED or (op == "HardSwish" and profile.raw.get("hardswish") == "lowered"):
         return "decomposed"
@@ -71,7 +75,7 @@ def op_support(profile: Any) -> dict[str, dict[str, Any]]:
     micro = profile.raw.get("micro_kernels")
     result: dict[str, dict[str, Any]] = {}
     for op in sorted(HANDLERS):
-        emits = builtins_for(op)
+        emits = builtins_for(op, profile)
         if micro is not None:
             missing = [b for b in emits if b not in micro]
             # ops with alternatives (Conv: CONV_2D or DEPTHWISE; Clip: RELU6 or MAXIMUM) need
@@ -85,7 +89,7 @@ def op_support(profile: Any) -> dict[str, dict[str, Any]]:
 def refusal(op: str, profile: Any) -> str:
     """Why `op` does not run on this target, in the runtime's terms."""
     micro = profile.raw.get("micro_kernels")
-    emits = builtins_for(op)
+    emits = builtins_for(op, profile)
     if op in HANDLERS and micro is not None:
         missing = [b for b in emits if b not in micro]
         return (f"TFLite Micro has no kernel for {', '.join(missing)} "
