@@ -18,6 +18,8 @@ from edgeq.ir.passes import prepare
 
 MANIFEST = json.loads((GRAPHS / "manifest.json").read_text())["graphs"]
 FILES = sorted(f for f, row in MANIFEST.items() if "error" not in row and "duplicate_of" not in row)
+# one opset per exporter in the float check (both opsets run end to end below and in coverage)
+FLOAT_CHECKED = [f for f in FILES if ".torchscript.op17" in f or ".dynamo.op18" in f]
 
 
 def test_graphs_are_small_and_made_by_both_exporters() -> None:
@@ -33,7 +35,7 @@ def test_graphs_are_small_and_made_by_both_exporters() -> None:
     assert all((GRAPHS / f).stat().st_size < 2_000_000 for f in FILES)
 
 
-@pytest.mark.parametrize("file", FILES)
+@pytest.mark.parametrize("file", FLOAT_CHECKED)
 def test_prepared_graph_matches_onnxruntime(file: str) -> None:
     row = MANIFEST[file]
     graph = prepare(load_model(GRAPHS / file), {k: v["shape"] for k, v in row["inputs"].items()})

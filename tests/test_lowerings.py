@@ -141,8 +141,10 @@ def test_float_lowering_matches_onnxruntime(tmp_path: Path, case: str, target: s
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(1.0, float(np.abs(ref).max())))
 
 
-@pytest.mark.parametrize("target", ["rpi", "tflm"])
-@pytest.mark.parametrize("case", ["gelu", "split", "resize_bilinear", "conv_transpose", "gru"])
+@pytest.mark.parametrize(("case", "target"), [
+    ("split", "rpi"), ("resize_bilinear", "rpi"), ("conv_transpose", "rpi"), ("gelu", "rpi"),
+    ("gelu", "tflm"), ("gru", "tflm"),
+])  # fmt: skip
 def test_int8_tflite_matches_simulator(tmp_path: Path, case: str, target: str) -> None:
     model, fixed = CASES[case]()
     path = _save(tmp_path, model)
