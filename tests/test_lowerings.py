@@ -203,3 +203,20 @@ def test_interpreter_is_the_reference_here(tmp_path: Path) -> None:
 
 
 del TensorProto
+
+
+def test_coreml_ops_check_accepts_mil_fusions(tmp_path: Path) -> None:
+    """SiLU written as Sigmoid·Mul (YOLO, PP-OCR) is fused by MIL into `silu` when the program is
+    saved; the ops check accepts it and says so, and the evaluator runs `silu`."""
+    nodes = [N("Conv", ["x", "w"], ["c"]), N("Sigmoid", ["c"], ["s"]), N("Mul", ["c", "s"], ["y"])]
+    inits = {"w": RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)}
+    model = make_model(nodes, [("x", F32, [1, 3, 4, 4])], [("y", F32, [1, 4, 4, 4])], inits)
+    graph = prepare_for_quantization(load_model(_save(tmp_path, model)), target="ane")
+    profile = load_target("ane")
+    exporter = get_exporter("coreml")
+    art = exporter.export(graph, None, profile, tmp_path / "s.mlpackage", ExportOptions())
+    ops = art.checks["ops"]
+    assert ops["ok"] and ops["fused_by_mil"] >= 1 and "silu" in ops["mil_ops"], ops
+    feed = _feeds(model, {}, 1, 5)[0]
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(exporter.open(art.path)(feed)["y"], ref, rtol=2e-2, atol=2e-2)
