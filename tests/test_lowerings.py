@@ -59,6 +59,17 @@ def _pad() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, [1, 2, 7, 7])], inits), {}
 
 
+def _pad_reflect() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """silero VAD's STFT front end: reflect padding of the waveform, then a strided Conv."""
+    nodes = [
+        N("Pad", ["x", "pads"], ["p"], mode="reflect"),
+        N("Conv", ["p", "w"], ["y"], strides=[1, 2]),
+    ]
+    inits = {"pads": np.array([0, 0, 0, 3, 0, 0, 0, 3], np.int64),
+             "w": RNG.standard_normal((4, 1, 1, 4)).astype(np.float32)}  # fmt: skip
+    return make_model(nodes, [("x", F32, [1, 1, 1, 16])], [("y", F32, [1, 4, 1, 10])], inits), {}
+
+
 def _recurrent(op: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     g, hidden, n_in, seq = (4 if op == "LSTM" else 3), 5, 4, 6
     inits = {"W": RNG.standard_normal((1, g * hidden, n_in)).astype(np.float32) * 0.5,
@@ -99,6 +110,7 @@ CASES = {
     "resize_bilinear": lambda: _resize("linear", "half_pixel"),
     "conv_transpose": _conv_transpose,
     "pad": _pad,
+    "pad_reflect": _pad_reflect,
     "lstm": lambda: _recurrent("LSTM"),
     "gru": lambda: _recurrent("GRU"),
     "where_logic": _where_logic,
@@ -143,7 +155,7 @@ def test_float_lowering_matches_onnxruntime(tmp_path: Path, case: str, target: s
 
 @pytest.mark.parametrize(("case", "target"), [
     ("split", "rpi"), ("resize_bilinear", "rpi"), ("conv_transpose", "rpi"), ("gelu", "rpi"),
-    ("gelu", "tflm"), ("gru", "tflm"),
+    ("gelu", "tflm"), ("gru", "tflm"), ("pad_reflect", "rpi"),
 ])  # fmt: skip
 def test_int8_tflite_matches_simulator(tmp_path: Path, case: str, target: str) -> None:
     model, fixed = CASES[case]()

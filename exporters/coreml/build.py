@@ -35,9 +35,19 @@ FP16_MAX = 65504.0
 IOS_TARGETS = ("iOS16", "iOS17", "iOS18")
 
 
+# MIL type names and keywords coremltools' sanitize pass renames (passes/defs/preprocess.py)
+MIL_RESERVED = frozenset({
+    "any", "bool", "program", "func", "tensor", "list", "dict", "tuple", "true", "false",
+    "string", "bf16", "fp16", "fp32", "fp64", "int8", "int16", "int32", "int64", "uint8",
+    "uint16", "uint32", "uint64", "state",
+})  # fmt: skip
+
+
 def mil_name(name: str) -> str:
     """A MIL-safe identifier for an ONNX tensor name (deterministic)."""
     out = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if out in MIL_RESERVED:  # coremltools would rename these on save (silero VAD's `state`)
+        return "v_" + out
     return out if out and not out[0].isdigit() else "v_" + out
 
 

@@ -926,9 +926,16 @@ def _pad(p: MlxProgram, c: NodeCall) -> list[_Value]:
     widths = [(0, 0)] * x.ndim
     for i, a in enumerate(axes):
         widths[a] = (pads[i], pads[i + len(axes)])
-    if mode not in ("constant", "edge") or any(b < 0 or e < 0 for b, e in widths):
+    if mode not in ("constant", "edge", "reflect") or any(b < 0 or e < 0 for b, e in widths):
         raise c.fail(f"Pad mode {mode} or negative pads")
     value = float(p.const_np(c.inputs[2]).reshape(-1)[0]) if c.has(2) else 0.0
+    if mode == "reflect":  # mirror without the edge: gathers with the reflected indices
+        for axis, (b, e) in enumerate(widths):
+            if b or e:
+                n = x.shape[axis]
+                idx = np.concatenate([np.arange(b, 0, -1), np.arange(n), n - 2 - np.arange(e)])
+                x = mx.take(x, mx.array(idx.astype(np.int32)), axis=axis)
+        return [_Value(x)]
     if mode == "edge":
         return [_Value(mx.pad(x, widths, mode="edge"))]
     return [_Value(mx.pad(x, widths, constant_values=value))]

@@ -981,9 +981,9 @@ def pad(c: Converter, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     mode = node.attrs.get("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        raise c.fail(node, f"Pad mode {mode} is not lowered", "use constant padding")
-    same_quant(c, node, x, y, "PADV2")
+    if mode not in ("constant", "reflect"):
+        raise c.fail(node, f"Pad mode {mode} is not lowered", "use constant or reflect padding")
+    same_quant(c, node, x, y, "PADV2" if mode == "constant" else "MIRROR_PAD")
     xs = c.shape(x)
     rank = len(xs)
     if len(node.inputs) > 1 and node.inputs[1]:
@@ -1004,6 +1004,11 @@ def pad(c: Converter, node: Node) -> None:
     perm, xt = c.any_layout(x)
     paddings = c.int_const(f"{node.name}/paddings", [widths[i] for i in perm])
     out = c.new(y, perm)
+    if mode == "reflect":
+        opt = fb.MirrorPadOptionsT()
+        opt.mode = fb.MirrorPadMode.REFLECT
+        c.emit("MIRROR_PAD", [xt.index, paddings.index], [out.index], xt.dtype, opt)
+        return
     if xt.quant is not None:
         lo_q, hi_q = _bounds(xt.dtype)
         q = int(np.clip(round(fill / xt.quant.scale[0]) + xt.quant.zero_point[0], lo_q, hi_q))

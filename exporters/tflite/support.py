@@ -25,7 +25,7 @@ EMITS: dict[str, tuple[str, ...]] = {
     "Upsample": ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"),
     "Reshape": ("RESHAPE",), "Flatten": ("RESHAPE",), "Squeeze": ("RESHAPE",), "Unsqueeze": ("RESHAPE",),
     "Transpose": ("TRANSPOSE",), "Concat": ("CONCATENATION",), "Slice": ("STRIDED_SLICE",),
-    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2",),
+    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2", "MIRROR_PAD"),
     "Where": ("SELECT_V2",), "Equal": ("EQUAL",), "Less": ("LESS",), "Greater": ("GREATER",),
     "GreaterOrEqual": ("GREATER_EQUAL",), "LessOrEqual": ("LESS_EQUAL",),
     "And": ("LOGICAL_AND",), "Or": ("LOGICAL_OR",), "Not": ("LOGICAL_NOT",),
