@@ -181,6 +181,24 @@ def write(args: argparse.Namespace, argv: list[str] | None, models: list[Coverag
     return counts, low
 
 
+def merge(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from benchmarks.common import RESULTS
+
+    by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for name in args.merge.split(","):
+        for cell in json.loads((RESULTS / f"{name}.json").read_text())["cells"]:
+            by_key[(cell["model"], cell["target"], cell["bits"])] = cell
+    cells = list(by_key.values())
+    names = list(dict.fromkeys(c["model"] for c in cells))
+    known = {m.name: m for m in graph_models() + real_models()}
+    models = [known[n] for n in names if n in known]
+    targets = [t for t in TARGETS if any(c["target"] == t for c in cells)]
+    bits = sorted({c["bits"] for c in cells}, reverse=True)
+    counts, low = write(args, argv, models, targets, bits, cells)
+    print(f"{counts}; below 99% parity: {low}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated name substrings")
@@ -189,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=8)
     parser.add_argument("--eval", type=int, default=4)
     parser.add_argument("--name", default="coverage", help="results file name")
+    parser.add_argument("--merge", default="",
+                        help="comma-separated result names to combine into --name (later ones "
+                             "override cells of earlier ones); runs nothing")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args, argv)
     wanted = [m for m in args.models.split(",") if m]
     models = [m for m in graph_models() + real_models()
               if not wanted or any(w in m.name for w in wanted)]  # fmt: skip
