@@ -70,6 +70,15 @@ def _pad_reflect() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return make_model(nodes, [("x", F32, [1, 1, 1, 16])], [("y", F32, [1, 4, 1, 10])], inits), {}
 
 
+def _pow() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    nodes = [N("Conv", ["x", "w"], ["c"]), N("Pow", ["c", "two"], ["p"]), N("Relu", ["p"], ["y"])]
+    inits = {
+        "w": RNG.standard_normal((3, 3, 1, 1)).astype(np.float32),
+        "two": np.array(2.0, np.float32),
+    }
+    return make_model(nodes, [("x", F32, [1, 3, 4, 4])], [("y", F32, [1, 3, 4, 4])], inits), {}
+
+
 def _recurrent(op: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     g, hidden, n_in, seq = (4 if op == "LSTM" else 3), 5, 4, 6
     inits = {"W": RNG.standard_normal((1, g * hidden, n_in)).astype(np.float32) * 0.5,
@@ -111,6 +120,7 @@ CASES = {
     "conv_transpose": _conv_transpose,
     "pad": _pad,
     "pad_reflect": _pad_reflect,
+    "pow": _pow,
     "lstm": lambda: _recurrent("LSTM"),
     "gru": lambda: _recurrent("GRU"),
     "where_logic": _where_logic,
@@ -155,7 +165,7 @@ def test_float_lowering_matches_onnxruntime(tmp_path: Path, case: str, target: s
 
 @pytest.mark.parametrize(("case", "target"), [
     ("split", "rpi"), ("resize_bilinear", "rpi"), ("conv_transpose", "rpi"), ("gelu", "rpi"),
-    ("gelu", "tflm"), ("gru", "tflm"), ("pad_reflect", "rpi"),
+    ("gelu", "tflm"), ("gru", "tflm"), ("pad_reflect", "rpi"), ("pow", "tflm"),
 ])  # fmt: skip
 def test_int8_tflite_matches_simulator(tmp_path: Path, case: str, target: str) -> None:
     model, fixed = CASES[case]()

@@ -1093,3 +1093,21 @@ def where(c: Converter, node: Node) -> None:
             ins.append(c.get(n, perm) if len(c.shape(n)) == rank else c.get(n))
     out = c.new(y, perm)
     c.emit("SELECT_V2", [t.index for t in ins], [out.index], out.dtype)
+
+
+@handles("Pow")
+def power(c: Converter, node: Node) -> None:
+    """x ** 2 → MUL(x, x) (silero VAD's STFT magnitude), x ** 0.5 → SQRT; one rounding onto
+    the output's encoding, as the simulator. Other exponents have no TFLite int8 kernel."""
+    x, e = node.inputs[0], node.inputs[1]
+    arr = c.g.constants.get(e)
+    value = float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
+    if value not in (2.0, 0.5):
+        raise c.fail(node, f"Pow with exponent {value if value is not None else 'a tensor'} has no "
+                     "TFLite kernel (int8 POW does not exist)", "use x*x or Sqrt")  # fmt: skip
+    perm, xt = c.any_layout(x)
+    out = c.new(node.outputs[0], perm)
+    if value == 2.0:
+        c.emit("MUL", [xt.index, xt.index], [out.index], xt.dtype, fb.MulOptionsT())
+    else:
+        c.emit("SQRT", [xt.index], [out.index], xt.dtype)

@@ -25,7 +25,7 @@ EMITS: dict[str, tuple[str, ...]] = {
     "Upsample": ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"),
     "Reshape": ("RESHAPE",), "Flatten": ("RESHAPE",), "Squeeze": ("RESHAPE",), "Unsqueeze": ("RESHAPE",),
     "Transpose": ("TRANSPOSE",), "Concat": ("CONCATENATION",), "Slice": ("STRIDED_SLICE",),
-    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2", "MIRROR_PAD"),
+    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2", "MIRROR_PAD"), "Pow": ("MUL", "SQRT"),
     "Where": ("SELECT_V2",), "Equal": ("EQUAL",), "Less": ("LESS",), "Greater": ("GREATER",),
     "GreaterOrEqual": ("GREATER_EQUAL",), "LessOrEqual": ("LESS_EQUAL",),
     "And": ("LOGICAL_AND",), "Or": ("LOGICAL_OR",), "Not": ("LOGICAL_NOT",),
@@ -39,7 +39,8 @@ EMITS: dict[str, tuple[str, ...]] = {
     "GRU": ("DEQUANTIZE", "STRIDED_SLICE", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "LOGISTIC",
             "TANH", "CONCATENATION", "RESHAPE", "QUANTIZE"),
 }  # fmt: skip
-DECOMPOSED = {"HardSigmoid": "MUL + ADD (int8 saturation clips to [0, 1])",
+DECOMPOSED = {"Pow": "x**2 as MUL(x, x), x**0.5 as SQRT (other exponents refused)",
+              "HardSigmoid": "MUL + ADD (int8 saturation clips to [0, 1])",
               "Div": "MUL by the int8 reciprocal of a constant; two activations divide as a float island",
               "Clip": "MAXIMUM/MINIMUM where it is no RELU/RELU6",
               "BatchNormalization": "1x1 DEPTHWISE_CONV_2D"}  # fmt: skip
