@@ -25,7 +25,7 @@ OPS = (
     "Softmax", "LayerNormalization", "BatchNormalization", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "ReduceSum", "ReduceL2", "Resize", "Concat", "Split",
     "Slice", "Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand",
-    "Pad", "Cast", "Abs", "Neg", "Sqrt", "Exp", "Equal", "Where", "And", "Not", "LSTM", "GRU",
+    "Pad", "Pow", "Cast", "Abs", "Neg", "Sqrt", "Exp", "Equal", "Where", "And", "Not", "LSTM", "GRU",
 )  # fmt: skip
 MARK = {"native": "native", "decomposed": "decomposed", "float island": "float island"}
 
