@@ -108,6 +108,14 @@ def divide_activations(c: Converter, node: Node) -> None:
     float_result(c, node, res, perm, "Div of two activations")
 
 
+def _planned(c: Converter, name: str) -> np.ndarray:
+    """A constant as the simulator uses it: the plan's dequantized values where it is planned."""
+    t = c.tq(name)
+    if t is not None and t.is_quantized and t.values is not None:
+        return t.dequantized().astype(np.float32)
+    return c.g.constants[name].astype(np.float32)
+
+
 @handles("LSTM", "GRU")
 def recurrent(c: Converter, node: Node) -> None:
     """ONNX LSTM / GRU unrolled over time in float32 (FULLY_CONNECTED, LOGISTIC, TANH, MUL,
@@ -128,15 +136,10 @@ def recurrent(c: Converter, node: Node) -> None:
                      "export the recurrence with the defaults")  # fmt: skip
     x = node.inputs[0]
     seq, batch, _ = c.shape(x)
-    w = c.g.constants[node.inputs[1]].astype(np.float32)
-    r = c.g.constants[node.inputs[2]].astype(np.float32)
+    w, r = _planned(c, node.inputs[1]), _planned(c, node.inputs[2])
     nd, hidden = r.shape[0], r.shape[-1]
     has_b = len(node.inputs) > 3 and node.inputs[3]
-    b = (
-        c.g.constants[node.inputs[3]].astype(np.float32)
-        if has_b
-        else np.zeros((nd, 2 * g * hidden), np.float32)
-    )
+    b = _planned(c, node.inputs[3]) if has_b else np.zeros((nd, 2 * g * hidden), np.float32)
     direction = a.get("direction", "forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     base = node.outputs[0] or node.name
@@ -176,7 +179,7 @@ def recurrent(c: Converter, node: Node) -> None:
 
     def state(k: int, label: str, d: int) -> Any:
         if len(node.inputs) > k and node.inputs[k] in c.g.constants:
-            arr = c.g.constants[node.inputs[k]][d].astype(np.float32)
+            arr = _planned(c, node.inputs[k])[d]
             return c.m.const(f"{base}/{label}{d}/initial", arr, "float32")
         if len(node.inputs) > k and node.inputs[k]:
             s = float_view(c, node.inputs[k], identity(3))
