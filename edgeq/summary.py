@@ -8,6 +8,7 @@ import numpy as np
 
 from edgeq.ir.graph import Graph, Node
 from edgeq.ir.ops.registry import is_supported
+from edgeq.support import op_support
 from edgeq.targets import available_targets, load_target
 
 
@@ -83,7 +84,8 @@ def summarize(graph: Graph, targets: list[str] | None = None) -> ModelSummary:
     hist = graph.op_histogram()
     for t in targets if targets is not None else available_targets():
         profile = load_target(t)
-        missing = [op for op in hist if not profile.ops.runs(op)]
+        runs = op_support(t)
+        missing = [op for op in hist if op not in runs]
         if missing:
             by_target[t] = missing
         slow = [op for op in hist if op in profile.ops.fallback]

@@ -797,6 +797,37 @@ def test_lstm(data: st.DataObject) -> None:
     compare(model, inputs, 1e-5)
 
 
+@_settings(15)
+@given(data=st.data())
+def test_gru(data: st.DataObject) -> None:
+    rng = _rng(data)
+    direction = data.draw(st.sampled_from(["forward", "reverse", "bidirectional"]), label="dir")
+    nd = 2 if direction == "bidirectional" else 1
+    seq, batch, n_in, hidden = _ints(data, 4, 1, 4, "seq batch input hidden")
+    inputs = {
+        "x": _rand(rng, [seq, batch, n_in], -1, 1),
+        "w": _rand(rng, [nd, 3 * hidden, n_in], -1, 1),
+        "r": _rand(rng, [nd, 3 * hidden, hidden], -1, 1),
+    }
+    order = ["x", "w", "r"]
+    if data.draw(st.booleans(), label="b"):
+        inputs["b"] = _rand(rng, [nd, 6 * hidden], -1, 1)
+        order.append("b")
+    if data.draw(st.booleans(), label="initial_h"):
+        inputs["initial_h"] = _rand(rng, [nd, batch, hidden], -1, 1)
+        order = [*order, *([""] if len(order) == 3 else []), "", "initial_h"]
+    attrs: dict[str, Any] = {"hidden_size": hidden, "direction": direction,
+                             "linear_before_reset": data.draw(st.sampled_from([0, 1]), label="lbr")}  # fmt: skip
+    model = make_single_op_model("GRU", inputs, attrs, node_inputs=order, outputs=["y", "y_h"])
+    compare(model, inputs, 1e-5)
+
+
+@pytest.mark.parametrize("indices", [[[0, 1], [1, 0]], [[1], [0]], [[[0, 2]], [[1, 1]]]])
+def test_gather_nd(indices: list[Any]) -> None:
+    x = _rand(np.random.default_rng(0), (2, 3, 4))
+    _run("GatherND", {"x": x}, {}, const_inputs={"i": np.array(indices, I64)}, opset=13)
+
+
 # ---- normalization ---------------------------------------------------------------------------
 @_settings(20)
 @given(data=st.data())
@@ -1168,7 +1199,7 @@ def test_trilu_k(upper: int, k: int) -> None:
 PROPERTY_TESTED = {
     "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat",
     "ConstantOfShape", "Conv", "ConvTranspose", "Div", "Expand", "Gather", "GatherElements",
-    "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "HardSigmoid", "If",
+    "Gelu", "Gemm", "GlobalAveragePool", "GRU", "GatherND", "GlobalMaxPool", "HardSigmoid", "If",
     "InstanceNormalization", "LSTM", "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul",
     "MaxPool", "PRelu", "Pad", "Pow", "Range", "Reshape", "Resize", "Slice", "Softmax", "Split",
     "Squeeze", "Tile", "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", *REDUCE_OPS,

@@ -464,16 +464,19 @@ def check(
     model: Annotated[Path, typer.Argument(help="An .onnx model (QDQ or float).")],
     target: Annotated[str, typer.Option("--target", help="Target to check against.")] = "qnn",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    input_shape: InputShapes = None,
+    input_value: InputValues = None,
 ) -> None:
-    """List every node that would leave the accelerator, and why (exit 1 if any)."""
+    """List every node that would leave the accelerator (qnn) or that an export for the
+    target would refuse, and why (exit 1 if any)."""
     from edgeq.ir.onnx_io import parse_model_bytes
     from edgeq.targets import load_target
 
     try:
         profile = load_target(target)
         if target != "qnn":
-            raise InputError(f"`edgeq check` knows the qnn target only, not '{target}'",
-                             "use --target qnn")  # fmt: skip
+            _check_lowerings(model, target, input_shape, input_value, as_json)
+            return
         if not model.is_file():
             raise InputError(f"'{model}' does not exist", "pass the path of an .onnx file")
         proto = parse_model_bytes(model.read_bytes(), str(model), check=False)
@@ -494,6 +497,25 @@ def check(
             table.add_row(v.node, v.op, v.reason, v.severity)
         console.print(table)
     if blocking(found):
+        raise typer.Exit(code=1)
+
+
+def _check_lowerings(model: Path, target: str, input_shape: list[str] | None,
+                     input_value: list[str] | None, as_json: bool) -> None:  # fmt: skip
+    """Non-qnn targets: the nodes of the prepared graph the target's lowerings cannot run."""
+    from edgeq.support import refusals
+
+    graph, _ = _load_prepared(model, input_shape, input_value, require_static=False)
+    found = refusals(graph, target)
+    if as_json:
+        console.print_json(json.dumps(found))
+    elif not found:
+        console.print(f"{model.name}: every node has a lowering for target {target}")
+    else:
+        console.print(f"[red]{model.name}: {len(found)} node(s) target {target} cannot run:[/]")
+        for line in found:
+            console.print(f"  {line}")
+    if found:
         raise typer.Exit(code=1)
 
 

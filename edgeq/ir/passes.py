@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from edgeq.errors import DynamicShapeError, GraphError, InputError
-from edgeq.ir.graph import Graph, Node, ValueInfo, node_inputs_all, topological_order
+from edgeq.ir.exported import EXPORTED_PASSES
+from edgeq.ir.graph import Graph, Node, ValueInfo, node_inputs_all
 from edgeq.ir.interpreter import trace
+from edgeq.ir.rewrite import Matcher as _Matcher
+from edgeq.ir.rewrite import eliminate_dead_nodes, toposort
+from edgeq.ir.rewrite import replace_node as _replace
 
 log = logging.getLogger(__name__)
 
@@ -349,46 +352,6 @@ def _per_channel_constant(arr: np.ndarray | None, channels: int, rank: int) -> n
 # ---------------------------------------------------------------------------------------------
 # canonicalization
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class _Matcher:
-    g: Graph
-
-    def __post_init__(self) -> None:
-        self.producers = self.g.producers()
-        self.consumers = self.g.consumers()
-
-    def prod(self, name: str, op: str) -> Node | None:
-        n = self.producers.get(name)
-        return n if n is not None and n.op_type == op else None
-
-    def scalar(self, name: str) -> float | None:
-        arr = self.g.constants.get(name)
-        if arr is None or arr.size != 1 or not np.issubdtype(arr.dtype, np.floating):
-            return None
-        return float(arr.reshape(-1)[0])
-
-    def is_const(self, name: str, value: float, tol: float = 1e-6) -> bool:
-        v = self.scalar(name)
-        return v is not None and abs(v - value) <= tol * max(1.0, abs(value))
-
-    def other(self, node: Node, name: str) -> str | None:
-        """The binary node's operand that is not `name` (None if `name` is not an operand)."""
-        if len(node.inputs) != 2 or name not in node.inputs:
-            return None
-        return node.inputs[1] if node.inputs[0] == name else node.inputs[0]
-
-    def private(self, name: str, users: int = 1) -> bool:
-        return name not in self.g.output_names and len(self.consumers.get(name, [])) == users
-
-    def const_operand(self, node: Node) -> tuple[str, float] | None:
-        """(the non-constant operand, the scalar constant) of a binary node."""
-        for i, j in ((0, 1), (1, 0)):
-            v = self.scalar(node.inputs[j]) if len(node.inputs) == 2 else None
-            if v is not None and node.inputs[i] not in self.g.constants:
-                return node.inputs[i], v
-        return None
-
-
 def _clip_bounds(m: _Matcher, clip: Node) -> tuple[float | None, float | None]:
     lo = (
         m.scalar(clip.inputs[1])
@@ -438,13 +401,6 @@ def canonicalize(graph: Graph) -> Graph:
         while rewrite(g):
             pass
     return eliminate_dead_nodes(g)
-
-
-def _replace(g: Graph, new: Node, before: Node) -> None:
-    """Insert `new` at the position of `before` (dead producers are removed later)."""
-    idx = next(i for i, n in enumerate(g.nodes) if n is before)
-    g.nodes.insert(idx, new)
-    g.nodes.remove(before)
 
 
 def _rewrite_hardswish(g: Graph) -> bool:
@@ -529,7 +485,11 @@ def _rewrite_gelu(g: Graph) -> bool:
         other = m.other(mul1, add.outputs[0])
         half_node: Node | None = None
         final: Node | None = None
-        if other == x:  # (x * (1+erf)) * 0.5
+        if m.is_const(other or "", 0.5) and m.private(mul1.outputs[0]):  # x * (0.5 * (1+erf))
+            (mul2,) = m.consumers[mul1.outputs[0]]
+            if mul2.op_type == "Mul" and m.other(mul2, mul1.outputs[0]) == x:
+                final, half_node = mul2, mul1
+        elif other == x:  # (x * (1+erf)) * 0.5
             if m.private(mul1.outputs[0]):
                 (mul2,) = m.consumers[mul1.outputs[0]]
                 if mul2.op_type == "Mul" and m.is_const(m.other(mul2, mul1.outputs[0]) or "", 0.5):
@@ -674,35 +634,6 @@ def _rename_in_subgraphs(node: Node, alias: Mapping[str, str]) -> None:
             out.name = alias.get(out.name, out.name)
 
 
-def eliminate_dead_nodes(graph: Graph) -> Graph:
-    """Remove nodes and constants that no graph output depends on."""
-    g = graph.copy()
-    producers = g.producers()
-    live: set[str] = set(g.output_names)
-    stack = list(live)
-    live_nodes: set[int] = set()
-    while stack:
-        name = stack.pop()
-        node = producers.get(name)
-        if node is None or id(node) in live_nodes:
-            continue
-        live_nodes.add(id(node))
-        for i in node_inputs_all(node):
-            if i not in live:
-                live.add(i)
-                stack.append(i)
-    g.nodes = [n for n in g.nodes if id(n) in live_nodes]
-    g.constants = {k: v for k, v in g.constants.items() if k in live}
-    g.value_info = {k: v for k, v in g.value_info.items() if k in live}
-    return g
-
-
-def toposort(graph: Graph) -> Graph:
-    g = graph.copy()
-    g.nodes = topological_order(g)
-    return g
-
-
 def infer_shapes(graph: Graph) -> Graph:
     """Record the static shape and dtype of every value (from jax.eval_shape over the ops)."""
     g = graph.copy()
@@ -809,6 +740,7 @@ STANDARD_PASSES: tuple[tuple[str, Pass], ...] = (
     ("fold_batchnorm", fold_batchnorm),
     ("infer_shapes", infer_shapes),
     ("canonicalize", canonicalize),
+    *EXPORTED_PASSES,
     ("remove_identity", remove_identity),
     ("eliminate_dead_nodes", eliminate_dead_nodes),
     ("toposort", toposort),

@@ -35,9 +35,19 @@ FP16_MAX = 65504.0
 IOS_TARGETS = ("iOS16", "iOS17", "iOS18")
 
 
+# MIL type names and keywords coremltools' sanitize pass renames (passes/defs/preprocess.py)
+MIL_RESERVED = frozenset({
+    "any", "bool", "program", "func", "tensor", "list", "dict", "tuple", "true", "false",
+    "string", "bf16", "fp16", "fp32", "fp64", "int8", "int16", "int32", "int64", "uint8",
+    "uint16", "uint32", "uint64", "state",
+})  # fmt: skip
+
+
 def mil_name(name: str) -> str:
     """A MIL-safe identifier for an ONNX tensor name (deterministic)."""
     out = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if out in MIL_RESERVED:  # coremltools would rename these on save (silero VAD's `state`)
+        return "v_" + out
     return out if out and not out[0].isdigit() else "v_" + out
 
 
@@ -661,6 +671,273 @@ class ProgramBuilder:
             hi = float(self._const(node.inputs[2]).reshape(-1)[0])
         self._unary(node, "clip", alpha=fp16(lo)[()], beta=fp16(hi)[()])
 
+    # ---- issue #14: the common edge op set ---------------------------------------------------
+    def _op_Split(self, node: Node) -> None:
+        """One slice_by_index per output (the numpy evaluator and the ANE both take slices)."""
+        from coremltools.converters.mil.mil import Builder as mb
+
+        shape = self._shape(node.inputs[0])
+        axis = int(node.attrs.get("axis", 0)) % len(shape)
+        x = self._in(node.inputs[0])
+        start = 0
+        for k, out in enumerate(node.outputs):
+            size = self._shape(out)[axis]
+            begin, end = [0] * len(shape), list(shape)
+            begin[axis], end[axis] = start, start + size
+            var = mb.slice_by_index(x=x, begin=np.asarray(begin, np.int32),
+                                    end=np.asarray(end, np.int32), name=self.vname(out))  # fmt: skip
+            self._set(node, var, k)
+            start += size
+
+    def _op_Resize(self, node: Node) -> None:
+        """nearest with integer factors → upsample_nearest_neighbor; linear → resize_bilinear
+        with the sampling mode of ONNX's coordinate mode (half_pixel: UNALIGN_CORNERS,
+        align_corners: STRICT_ALIGN_CORNERS, asymmetric: DEFAULT)."""
+        from coremltools.converters.mil.mil import Builder as mb
+
+        xs, ys = self._shape(node.inputs[0]), self._shape(node.outputs[0])
+        if len(xs) != 4 or xs[:2] != ys[:2]:
+            raise UnsupportedOpError(f"{node}: Core ML resizes H and W of 4-D tensors only")
+        mode = _text(node.attrs.get("mode"), "nearest")
+        ctm = _text(node.attrs.get("coordinate_transformation_mode"), "half_pixel")
+        x, name = self._in(node.inputs[0]), self.vname(node.outputs[0])
+        if mode == "nearest":
+            factors = [ys[i] // xs[i] for i in (2, 3)]
+            if any(ys[i] % xs[i] for i in (2, 3)) or ctm in ("align_corners", "tf_crop_and_resize"):
+                raise UnsupportedOpError(f"{node}: nearest Resize to {ys[2:]} from {xs[2:]} ({ctm}) "
+                                         "has no exact Core ML op (upsample_nearest_neighbor "
+                                         "takes integer factors)", "resize by integer factors")  # fmt: skip
+            var = mb.upsample_nearest_neighbor(x=x, scale_factor_height=factors[0],
+                                               scale_factor_width=factors[1], name=name)  # fmt: skip
+        elif mode == "linear":
+            sampling = {"half_pixel": "UNALIGN_CORNERS", "pytorch_half_pixel": "UNALIGN_CORNERS",
+                        "align_corners": "STRICT_ALIGN_CORNERS", "asymmetric": "DEFAULT"}.get(ctm)  # fmt: skip
+            if sampling is None or (ctm == "pytorch_half_pixel" and min(ys[2:]) == 1):
+                raise UnsupportedOpError(
+                    f"{node}: linear Resize with {ctm} has no Core ML sampling mode"
+                )
+            var = mb.resize_bilinear(x=x, target_size_height=ys[2], target_size_width=ys[3],
+                                     sampling_mode=sampling, name=name)  # fmt: skip
+        else:
+            raise UnsupportedOpError(
+                f"{node}: Resize mode {mode} (Core ML has nearest and bilinear)"
+            )
+        self._set(node, var)
+
+    def _op_ConvTranspose(self, node: Node) -> None:
+        from coremltools.converters.mil.mil import Builder as mb
+
+        if node.inputs[1] not in self.graph.constants:
+            raise UnsupportedOpError(f"{node}: the Core ML exporter needs constant weights")
+        kernel = self._const(node.inputs[1]).shape[2:]
+        n = len(kernel)
+        if _text(node.attrs.get("auto_pad"), "NOTSET") not in ("NOTSET", ""):
+            raise UnsupportedOpError(f"{node}: ConvTranspose auto_pad")
+        kwargs: dict[str, Any] = {
+            "strides": list(node.attrs.get("strides", [1] * n)),
+            "dilations": list(node.attrs.get("dilations", [1] * n)),
+            "groups": int(node.attrs.get("group", 1)),
+            "output_shape": np.asarray(self._shape(node.outputs[0]), np.int32),
+        }
+        kwargs.update(_pads(node, n))
+        if len(node.inputs) > 2 and node.inputs[2]:
+            kwargs["bias"] = self._bias(node.inputs[2])
+        var = mb.conv_transpose(x=self._in(node.inputs[0]), weight=self._weight(node.inputs[1]),
+                                name=self.vname(node.outputs[0]), **kwargs)  # fmt: skip
+        self._set(node, var)
+
+    def _op_Abs(self, node: Node) -> None:
+        self._unary(node, "abs")
+
+    def _op_Neg(self, node: Node) -> None:
+        from coremltools.converters.mil.mil import Builder as mb
+
+        x = self._in(node.inputs[0])
+        self._set(node, mb.mul(x=x, y=np.float16(-1) if x.dtype == _types().fp16 else np.int32(-1),
+                               name=self.vname(node.outputs[0])))  # fmt: skip
+
+    def _op_Log(self, node: Node) -> None:
+        self._unary(node, "log")
+
+    def _op_Equal(self, node: Node) -> None:
+        self._binary(node, "equal")
+
+    def _op_Less(self, node: Node) -> None:
+        self._binary(node, "less")
+
+    def _op_Greater(self, node: Node) -> None:
+        self._binary(node, "greater")
+
+    def _op_GreaterOrEqual(self, node: Node) -> None:
+        self._binary(node, "greater_equal")
+
+    def _op_LessOrEqual(self, node: Node) -> None:
+        self._binary(node, "less_equal")
+
+    def _op_And(self, node: Node) -> None:
+        self._binary(node, "logical_and")
+
+    def _op_Or(self, node: Node) -> None:
+        self._binary(node, "logical_or")
+
+    def _op_Not(self, node: Node) -> None:
+        self._unary(node, "logical_not")
+
+    def _op_Where(self, node: Node) -> None:
+        from coremltools.converters.mil.mil import Builder as mb
+
+        cond = self._in(node.inputs[0])
+        a = self._in(node.inputs[1]) if node.inputs[1] in self.env else None
+        b = self._in(node.inputs[2]) if node.inputs[2] in self.env else None
+        like = a if a is not None else b
+        a = a if a is not None else self._in(node.inputs[1], like=like)
+        b = b if b is not None else self._in(node.inputs[2], like=like)
+        self._set(node, mb.select(cond=cond, a=a, b=b, name=self.vname(node.outputs[0])))
+
+    def _op_LeakyRelu(self, node: Node) -> None:
+        self._unary(node, "leaky_relu", alpha=np.float16(node.attrs.get("alpha", 0.01)))
+
+    def _op_BatchNormalization(self, node: Node) -> None:
+        if len([o for o in node.outputs if o]) != 1:
+            raise UnsupportedOpError(f"{node}: training-mode BatchNormalization")
+        vals = [fp16(self._const(n)) for n in node.inputs[1:5]]
+        self._unary(node, "batch_norm", gamma=vals[0], beta=vals[1], mean=vals[2],
+                    variance=vals[3], epsilon=_fp16_epsilon(node.attrs.get("epsilon", 1e-5)))  # fmt: skip
+
+    def _op_Pad(self, node: Node) -> None:
+        mode = _text(node.attrs.get("mode"), "constant")
+        rank = len(self._shape(node.inputs[0]))
+        if len(node.inputs) > 1 and node.inputs[1]:
+            pads = [int(v) for v in self._const(node.inputs[1]).reshape(-1)]
+        else:
+            pads = [int(v) for v in node.attrs.get("pads", [])]
+        axes = list(range(rank))
+        if len(node.inputs) > 3 and node.inputs[3]:
+            axes = [int(a) % rank for a in self._const(node.inputs[3]).reshape(-1)]
+        widths = [0] * (2 * rank)
+        for i, a in enumerate(axes):
+            widths[2 * a], widths[2 * a + 1] = pads[i], pads[i + len(axes)]
+        if any(v < 0 for v in widths) or mode not in ("constant", "reflect", "edge"):
+            raise UnsupportedOpError(f"{node}: Pad mode {mode} or negative pads")
+        value = 0.0
+        if len(node.inputs) > 2 and node.inputs[2]:
+            value = float(self._const(node.inputs[2]).reshape(-1)[0])
+        self._unary(node, "pad", pad=np.asarray(widths, np.int32),
+                    mode={"edge": "replicate"}.get(mode, mode), constant_val=np.float16(value))  # fmt: skip
+
+    def _op_LSTM(self, node: Node) -> None:
+        self._recurrent(node, lstm=True)
+
+    def _op_GRU(self, node: Node) -> None:
+        self._recurrent(node, lstm=False)
+
+    def _recurrent(self, node: Node, lstm: bool) -> None:
+        """ONNX LSTM/GRU unrolled over time into linear, sigmoid, tanh, mul and add (exact ONNX
+        gate order; Core ML's own lstm runs on the CPU/GPU anyway, never on the ANE)."""
+        from coremltools.converters.mil.mil import Builder as mb
+
+        a = node.attrs
+        gates = 4 if lstm else 3
+        acts = [_text(v, "").lower() for v in a.get("activations") or []]
+        if acts and acts[: gates - 1] != ["sigmoid", "tanh", "tanh"][: gates - 1]:
+            raise UnsupportedOpError(f"{node}: {node.op_type} activations {acts}")
+        if int(a.get("layout", 0)) or a.get("clip") is not None or (
+            len(node.inputs) > 4 and node.inputs[4]) or (lstm and len(node.inputs) > 7 and node.inputs[7]):  # fmt: skip
+            raise UnsupportedOpError(
+                f"{node}: {node.op_type} with layout, clip, sequence_lens or peepholes"
+            )
+        seq, batch, _ = self._shape(node.inputs[0])
+        w, r = self._const(node.inputs[1]), self._const(node.inputs[2])
+        nd, hidden = r.shape[0], r.shape[-1]
+        b = self._const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else np.zeros(
+            (nd, 2 * gates * hidden), np.float32)  # fmt: skip
+        direction = _text(a.get("direction"), "forward")
+        base = self.vname(node.outputs[0]) if node.outputs[0] else mil_name(node.name)
+        x = self._in(node.inputs[0])
+        h0 = self._in(node.inputs[5]) if len(node.inputs) > 5 and node.inputs[5] else None
+        c0 = self._in(node.inputs[6]) if lstm and len(node.inputs) > 6 and node.inputs[6] else None
+        lbr = int(a.get("linear_before_reset", 0))
+        ys, hs, cs = [], [], []
+        for d in range(nd):
+            p = f"{base}_d{d}"
+            xp = mb.linear(x=x, weight=fp16(w[d]), bias=fp16(b[d, : gates * hidden]), name=p + "_x")
+
+            h = _initial_state(h0, d, batch, hidden, f"{p}_h0")
+            cell = _initial_state(c0, d, batch, hidden, f"{p}_c0")
+            rb = fp16(b[d, gates * hidden :])
+            order = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
+            outs: dict[int, Any] = {}
+            for t in order:
+                q = f"{p}_t{t}"
+                xt = mb.squeeze(x=mb.slice_by_index(x=xp, begin=np.asarray([t, 0, 0], np.int32),
+                                                    end=np.asarray([t + 1, batch, gates * hidden], np.int32),
+                                                    name=q + "_xs"), axes=[0], name=q + "_xt")  # fmt: skip
+
+                if lstm:
+                    g = mb.add(x=xt, y=mb.linear(x=h, weight=fp16(r[d]), bias=rb, name=q + "_hr"),
+                               name=q + "_g")  # fmt: skip
+                    i = mb.sigmoid(x=_gate(g, 0, batch, hidden, q + "_i"), name=q + "_is")
+                    o = mb.sigmoid(x=_gate(g, 1, batch, hidden, q + "_o"), name=q + "_os")
+                    f = mb.sigmoid(x=_gate(g, 2, batch, hidden, q + "_f"), name=q + "_fs")
+                    cc = mb.tanh(x=_gate(g, 3, batch, hidden, q + "_c"), name=q + "_ct")
+                    cell = mb.add(x=mb.mul(x=f, y=cell, name=q + "_fc"),
+                                  y=mb.mul(x=i, y=cc, name=q + "_ic"), name=q + "_cell")  # fmt: skip
+                    h = mb.mul(x=o, y=mb.tanh(x=cell, name=q + "_tc"), name=q + "_h")
+                else:
+                    hr = mb.linear(x=h, weight=fp16(r[d]), bias=rb, name=q + "_hr")
+                    z = mb.sigmoid(x=mb.add(x=_gate(xt, 0, batch, hidden, q + "_xz"), y=_gate(hr, 0, batch, hidden, q + "_hz"), name=q + "_z0"),
+                                   name=q + "_z")  # fmt: skip
+                    rg = mb.sigmoid(x=mb.add(x=_gate(xt, 1, batch, hidden, q + "_xr"), y=_gate(hr, 1, batch, hidden, q + "_hr1"), name=q + "_r0"),
+                                    name=q + "_r")  # fmt: skip
+                    if lbr:
+                        hh = mb.add(x=_gate(xt, 2, batch, hidden, q + "_xh"), y=mb.mul(x=rg, y=_gate(hr, 2, batch, hidden, q + "_hh1"), name=q + "_rh"),
+                                    name=q + "_hh")  # fmt: skip
+                    else:
+                        rh = mb.linear(x=mb.mul(x=rg, y=h, name=q + "_rgh"), weight=fp16(r[d][2 * hidden :]),
+                                       bias=rb[2 * hidden :], name=q + "_rhl")  # fmt: skip
+                        hh = mb.add(x=_gate(xt, 2, batch, hidden, q + "_xh"), y=rh, name=q + "_hh")
+                    n_ = mb.tanh(x=hh, name=q + "_n")
+                    # h = n + z * (h - n)
+                    h = mb.add(x=n_, y=mb.mul(x=z, y=mb.sub(x=h, y=n_, name=q + "_d"), name=q + "_zd"),
+                               name=q + "_h")  # fmt: skip
+                outs[t] = h
+            ys.append(mb.stack(values=[outs[t] for t in range(seq)], axis=0, name=p + "_y"))
+            hs.append(h)
+            cs.append(cell)
+        results = [mb.stack(values=ys, axis=1, name=base),
+                   mb.stack(values=hs, axis=0, name=base + "_hN"),
+                   mb.stack(values=cs, axis=0, name=base + "_cN") if lstm else None]  # fmt: skip
+        for k, out in enumerate(node.outputs):
+            if out:
+                var = results[k]
+                if k > 0:
+                    var = mb.identity(x=var, name=self.vname(out))
+                self._set(node, var, k)
+
+
+def _initial_state(v: Any, d: int, batch: int, hidden: int, name: str) -> Any:
+    """Direction d of an ONNX [dirs, batch, hidden] initial state (zeros when absent)."""
+    from coremltools.converters.mil.mil import Builder as mb
+
+    if v is None:
+        return mb.const(val=np.zeros((batch, hidden), np.float16), name=name)
+    part = mb.slice_by_index(x=v, begin=np.asarray([d, 0, 0], np.int32),
+                             end=np.asarray([d + 1, batch, hidden], np.int32), name=name + "_s")  # fmt: skip
+    return mb.squeeze(x=part, axes=[0], name=name)
+
+
+def _gate(v: Any, k: int, batch: int, hidden: int, name: str) -> Any:
+    """Gate k (columns k*hidden ..) of a [batch, gates*hidden] tensor."""
+    from coremltools.converters.mil.mil import Builder as mb
+
+    return mb.slice_by_index(x=v, begin=np.asarray([0, k * hidden], np.int32),
+                             end=np.asarray([batch, (k + 1) * hidden], np.int32), name=name)  # fmt: skip
+
+
+def _text(value: Any, default: str) -> str:
+    value = default if value is None else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
 
 def _fp16_epsilon(eps: float) -> np.float16:
     """A positive epsilon stays positive in fp16 (MiniLM's 1e-12 would round to 0 and a
@@ -708,3 +985,17 @@ def build_program(graph: Graph, plan: QuantPlan | None, deployment_target: str |
 
 __all__ = ["BuiltProgram", "build_program", "fp16", "mil_name", "requant_is_identity", "required_target",
            "weight_op_name"]  # fmt: skip
+
+
+# how each lowering runs on Core ML, where it is not one MIL op of the same meaning
+_DECOMPOSED = {"HardSwish": "sigmoid_hard · mul", "Split": "one slice_by_index per output",
+               "LSTM": "unrolled over time (linear, sigmoid, tanh, mul, add)",
+               "GRU": "unrolled over time (linear, sigmoid, tanh, mul, add)",
+               "Neg": "mul by -1", "Expand": "tile"}  # fmt: skip
+
+
+def op_support() -> dict[str, dict[str, Any]]:
+    """ONNX op → {"kind": native | decomposed} for every op ProgramBuilder lowers."""
+    ops = sorted(n.removeprefix("_op_") for n in dir(ProgramBuilder) if n.startswith("_op_"))
+    return {op: {"kind": "decomposed" if op in _DECOMPOSED else "native",
+                 **({"as": _DECOMPOSED[op]} if op in _DECOMPOSED else {})} for op in ops}  # fmt: skip

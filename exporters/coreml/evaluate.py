@@ -392,7 +392,115 @@ def _binary(fn: Callable[[Any, Any], Any]) -> Callable[[Mapping[str, Any]], np.n
     return run
 
 
+def _conv_transpose(a: Mapping[str, Any]) -> np.ndarray:
+    """y[o, i*s + k*d - pad] += x[c, i] * w[c, o, k] (2-D, groups 1)."""
+    x, w = _f32(a["x"]), _f32(a["weight"])
+    if int(a.get("groups", 1)) != 1 or w.ndim != 4:
+        raise EdgeqError("the numpy MIL evaluator runs 2-D conv_transpose with groups 1 only")
+    kh, kw = w.shape[2:]
+    sh, sw = [int(v) for v in np.asarray(a.get("strides", [1, 1])).reshape(-1)]
+    dh, dw = [int(v) for v in np.asarray(a.get("dilations", [1, 1])).reshape(-1)]
+    n, _, h, wd = x.shape
+    full = np.zeros((n, w.shape[1], (h - 1) * sh + (kh - 1) * dh + 1, (wd - 1) * sw + (kw - 1) * dw + 1),
+                    np.float32)  # fmt: skip
+    for i in range(kh):
+        for j in range(kw):
+            part = np.einsum("nchw,co->nohw", x, w[:, :, i, j])
+            full[
+                :,
+                :,
+                i * dh : i * dh + (h - 1) * sh + 1 : sh,
+                j * dw : j * dw + (wd - 1) * sw + 1 : sw,
+            ] += part
+    pad = [int(v) for v in np.asarray(a.get("pad", [0, 0, 0, 0])).reshape(-1)]
+    if a.get("pad_type", "valid") != "custom":
+        pad = [0, 0, 0, 0]
+    out = a.get("output_shape")
+    oh, ow = (int(out[2]), int(out[3])) if out is not None else (
+        full.shape[2] - pad[0] - pad[1], full.shape[3] - pad[2] - pad[3])  # fmt: skip
+    full = np.pad(full, [(0, 0), (0, 0), (0, max(0, pad[0] + oh - full.shape[2])),
+                         (0, max(0, pad[2] + ow - full.shape[3]))])  # fmt: skip
+    y = full[:, :, pad[0] : pad[0] + oh, pad[2] : pad[2] + ow]
+    if a.get("bias") is not None:
+        y = y + _f32(a["bias"]).reshape(1, -1, 1, 1)
+    return y
+
+
+def _batch_norm(a: Mapping[str, Any]) -> np.ndarray:
+    x = _f32(a["x"])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    k = _f32(a["gamma"]).reshape(shape) / np.sqrt(
+        _f32(a["variance"]).reshape(shape) + float(a["epsilon"])
+    )
+    return (x - _f32(a["mean"]).reshape(shape)) * k + _f32(a["beta"]).reshape(shape)
+
+
+def _pad(a: Mapping[str, Any]) -> np.ndarray:
+    x = np.asarray(a["x"])
+    p = [int(v) for v in np.asarray(a["pad"]).reshape(-1)]
+    widths = [(0, 0)] * (x.ndim - len(p) // 2) + [
+        (p[2 * i], p[2 * i + 1]) for i in range(len(p) // 2)
+    ]
+    mode = str(a.get("mode", "constant"))
+    if mode == "constant":
+        return np.pad(x, widths, constant_values=float(a.get("constant_val", 0.0)))
+    return np.pad(x, widths, mode={"replicate": "edge"}.get(mode, mode))
+
+
+_SAMPLING = {"UNALIGN_CORNERS": "half_pixel", "STRICT_ALIGN_CORNERS": "align_corners",
+             "ALIGN_CORNERS": "align_corners", "DEFAULT": "asymmetric"}  # fmt: skip
+
+
+def _resize_bilinear(a: Mapping[str, Any]) -> np.ndarray:
+    from edgeq.exporters.resize import resize_axis
+
+    x = _f32(a["x"])
+    mode = _SAMPLING.get(str(a.get("sampling_mode", "DEFAULT")))
+    if mode is None:
+        raise EdgeqError(
+            f"the numpy MIL evaluator has no resize_bilinear mode {a.get('sampling_mode')}"
+        )
+    out = (int(a["target_size_height"]), int(a["target_size_width"]))
+    for axis, size in zip((2, 3), out, strict=True):
+        x = resize_axis(x, axis, size, size / x.shape[axis], "linear", mode)
+    return x
+
+
+def _upsample_nearest(a: Mapping[str, Any]) -> np.ndarray:
+    x = np.asarray(a["x"])
+    fh, fw = int(a["scale_factor_height"]), int(a["scale_factor_width"])
+    return np.repeat(np.repeat(x, fh, axis=2), fw, axis=3)
+
+
 _OPS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "conv_transpose": _conv_transpose,
+    "resize_bilinear": _resize_bilinear,
+    "upsample_nearest_neighbor": _upsample_nearest,
+    "abs": lambda a: np.abs(np.asarray(a["x"])),
+    "leaky_relu": lambda a: np.where(
+        _f32(a["x"]) >= 0, _f32(a["x"]), _f32(a["x"]) * float(a["alpha"])
+    ),
+    "batch_norm": _batch_norm,
+    "pad": _pad,
+    "log": lambda a: np.log(_f32(a["x"])),
+    "silu": lambda a: _f32(a["x"]) / (1.0 + np.exp(-_f32(a["x"]))),
+    "equal": _binary(np.equal),
+    "not_equal": _binary(np.not_equal),
+    "less": _binary(np.less),
+    "greater": _binary(np.greater),
+    "less_equal": _binary(np.less_equal),
+    "greater_equal": _binary(np.greater_equal),
+    "logical_and": _binary(np.logical_and),
+    "logical_or": _binary(np.logical_or),
+    "logical_not": lambda a: np.logical_not(np.asarray(a["x"])),
+    "select": lambda a: np.where(np.asarray(a["cond"]), np.asarray(a["a"]), np.asarray(a["b"])),
+    "squeeze": lambda a: np.squeeze(
+        np.asarray(a["x"]), axis=tuple(int(i) for i in np.asarray(a["axes"]).reshape(-1))
+    ),
+    "expand_dims": lambda a: np.expand_dims(
+        np.asarray(a["x"]), tuple(int(i) for i in np.asarray(a["axes"]).reshape(-1))
+    ),
+    "stack": lambda a: np.stack([np.asarray(v) for v in a["values"]], axis=int(a["axis"])),
     "cast": lambda a: np.asarray(a["x"]).astype(_CAST[str(a["dtype"])]),
     "identity": lambda a: np.asarray(a["x"]),
     "conv": _conv,

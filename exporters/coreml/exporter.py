@@ -97,6 +97,14 @@ class CoreMLExporter:
                 )
         return Artifact(Path(out), profile.name, self.format, plan is not None, notes, checks)
 
+    def op_support(self, profile: TargetProfile) -> dict[str, dict[str, Any]]:
+        from .build import op_support
+
+        return op_support()
+
+    def refusal(self, op: str, profile: TargetProfile) -> str:
+        return f"no Core ML (MIL) lowering for {op} in edgeq"
+
     def open(self, path: Path, **kwargs: Any) -> Runner:
         """`numpy=True` forces the numpy evaluator (also on macOS); `compute_units` passes
         through to Core ML on macOS (default CPU_AND_NE)."""

@@ -315,6 +315,14 @@ class MlxExporter:
                   "weight_bytes": int(sum(v.nbytes for v in tensors.values()))}  # fmt: skip
         return Artifact(Path(out), profile.name, self.format, plan is not None, notes, checks)
 
+    def op_support(self, profile: TargetProfile) -> dict[str, dict[str, Any]]:
+        from edgeq.exporters.mlx.runtime import op_support
+
+        return op_support()
+
+    def refusal(self, op: str, profile: TargetProfile) -> str:
+        return f"no MLX lowering for {op} in edgeq"
+
     def open(self, path: Path, **kwargs: Any) -> Runner:
         return MlxProgram(path, **kwargs)
 

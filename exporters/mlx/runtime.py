@@ -18,6 +18,7 @@ graph outputs, so feeds and outputs are shaped like the ONNX graph's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ import mlx.core as mx
 import numpy as np
 
 from edgeq.errors import EdgeqError, InputError
+from edgeq.exporters.resize import linear_taps, nearest_indices, source_coordinates
 
 GRAPH_FORMAT = "edgeq-mlx-graph"
 GRAPH_VERSION = 1
@@ -740,6 +742,215 @@ def _shape(p: MlxProgram, c: NodeCall) -> list[_Value]:
     return [_Value(mx.array(np.asarray(x.shape, np.int64)))]
 
 
+# ---- split, resize, transposed convolution, recurrent (issue #14) --------------------------------
+@_op("Split")
+def _split(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    x = _arr(p, c, 0)
+    axis = int(c.attrs.get("axis", 0)) % x.ndim
+    sizes = _ints(p, c, 1, "split") if p.opset >= 13 else _ints(p, c, 99, "split")
+    n = len(c.outputs)
+    if not sizes:
+        dim = x.shape[axis]
+        each = -(-dim // n)
+        sizes = [min(each, dim - i * each) for i in range(n)]
+    bounds = np.cumsum([0, *sizes]).tolist()
+    index: list[slice] = [slice(None)] * x.ndim
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        index[axis] = slice(int(lo), int(hi))
+        out.append(_Value(x[tuple(index)]))
+    return out
+
+
+def _text(value: Any, default: str) -> str:
+    value = default if value is None else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@_op("Resize")
+def _resize(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    """nearest and (bi)linear over H, W of an NCHW tensor, with ONNX's coordinate modes, as
+    gathers along H and W (exact index math, computed once from the static shapes)."""
+    v = _value(p, c, 0)
+    x = _nhwc(v)
+    _n, h, w, _ch = x.shape
+    mode = _text(c.attrs.get("mode"), "nearest")
+    ctm = _text(c.attrs.get("coordinate_transformation_mode"), "half_pixel")
+    if mode not in ("nearest", "linear") or int(c.attrs.get("antialias", 0)):
+        raise c.fail(f"Resize mode {mode}")
+    sizes = [int(d) for d in p.const_np(c.inputs[3]).reshape(-1)] if c.has(3) else None
+    scales = [float(d) for d in p.const_np(c.inputs[2]).reshape(-1)] if c.has(2) else None
+    if sizes is not None:
+        out_hw = sizes[2:4]
+        sc = [out_hw[0] / h, out_hw[1] / w]
+    elif scales:
+        if scales[:2] != [1.0, 1.0]:
+            raise c.fail("a Resize of the batch or channel axis")
+        sc = scales[2:4]
+        out_hw = [math.floor(h * sc[0]), math.floor(w * sc[1])]
+    else:
+        raise c.fail("a Resize without constant scales or sizes")
+    y = x
+    for axis, (size, out, s) in enumerate(zip((h, w), out_hw, sc, strict=True), start=1):
+        coord = source_coordinates(out, size, s, ctm)
+        if mode == "nearest":
+            idx = nearest_indices(
+                coord, _text(c.attrs.get("nearest_mode"), "round_prefer_floor"), size
+            )
+            y = mx.take(y, mx.array(idx.astype(np.int32)), axis=axis)
+            continue
+        lo, hi, frac = linear_taps(coord, size)
+        lo, hi = lo.astype(np.int32), hi.astype(np.int32)
+        shape = [1, 1, 1, 1]
+        shape[axis] = out
+        f = mx.array(frac.reshape(shape))
+        a, b = mx.take(y, mx.array(lo), axis=axis), mx.take(y, mx.array(hi), axis=axis)
+        y = a + (b - a) * f
+    return [_Value(y, True)]
+
+
+@_op("ConvTranspose")
+def _conv_transpose(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    v = _value(p, c, 0)
+    w_name = c.inputs[1]
+    if v.array.ndim != 4 or int(c.attrs.get("group", 1)) != 1:
+        raise c.fail("a ConvTranspose that is not 2-D with group 1")
+    w = p.dequantized(w_name) if w_name in p.qweights else p.float_const(w_name)  # [I, O, kh, kw]
+    kh, kw = w.shape[2], w.shape[3]
+    strides = [int(s) for s in c.attrs.get("strides", [1, 1])]
+    dil = [int(d) for d in c.attrs.get("dilations", [1, 1])]
+    pads = [int(d) for d in c.attrs.get("pads", [0, 0, 0, 0])]
+    out_pad = [int(d) for d in c.attrs.get("output_padding", [0, 0])]
+    if _text(c.attrs.get("auto_pad"), "NOTSET") not in ("NOTSET", "") or "output_shape" in c.attrs:
+        raise c.fail("ConvTranspose with auto_pad or output_shape")
+    x = _nhwc(v)
+    wt = mx.transpose(w, (1, 2, 3, 0))  # [O, kh, kw, I]
+    y = mx.conv_transpose2d(x, wt, stride=tuple(strides), dilation=tuple(dil))  # type: ignore[arg-type]
+    full_h, full_w = y.shape[1], y.shape[2]
+    extra = [max(0, out_pad[0] - pads[2]), max(0, out_pad[1] - pads[3])]
+    if any(extra):
+        y = mx.pad(y, [(0, 0), (0, extra[0]), (0, extra[1]), (0, 0)])
+    y = y[:, pads[0] : full_h - pads[2] + out_pad[0], pads[1] : full_w - pads[3] + out_pad[1], :]
+    del kh, kw
+    if c.has(2):
+        y = y + _arr(p, c, 2)
+    return [_Value(y, True)]
+
+
+def _recurrent_inputs(p: MlxProgram, c: NodeCall, gates: int) -> tuple[Any, ...]:
+    if int(c.attrs.get("layout", 0)):
+        raise c.fail(f"{c.op} layout=1")
+    acts = [_text(a, "").lower() for a in c.attrs.get("activations") or []]
+    if acts and acts[: gates - 1] != ["sigmoid", "tanh", "tanh"][: gates - 1]:
+        raise c.fail(f"{c.op} activations {acts}")
+    if c.has(4) or c.attrs.get("clip") is not None:
+        raise c.fail(f"{c.op} with sequence_lens or clip")
+    x = _arr(p, c, 0)
+    w, r = _arr(p, c, 1), _arr(p, c, 2)
+    b = _arr(p, c, 3) if c.has(3) else None
+    return x, w, r, b
+
+
+@_op("LSTM", "GRU")
+def _recurrent(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    """ONNX LSTM (gates i, o, f, c) and GRU (gates z, r, h) unrolled over time."""
+    lstm = c.op == "LSTM"
+    x, w, r, b = _recurrent_inputs(p, c, 4 if lstm else 3)
+    if lstm and c.has(7):
+        raise c.fail("LSTM peepholes")
+    direction = _text(c.attrs.get("direction"), "forward")
+    nd, hidden = r.shape[0], r.shape[-1]
+    seq, batch = x.shape[0], x.shape[1]
+    h0 = _arr(p, c, 5) if c.has(5) else mx.zeros((nd, batch, hidden), x.dtype)
+    c0 = _arr(p, c, 6) if lstm and c.has(6) else mx.zeros((nd, batch, hidden), x.dtype)
+    ys, hs, cs = [], [], []
+    lbr = int(c.attrs.get("linear_before_reset", 0))
+    for d in range(nd):
+        g = 4 if lstm else 3
+        wb = b[d, : g * hidden] if b is not None else 0.0
+        rb = b[d, g * hidden :] if b is not None else mx.zeros((g * hidden,), x.dtype)
+        xp = mx.matmul(x, mx.transpose(w[d])) + wb  # [T, B, g*H]
+        rt = mx.transpose(r[d])
+        h, cell = h0[d], c0[d]
+        steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
+        out: list[mx.array] = [None] * seq  # type: ignore[list-item]
+        for t in steps:
+            if lstm:
+                gates = xp[t] + mx.matmul(h, rt) + rb
+                i, o, f, cc = mx.split(gates, 4, axis=-1)
+                cell = mx.sigmoid(f) * cell + mx.sigmoid(i) * mx.tanh(cc)
+                h = mx.sigmoid(o) * mx.tanh(cell)
+            else:
+                xz, xr, xh = mx.split(xp[t], 3, axis=-1)
+                hr = mx.matmul(h, rt)
+                rz, rr, rh = mx.split(hr, 3, axis=-1)
+                bz, br, bh = mx.split(rb, 3)
+                z = mx.sigmoid(xz + rz + bz)
+                rg = mx.sigmoid(xr + rr + br)
+                if lbr:
+                    hh = xh + rg * (rh + bh)
+                else:
+                    hh = xh + mx.matmul(rg * h, mx.transpose(r[d][2 * hidden :])) + bh
+                h = (1 - z) * mx.tanh(hh) + z * h
+            out[t] = h
+        ys.append(mx.stack(out))
+        hs.append(h)
+        cs.append(cell)
+    y = mx.stack(ys, axis=1)  # [T, D, B, H]
+    result = [_Value(y), _Value(mx.stack(hs))]
+    if lstm:
+        result.append(_Value(mx.stack(cs)))
+    return result
+
+
+@_op("BatchNormalization")
+def _batch_norm(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    v = _value(p, c, 0)
+    gamma, beta, mean, var = (p.const_np(c.inputs[i]).astype(np.float32) for i in range(1, 5))
+    k = gamma / np.sqrt(var + float(c.attrs.get("epsilon", 1e-5)))
+    shift = beta - mean * k
+    if v.nhwc:  # channels last
+        return [_Value(v.array * mx.array(k) + mx.array(shift), True)]
+    x = v.array
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return [_Value(x * mx.array(k.reshape(shape)) + mx.array(shift.reshape(shape)))]
+
+
+@_op("Pad")
+def _pad(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    x = _arr(p, c, 0)
+    mode = _text(c.attrs.get("mode"), "constant")
+    pads = _ints(p, c, 1, "pads") or []
+    axes = _ints(p, c, 3, "axes") if c.has(3) else list(range(x.ndim))
+    axes = [a % x.ndim for a in axes or []]
+    widths = [(0, 0)] * x.ndim
+    for i, a in enumerate(axes):
+        widths[a] = (pads[i], pads[i + len(axes)])
+    if mode not in ("constant", "edge", "reflect") or any(b < 0 or e < 0 for b, e in widths):
+        raise c.fail(f"Pad mode {mode} or negative pads")
+    value = float(p.const_np(c.inputs[2]).reshape(-1)[0]) if c.has(2) else 0.0
+    if mode == "reflect":  # mirror without the edge: gathers with the reflected indices
+        for axis, (b, e) in enumerate(widths):
+            if b or e:
+                n = x.shape[axis]
+                idx = np.concatenate([np.arange(b, 0, -1), np.arange(n), n - 2 - np.arange(e)])
+                x = mx.take(x, mx.array(idx.astype(np.int32)), axis=axis)
+        return [_Value(x)]
+    if mode == "edge":
+        return [_Value(mx.pad(x, widths, mode="edge"))]
+    return [_Value(mx.pad(x, widths, constant_values=value))]
+
+
+@_op("Not", "And", "Or", "GreaterOrEqual", "LessOrEqual", "IsNaN")
+def _logic(p: MlxProgram, c: NodeCall) -> list[_Value]:
+    arrs = [_arr(p, c, i) for i in range(len(c.inputs))]
+    fns: dict[str, Callable[..., mx.array]] = {
+        "Not": mx.logical_not, "And": mx.logical_and, "Or": mx.logical_or,
+        "GreaterOrEqual": mx.greater_equal, "LessOrEqual": mx.less_equal, "IsNaN": mx.isnan,
+    }  # fmt: skip
+    return [_Value(fns[c.op](*arrs))]
+
+
 SUPPORTED_OPS = frozenset(OPS)
 
 __all__ = [
@@ -747,6 +958,16 @@ __all__ = [
     "SUPPORTED_OPS",
     "MlxProgram",
     "QuantizedWeight",
+    "op_support",
     "read_artifact",
     "unsupported",
 ]
+
+_DECOMPOSED = {"LSTM": "unrolled over time", "GRU": "unrolled over time",
+               "Resize": "gathers along H and W", "HardSwish": "clip · mul",
+               "HardSigmoid": "clip", "Gelu": "erf/tanh formula"}  # fmt: skip
+
+
+def op_support() -> dict[str, dict[str, Any]]:
+    """ONNX op → {"kind": native | decomposed} for every op the MLX runtime lowers."""
+    return {op: {"kind": "decomposed" if op in _DECOMPOSED else "native"} for op in sorted(OPS)}

@@ -163,6 +163,19 @@ class OnnxQdqExporter:
         atomic_output(Path(out), lambda tmp: tmp.write_bytes(model.SerializeToString()))
         return Artifact(Path(out), profile.name, self.format, plan is not None, notes, checks)
 
+    def op_support(self, profile: TargetProfile) -> dict[str, dict[str, Any]]:
+        """onnxruntime runs every standard op as written; on qnn the HTP runs those with a QNN
+        op builder (the profile's list, from onnxruntime's op_builder_factory.cc)."""
+        from edgeq.ir.ops.registry import supported_ops
+
+        return {op: {"kind": "native"} for op in supported_ops() if profile.ops.runs(op)}
+
+    def refusal(self, op: str, profile: TargetProfile) -> str:
+        if profile.name == "qnn":
+            return ("no QNN HTP op builder in onnxruntime's QNN EP (op_builder_factory.cc): "
+                    "the node would fall back to the CPU")  # fmt: skip
+        return f"edgeq's interpreter has no {op}"
+
     def open(self, path: Path, *, optimize: bool = True, threads: int | None = None,
              **_: Any) -> Runner:  # fmt: skip
         return OrtRunner(Path(path), optimize=optimize, threads=threads)

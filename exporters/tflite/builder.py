@@ -138,7 +138,8 @@ class FlatModel:
             arr = np.asarray(array)
             return self.tensor(name, arr.shape, "int4", quant, pack_int4(arr))
         storage = {"float32": np.float32, "int8": np.int8, "int32": np.int32,
-                   "int64": np.int64, "int16": np.int16, "uint8": np.uint8}[dtype]  # fmt: skip
+                   "int64": np.int64, "int16": np.int16, "uint8": np.uint8,
+                   "bool": np.bool_}[dtype]  # fmt: skip
         arr = np.asarray(array)
         if dtype != "float32" and np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"constant '{name}': float data for a {dtype} tensor")
@@ -238,7 +239,8 @@ _INT8_V2 = {
     "SOFTMAX", "TANH", "TRANSPOSE", "MEAN", "SUM", "REDUCE_MAX", "PAD", "PADV2", "STRIDED_SLICE",
     "SLICE", "GATHER", "RSQRT", "MAXIMUM", "MINIMUM", "RELU", "RELU6", "LEAKY_RELU",
     "DEQUANTIZE", "QUANTIZE", "BATCH_MATMUL", "GELU", "SQUARED_DIFFERENCE", "RESIZE_BILINEAR",
-    "RESIZE_NEAREST_NEIGHBOR", "SPLIT", "TRANSPOSE_CONV", "SQUARE", "SQRT", "EXP",
+    "RESIZE_NEAREST_NEIGHBOR", "SPLIT", "SPLIT_V", "TRANSPOSE_CONV", "SQUARE", "SQRT", "EXP",
+    "EQUAL", "LESS", "GREATER", "GREATER_EQUAL", "LESS_EQUAL",
 }  # fmt: skip
 
 

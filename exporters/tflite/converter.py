@@ -92,7 +92,8 @@ class Converter:
 
     def act_dtype(self, name: str) -> str:
         if not self.is_float(name):
-            return "int32"
+            info = self.g.info(name)
+            return "bool" if info is not None and np.dtype(info.dtype) == np.bool_ else "int32"
         if self.plan is None:
             return "float32"
         return self._act_quant(name)[0]

@@ -35,6 +35,7 @@ from edgeq.targets import TargetProfile
 from . import float_islands, ops  # noqa: F401  (register the lowerings into converter.HANDLERS)
 from .builder import read_metadata, read_model
 from .converter import Converter
+from .support import check_micro_kernels
 
 
 def convert(graph: Graph, plan: QuantPlan | None,
@@ -42,6 +43,7 @@ def convert(graph: Graph, plan: QuantPlan | None,
     """(flatbuffer bytes, I/O metadata, notes) for `graph` quantized by `plan` (None: float)."""
     conv = Converter(graph, plan, profile)
     model, io = conv.run()
+    check_micro_kernels(model, profile)
     io["notes"] = conv.notes
     model.metadata["edgeq"] = json.dumps(io).encode()
     ins, outs = conv.io_tensors
@@ -79,6 +81,16 @@ class TFLiteExporter:
         atomic_output(Path(out), write)
         checks = {"inputs": io["inputs"], "outputs": io["outputs"]}
         return Artifact(Path(out), profile.name, self.format, plan is not None, list(notes), checks)
+
+    def op_support(self, profile: TargetProfile) -> dict[str, dict[str, Any]]:
+        from .support import op_support
+
+        return op_support(profile)
+
+    def refusal(self, op: str, profile: TargetProfile) -> str:
+        from .support import refusal
+
+        return refusal(op, profile)
 
     def open(self, path: Path, **kwargs: Any) -> Runner:
         return TFLiteRunner(Path(path), **kwargs)

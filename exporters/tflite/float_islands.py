@@ -10,6 +10,8 @@ listed in the artifact's notes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
@@ -104,3 +106,201 @@ def divide_activations(c: Converter, node: Node) -> None:
     opt = fb.DivOptionsT()
     c.emit("DIV", [t.index for t in ins], [res.index], "float32", opt)
     float_result(c, node, res, perm, "Div of two activations")
+
+
+def _planned(c: Converter, name: str) -> np.ndarray:
+    """A constant as the simulator uses it: the plan's dequantized values where it is planned."""
+    t = c.tq(name)
+    if t is not None and t.is_quantized and t.values is not None:
+        return t.dequantized().astype(np.float32)
+    return c.g.constants[name].astype(np.float32)
+
+
+@handles("LSTM", "GRU")
+def recurrent(c: Converter, node: Node) -> None:
+    """ONNX LSTM / GRU unrolled over time in float32 (FULLY_CONNECTED, LOGISTIC, TANH, MUL,
+    ADD, STRIDED_SLICE, CONCATENATION), between DEQUANTIZE and QUANTIZE: TFLite has no GRU
+    builtin, and its integer LSTM kernel needs the TF converter's own intermediate encodings;
+    the simulator runs the recurrence in float on the quantized input, as this island does."""
+    lstm = node.op_type == "LSTM"
+    a = node.attrs
+    g = 4 if lstm else 3
+    acts = [
+        str(v.decode() if isinstance(v, bytes) else v).lower() for v in a.get("activations") or []
+    ]
+    if acts and acts[: g - 1] != ["sigmoid", "tanh", "tanh"][: g - 1]:
+        raise c.fail(node, f"{node.op_type} activations {acts} are not lowered", "use the defaults")
+    if int(a.get("layout", 0)) or a.get("clip") is not None or (
+        len(node.inputs) > 4 and node.inputs[4]) or (lstm and len(node.inputs) > 7 and node.inputs[7]):  # fmt: skip
+        raise c.fail(node, f"{node.op_type} with layout, clip, sequence_lens or peepholes is not lowered",
+                     "export the recurrence with the defaults")  # fmt: skip
+    x = node.inputs[0]
+    seq, batch, _ = c.shape(x)
+    w, r = _planned(c, node.inputs[1]), _planned(c, node.inputs[2])
+    nd, hidden = r.shape[0], r.shape[-1]
+    has_b = len(node.inputs) > 3 and node.inputs[3]
+    b = _planned(c, node.inputs[3]) if has_b else np.zeros((nd, 2 * g * hidden), np.float32)
+    direction = a.get("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    base = node.outputs[0] or node.name
+    xf = float_view(c, x, identity(3))
+    lbr = int(a.get("linear_before_reset", 0))
+
+    def tmp(label: str, shape: list[int]) -> Any:
+        return c.m.tensor(f"{base}/{label}", shape, "float32")
+
+    def fc(inp: Any, weight: np.ndarray, bias: np.ndarray, label: str, rows: int) -> Any:
+        wt = c.m.const(f"{base}/{label}/w", weight, "float32")
+        bt = c.m.const(f"{base}/{label}/b", bias, "float32")
+        out = tmp(label, [rows, weight.shape[0]])
+        opt = fb.FullyConnectedOptionsT()
+        c.emit("FULLY_CONNECTED", [inp.index, wt.index, bt.index], [out.index], "float32", opt)
+        return out
+
+    def slice_cols(inp: Any, k: int, label: str) -> Any:
+        out = tmp(label, [batch, hidden])
+        tb = c.int_const(f"{base}/{label}/b", [0, k * hidden])
+        te = c.int_const(f"{base}/{label}/e", [batch, (k + 1) * hidden])
+        ts = c.int_const(f"{base}/{label}/s", [1, 1])
+        c.emit("STRIDED_SLICE", [inp.index, tb.index, te.index, ts.index], [out.index], "float32",
+               fb.StridedSliceOptionsT())  # fmt: skip
+        return out
+
+    def unary(op: str, inp: Any, label: str) -> Any:
+        out = tmp(label, list(inp.shape))
+        c.emit(op, [inp.index], [out.index], "float32")
+        return out
+
+    def binary(op: str, p: Any, q: Any, label: str) -> Any:
+        out = tmp(label, list(p.shape))
+        opt = {"ADD": fb.AddOptionsT, "MUL": fb.MulOptionsT, "SUB": fb.SubOptionsT}[op]()
+        c.emit(op, [p.index, q.index], [out.index], "float32", opt)
+        return out
+
+    def state(k: int, label: str, d: int) -> Any:
+        if len(node.inputs) > k and node.inputs[k] in c.g.constants:
+            arr = _planned(c, node.inputs[k])[d]
+            return c.m.const(f"{base}/{label}{d}/initial", arr, "float32")
+        if len(node.inputs) > k and node.inputs[k]:
+            s = float_view(c, node.inputs[k], identity(3))
+            out = tmp(f"{label}{d}", [batch, hidden])
+            tb = c.int_const(f"{base}/{label}{d}/b", [d, 0, 0])
+            te = c.int_const(f"{base}/{label}{d}/e", [d + 1, batch, hidden])
+            ts = c.int_const(f"{base}/{label}{d}/s", [1, 1, 1])
+            opt = fb.StridedSliceOptionsT()
+            opt.shrinkAxisMask = 1
+            c.emit(
+                "STRIDED_SLICE",
+                [s.index, tb.index, te.index, ts.index],
+                [out.index],
+                "float32",
+                opt,
+            )
+            return out
+        return c.m.const(
+            f"{base}/{label}{d}/zeros", np.zeros((batch, hidden), np.float32), "float32"
+        )
+
+    ys, hs, cs = [], [], []
+    for d in range(nd):
+        h, cell = state(5, "h0_", d), state(6, "c0_", d) if lstm else None
+        steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
+        outs: dict[int, Any] = {}
+        for t in steps:
+            p = f"d{d}t{t}"
+            xt = tmp(f"{p}/x", [batch, xf.shape[2]])
+            tb = c.int_const(f"{base}/{p}/xb", [t, 0, 0])
+            te = c.int_const(f"{base}/{p}/xe", [t + 1, batch, xf.shape[2]])
+            ts = c.int_const(f"{base}/{p}/xs", [1, 1, 1])
+            opt = fb.StridedSliceOptionsT()
+            opt.shrinkAxisMask = 1
+            c.emit(
+                "STRIDED_SLICE",
+                [xf.index, tb.index, te.index, ts.index],
+                [xt.index],
+                "float32",
+                opt,
+            )
+            xw = fc(xt, w[d], b[d, : g * hidden], f"{p}/xw", batch)
+            hr = fc(h, r[d], b[d, g * hidden :], f"{p}/hr", batch)
+            if lstm:
+                gates = binary("ADD", xw, hr, f"{p}/g")
+                i = unary("LOGISTIC", slice_cols(gates, 0, f"{p}/i"), f"{p}/is")
+                o = unary("LOGISTIC", slice_cols(gates, 1, f"{p}/o"), f"{p}/os")
+                f = unary("LOGISTIC", slice_cols(gates, 2, f"{p}/f"), f"{p}/fs")
+                cc = unary("TANH", slice_cols(gates, 3, f"{p}/c"), f"{p}/ct")
+                cell = binary("ADD", binary("MUL", f, cell, f"{p}/fc"), binary("MUL", i, cc, f"{p}/ic"),
+                              f"{p}/cell")  # fmt: skip
+                h = binary("MUL", o, unary("TANH", cell, f"{p}/tc"), f"{p}/h")
+            else:
+                z = unary("LOGISTIC", binary("ADD", slice_cols(xw, 0, f"{p}/xz"), slice_cols(hr, 0, f"{p}/hz"),
+                                             f"{p}/z0"), f"{p}/z")  # fmt: skip
+                rg = unary("LOGISTIC", binary("ADD", slice_cols(xw, 1, f"{p}/xr"), slice_cols(hr, 1, f"{p}/hr1"),
+                                              f"{p}/r0"), f"{p}/r")  # fmt: skip
+                if lbr:
+                    hh = binary("ADD", slice_cols(xw, 2, f"{p}/xh"),
+                                binary("MUL", rg, slice_cols(hr, 2, f"{p}/hh1"), f"{p}/rh"), f"{p}/hh")  # fmt: skip
+                else:
+                    rh = fc(binary("MUL", rg, h, f"{p}/rgh"), r[d][2 * hidden :],
+                            b[d, g * hidden + 2 * hidden :], f"{p}/rhl", batch)  # fmt: skip
+                    hh = binary("ADD", slice_cols(xw, 2, f"{p}/xh"), rh, f"{p}/hh")
+                n_ = unary("TANH", hh, f"{p}/n")
+                h = binary(
+                    "ADD",
+                    n_,
+                    binary("MUL", z, binary("SUB", h, n_, f"{p}/dh"), f"{p}/zd"),
+                    f"{p}/h",
+                )
+            outs[t] = h
+        ys.append([outs[t] for t in range(seq)])
+        hs.append(h)
+        cs.append(cell)
+
+    # Y [seq, dirs, batch, hidden], Y_h / Y_c [dirs, batch, hidden]: CONCATENATION then RESHAPE
+    def stacked(parts: list[Any], shape: list[int], label: str) -> Any:
+        cat = tmp(f"{label}/cat", [len(parts) * batch, hidden])
+        opt = fb.ConcatenationOptionsT()
+        opt.axis = 0
+        c.emit("CONCATENATION", [t.index for t in parts], [cat.index], "float32", opt)
+        out = tmp(label, shape)
+        shape_t = c.int_const(f"{base}/{label}/shape", shape)
+        ropt = fb.ReshapeOptionsT()
+        ropt.newShape = shape
+        c.emit("RESHAPE", [cat.index, shape_t.index], [out.index], "float32", ropt)
+        return out
+
+    results = [stacked([ys[d][t] for t in range(seq) for d in range(nd)], [seq, nd, batch, hidden], "y"),
+               stacked(hs, [nd, batch, hidden], "y_h"),
+               stacked(cs, [nd, batch, hidden], "y_c") if lstm else None]  # fmt: skip
+    for k, out in enumerate(node.outputs):
+        if not out or (out not in c.consumers and out not in c.g.output_names):
+            continue
+        sub = Node(node.op_type, node.inputs, [out], node.name)
+        float_result(c, sub, results[k], identity(len(c.shape(out))), f"{node.op_type} (unrolled)")
+
+
+def gelu_tanh_island(c: Converter, node: Node) -> None:
+    """GELU where the runtime has no GELU kernel (TFLite Micro): float32 between DEQUANTIZE and
+    QUANTIZE as 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with MUL, ADD and TANH. For an erf
+    GELU this is the tanh approximation (|difference| < 5e-4, far below an int8 step)."""
+    x = node.inputs[0]
+    perm, _ = c.any_layout(x)
+    xf = float_view(c, x, perm)
+    shape = list(xf.shape)
+    y = node.outputs[0]
+
+    def op(name: str, ins: list[Any], label: str) -> Any:
+        out = c.m.tensor(f"{y}/{label}", shape, "float32")
+        opt = {"MUL": fb.MulOptionsT, "ADD": fb.AddOptionsT}.get(name)
+        c.emit(name, [t.index for t in ins], [out.index], "float32", opt() if opt else None)
+        return out
+
+    def k(v: float, label: str) -> Any:
+        return c.m.const(f"{y}/{label}", np.asarray(v, np.float32), "float32")
+
+    x3 = op("MUL", [op("MUL", [xf, xf], "x2"), xf], "x3")
+    inner = op("ADD", [xf, op("MUL", [x3, k(0.044715, "c3")], "cx3")], "inner")
+    t = op("TANH", [op("MUL", [inner, k(float(np.sqrt(2 / np.pi)), "c")], "scaled")], "tanh")
+    half_x = op("MUL", [xf, k(0.5, "half")], "half_x")
+    res = op("MUL", [half_x, op("ADD", [t, k(1.0, "one")], "one_plus")], "gelu")
+    float_result(c, node, res, perm, "Gelu (tanh form; TFLite Micro has no GELU kernel)")

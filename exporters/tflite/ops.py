@@ -18,7 +18,7 @@ from edgeq.ir.graph import Node
 
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
-from .float_islands import divide_activations
+from .float_islands import divide_activations, gelu_tanh_island
 from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
@@ -417,6 +417,10 @@ def unary(c: Converter, node: Node) -> None:
     if node.op_type == "Relu" and _try_fuse(c, node, ACT.RELU):
         return
     if node.op_type == "HardSwish" and _hard_swish_lowered(c, node):
+        return
+    micro = c.profile.raw.get("micro_kernels")
+    if node.op_type == "Gelu" and micro is not None and "GELU" not in micro:
+        gelu_tanh_island(c, node)
         return
     if c.quantized and node.op_type in FIXED:
         q = c.qparams(y)
@@ -946,3 +950,164 @@ def batch_norm(c: Converter, node: Node) -> None:
     opt.fusedActivationFunction = ACT.NONE
     c.emit("DEPTHWISE_CONV_2D", [xt.index, wt.index, bt.index], [out.index], xt.dtype, opt,
            weight=wtype)  # fmt: skip
+
+
+@handles("Split")
+def split(c: Converter, node: Node) -> None:
+    """SPLIT_V along the axis in the input's current layout; every output shares the input's
+    scale (TFLite's SPLIT/SPLIT_V keep the quantization)."""
+    x = node.inputs[0]
+    outs = [o for o in node.outputs if o]
+    if len(outs) != len(node.outputs):
+        raise c.fail(node, "a Split with unused outputs is not lowered", "keep every output")
+    for o in outs:
+        same_quant(c, node, x, o, "SPLIT_V")
+    rank = len(c.shape(x))
+    axis = int(node.attrs.get("axis", 0)) % rank
+    perm, xt = c.any_layout(x)
+    sizes = [c.shape(o)[axis] for o in outs]
+    sizes_t = c.int_const(f"{node.name}/sizes", sizes)
+    axis_t = c.m.const(f"{node.name}/axis", np.asarray(perm.index(axis), np.int32), "int32")
+    tensors = [c.new(o, perm) for o in outs]
+    opt = fb.SplitVOptionsT()
+    opt.numSplits = len(outs)
+    c.emit("SPLIT_V", [xt.index, sizes_t.index, axis_t.index], [t.index for t in tensors],
+           xt.dtype, opt)  # fmt: skip
+
+
+@handles("Pad")
+def pad(c: Converter, node: Node) -> None:
+    """Constant-mode Pad as PADV2 with the fill on the output's grid (same scale in and out)."""
+    x, y = node.inputs[0], node.outputs[0]
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("constant", "reflect"):
+        raise c.fail(node, f"Pad mode {mode} is not lowered", "use constant or reflect padding")
+    same_quant(c, node, x, y, "PADV2" if mode == "constant" else "MIRROR_PAD")
+    xs = c.shape(x)
+    rank = len(xs)
+    if len(node.inputs) > 1 and node.inputs[1]:
+        pads = [int(v) for v in c.g.constants[node.inputs[1]].reshape(-1)]
+    else:
+        pads = [int(v) for v in node.attrs.get("pads", [])]
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3]:
+        axes = [int(a) % rank for a in c.g.constants[node.inputs[3]].reshape(-1)]
+    widths = [[0, 0] for _ in range(rank)]
+    for i, a in enumerate(axes):
+        widths[a] = [pads[i], pads[i + len(axes)]]
+    if any(v < 0 for w in widths for v in w):
+        raise c.fail(node, "negative pads (cropping) are not lowered", "use Slice")
+    fill = 0.0
+    if len(node.inputs) > 2 and node.inputs[2]:
+        fill = float(c.g.constants[node.inputs[2]].reshape(-1)[0])
+    perm, xt = c.any_layout(x)
+    paddings = c.int_const(f"{node.name}/paddings", [widths[i] for i in perm])
+    out = c.new(y, perm)
+    if mode == "reflect":
+        opt = fb.MirrorPadOptionsT()
+        opt.mode = fb.MirrorPadMode.REFLECT
+        c.emit("MIRROR_PAD", [xt.index, paddings.index], [out.index], xt.dtype, opt)
+        return
+    if xt.quant is not None:
+        lo_q, hi_q = _bounds(xt.dtype)
+        q = int(np.clip(round(fill / xt.quant.scale[0]) + xt.quant.zero_point[0], lo_q, hi_q))
+        value = c.m.const(f"{node.name}/value", np.asarray([q]), xt.dtype, xt.quant)
+    else:
+        value = c.m.const(f"{node.name}/value", np.asarray([fill], np.float32), "float32")
+    c.emit("PADV2", [xt.index, paddings.index, value.index], [out.index], xt.dtype)
+
+
+_COMPARE = {"Equal": "EQUAL", "Less": "LESS", "Greater": "GREATER",
+            "GreaterOrEqual": "GREATER_EQUAL", "LessOrEqual": "LESS_EQUAL"}  # fmt: skip
+_LOGIC = {"And": "LOGICAL_AND", "Or": "LOGICAL_OR", "Not": "LOGICAL_NOT"}
+
+
+@handles(*_COMPARE, *_LOGIC)
+def compare_logic(c: Converter, node: Node) -> None:
+    """Comparisons (bool out; quantized operands must share one encoding, as TFLite's int8
+    comparisons compare the integers) and logical ops on bool tensors."""
+    y = node.outputs[0]
+    names = [i for i in node.inputs if i]
+    rank = len(c.shape(y))
+    perm = common_layout(c, names, rank)
+    ins = []
+    acts = [n for n in names if n not in c.g.constants]
+    ref = c.qparams(acts[0]) if acts and node.op_type in _COMPARE else None
+    for n in names:
+        if n in c.g.constants:
+            arr = c.g.constants[n]
+            if ref is not None and np.issubdtype(arr.dtype, np.floating):
+                lo_q, hi_q = _bounds(c.act_dtype(acts[0]))
+                q = np.clip(np.round(arr / ref.scale[0]) + ref.zero_point[0], lo_q, hi_q)
+                if not np.allclose((q - ref.zero_point[0]) * ref.scale[0], arr):
+                    raise c.fail(node, f"constant '{n}' is not on the compared tensor's int8 grid",
+                                 "compare integer tensors or exact grid values")  # fmt: skip
+                arr = q.astype(_NP[c.act_dtype(acts[0])])
+                dtype, quant = c.act_dtype(acts[0]), ref
+            elif arr.dtype == np.bool_:
+                dtype, quant = "bool", None
+            elif np.issubdtype(arr.dtype, np.floating):
+                dtype, quant = "float32", None
+            else:
+                arr, dtype, quant = arr.astype(np.int32), "int32", None
+            if arr.ndim == rank:
+                arr = arr.transpose(perm)
+            ins.append(c.m.const(f"{node.name}/{n}", np.asarray(arr), dtype, quant))
+        else:
+            if ref is not None and not ref.same(c.qparams(n)):
+                raise c.fail(node, "compared tensors have different encodings",
+                             "calibrate so both sides share one scale")  # fmt: skip
+            ins.append(c.get(n, perm) if len(c.shape(n)) == rank else c.get(n))
+    out = c.new(y, perm, dtype="bool")
+    op = _COMPARE.get(node.op_type) or _LOGIC[node.op_type]
+    c.emit(op, [t.index for t in ins], [out.index], ins[0].dtype)
+
+
+@handles("Where")
+def where(c: Converter, node: Node) -> None:
+    """SELECT_V2: both value operands and the output share one encoding."""
+    cond, a, b = node.inputs
+    y = node.outputs[0]
+    rank = len(c.shape(y))
+    perm = common_layout(c, [cond, a, b], rank)
+    yq = c.qparams(y)
+    ins = []
+    for n in (cond, a, b):
+        if n in c.g.constants:
+            arr = c.g.constants[n]
+            if n != cond and yq is not None:
+                lo_q, hi_q = _bounds(c.act_dtype(y))
+                arr = np.clip(np.round(arr / yq.scale[0]) + yq.zero_point[0], lo_q, hi_q)
+                arr, dtype, quant = arr.astype(_NP[c.act_dtype(y)]), c.act_dtype(y), yq
+            elif arr.dtype == np.bool_:
+                dtype, quant = "bool", None
+            else:
+                arr, dtype, quant = arr.astype(np.float32), "float32", None
+            if arr.ndim == rank:
+                arr = arr.transpose(perm)
+            ins.append(c.m.const(f"{node.name}/{n}", np.asarray(arr), dtype, quant))
+        else:
+            if n != cond:
+                same_quant(c, node, n, y, "SELECT_V2")
+            ins.append(c.get(n, perm) if len(c.shape(n)) == rank else c.get(n))
+    out = c.new(y, perm)
+    c.emit("SELECT_V2", [t.index for t in ins], [out.index], out.dtype)
+
+
+@handles("Pow")
+def power(c: Converter, node: Node) -> None:
+    """x ** 2 → MUL(x, x) (silero VAD's STFT magnitude), x ** 0.5 → SQRT; one rounding onto
+    the output's encoding, as the simulator. Other exponents have no TFLite int8 kernel."""
+    x, e = node.inputs[0], node.inputs[1]
+    arr = c.g.constants.get(e)
+    value = float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
+    if value not in (2.0, 0.5):
+        raise c.fail(node, f"Pow with exponent {value if value is not None else 'a tensor'} has no "
+                     "TFLite kernel (int8 POW does not exist)", "use x*x or Sqrt")  # fmt: skip
+    perm, xt = c.any_layout(x)
+    out = c.new(node.outputs[0], perm)
+    if value == 2.0:
+        c.emit("MUL", [xt.index, xt.index], [out.index], xt.dtype, fb.MulOptionsT())
+    else:
+        c.emit("SQRT", [xt.index], [out.index], xt.dtype)

@@ -188,6 +188,21 @@ def gather_elements(x: Array, indices: Array, *, axis: int = 0) -> Array:
     return jnp.take_along_axis(x, idx, axis=axis)
 
 
+@register("GatherND")
+def gather_nd(x: Array, indices: Array, *, batch_dims: int = 0) -> Array:
+    """Gather slices of x at index tuples in the last dim of `indices` (ONNX GatherND)."""
+    if batch_dims:
+        raise UnsupportedOpError(
+            "GatherND with batch_dims > 0 is not supported", "use batch_dims 0"
+        )
+    lib: Any = np if isinstance(x, np.ndarray) and isinstance(indices, np.ndarray) else jnp
+    k = lib.shape(indices)[-1]
+    idx = lib.asarray(indices)
+    idx = lib.where(idx < 0, idx + lib.asarray(lib.shape(x)[:k]), idx).reshape(-1, k)
+    picked = lib.asarray(x)[tuple(idx[:, i] for i in range(k))]
+    return picked.reshape(tuple(lib.shape(indices)[:-1]) + tuple(lib.shape(x)[k:]))
+
+
 @register("Expand")
 def expand(x: Array, shape_: Array) -> Array:
     target = static_ints(shape_, "shape", "Expand")
