@@ -139,6 +139,18 @@ def calibrate_model(
         )  # fmt: skip
         for n in mask_path:
             result.states[n] = observers[n].merge(result.states[n], extremes.states[n])
+    rare: dict[str, Any] = {}
+    if recipe.rare_values and recipe.base.act_observer is None and calib_names:
+        # min-max ranges that rare values set are cut (edgeq.algorithms.rare_values)
+        from edgeq.algorithms.rare_values import cut_rare_values
+
+        names = [n for n, o in observers.items() if o.name == "minmax" and n not in exact
+                 and n not in graph.output_names]  # fmt: skip
+        few = calib_names[: recipe.rare_values_samples]
+        stream = (feeds for _, feeds in batches(source, few, graph.inputs, batch_size))
+        result.states, rare = cut_rare_values(
+            graph, result.states, names, stream, token_mask=token_mask
+        )
     plan = finalize_plan(
         graph, spec, result.states,
         model={
@@ -150,7 +162,7 @@ def calibrate_model(
             "source": str(calib) if isinstance(calib, str | Path) else type(calib).__name__,
             "samples": result.samples, "seed": seed, "batch_size": batch_size,
             "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
-            "padding_ignored_via": token_mask,
+            "padding_ignored_via": token_mask, **({"rare_values": rare} if rare else {}),
         },
     )  # fmt: skip
     from edgeq.calibration import validate

@@ -25,7 +25,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     x1 = np.minimum(a[2], b[:, 2])
     y1 = np.minimum(a[3], b[:, 3])
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda r: np.clip(r[..., 2] - r[..., 0], 0, None) * np.clip(r[..., 3] - r[..., 1], 0, None)  # noqa: E731
+
+    def area(r):
+        return np.clip(r[..., 2] - r[..., 0], 0, None) * np.clip(r[..., 3] - r[..., 1], 0, None)
+
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 

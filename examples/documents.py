@@ -108,7 +108,7 @@ def document_page(seed: int, split: Split = "eval", size: tuple[int, int] = PAGE
             image.paste(photo.resize((fw, fh), Image.Resampling.BILINEAR), (x0, y))
             regions.append(("figure", (x0, y, x0 + fw, y + fh)))
             y += fh + 6
-            caption = "Figure %d. %s" % (seed % 9 + 1, " ".join(sentences[s].split()[:7]))
+            caption = f"Figure {seed % 9 + 1}. {' '.join(sentences[s].split()[:7])}"
             s += 1
             regions.append(("figure_caption", text((x0, y), caption, small.font)))
             y += small.size + 20
@@ -118,7 +118,7 @@ def document_page(seed: int, split: Split = "eval", size: tuple[int, int] = PAGE
             rh = small.size + 10
             if y + rows * rh + 40 > height - 60:
                 continue
-            caption = "Table %d. %s" % (seed % 7 + 1, " ".join(sentences[s].split()[:6]))
+            caption = f"Table {seed % 7 + 1}. {' '.join(sentences[s].split()[:6])}"
             s += 1
             regions.append(("table_caption", text((margin, y), caption, small.font)))
             y += small.size + 8

