@@ -84,6 +84,7 @@ def export_model(
     options: ExportOptions | None = None,
     runs: int = 20,
     progress: Progress | None = None,
+    diagnose: bool = False,
 ) -> ExportResult:
     from edgeq.pipeline import calibrate_model, graph_for_plan
 
@@ -111,7 +112,7 @@ def export_model(
         run = calibrate_model(
             model, calib, target, recipe, input_shapes=input_shapes, input_values=input_values,
             samples=samples, seed=seed, batch_size=batch_size, report_samples=eval_samples,
-            preprocess=preprocess, tokenizer=tokenizer, progress=progress,
+            preprocess=preprocess, tokenizer=tokenizer, progress=progress, diagnose=diagnose,
         )  # fmt: skip
         graph, plan = run.graph, run.plan
         if run.report_names:

@@ -33,6 +33,7 @@ from edgeq.quant.simulate import layer_sqnr
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
+DIAGNOSIS_SAMPLES = 2
 
 
 def prepare_for_quantization(
@@ -92,9 +93,12 @@ def calibrate_model(
     preprocess: Any = None,
     tokenizer: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    diagnose: bool = False,
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
-    for `target`. `progress(stage, done, total)` is called as work advances."""
+    for `target`. `progress(stage, done, total)` is called as work advances. `diagnose`: add
+    each tensor's own contribution to the output error, with its causes, to the report
+    (`edgeq.quant.diagnose`; a few seconds more)."""
     from edgeq.calibration import batches, disjoint, open_source, subset
 
     recipe = recipe or Recipe()
@@ -186,6 +190,14 @@ def calibrate_model(
             "held_out": bool(set(report_names).isdisjoint(calib_names)),
             "layers": layer_sqnr(graph, plan, feeds),
         }
+    if diagnose:
+        from edgeq.quant.diagnose import diagnose as diagnose_plan
+
+        names = report_names or calib_names
+        few = [validate(source.load(n), graph.inputs, n) for n in names[:DIAGNOSIS_SAMPLES]]
+        if progress is not None:
+            progress("diagnose", 0, len(few))
+        plan.report["diagnosis"] = diagnose_plan(graph, plan, few).to_dict()
     return CalibrationRun(graph, plan, calib_names, report_names)
 
 

@@ -50,6 +50,11 @@ ObserverName = Annotated[
     str | None,
     typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
 ]
+Diagnose = Annotated[
+    bool,
+    typer.Option("--diagnose", help="Find the tensor whose quantization breaks the output: each "
+                 "tensor's own contribution and why (shown by `edgeq report`)."),
+]  # fmt: skip
 Refine = Annotated[
     int | None,
     typer.Option(help="Refine the N most noise-sensitive activation ranges against the output "
@@ -265,6 +270,7 @@ def calibrate(
     report_samples: Annotated[
         int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
     ] = 8,
+    diagnose: Diagnose = False,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
@@ -281,7 +287,7 @@ def calibrate(
                 input_values=parse_input_values(input_value or []),
                 samples=calib_samples, seed=seed, batch_size=batch_size,
                 report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
-                progress=progress,
+                progress=progress, diagnose=diagnose,
             )  # fmt: skip
         run_.plan.save(out)
     except EdgeqError as exc:
@@ -325,6 +331,9 @@ def report(
     rows = plan.report.get("layers", [])
     console.print(f"target [bold]{plan.target}[/], model {plan.model.get('file', '?')}, "
                   f"{plan.calibration.get('samples', '?')} calibration samples, plan {plan.plan_hash()[:12]}")  # fmt: skip
+    from edgeq.cli.diagnosis import render_diagnosis
+
+    render_diagnosis(console, plan.report.get("diagnosis"), top)
     if not rows:
         console.print(
             "[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]"
@@ -379,6 +388,7 @@ def export(
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text data.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 256,
     eval_samples: Annotated[int, typer.Option(help="Held-out samples for the report.")] = 8,
+    diagnose: Diagnose = False,
     seed: Annotated[int, typer.Option(help="Seed for the subsets.")] = 0,
     allow_fallback: Annotated[
         bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
@@ -403,6 +413,7 @@ def export(
                 samples=calib_samples, seed=seed, eval_samples=eval_samples,
                 preprocess=preprocess, tokenizer=tokenizer,
                 options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
+                diagnose=diagnose,
             )  # fmt: skip
     except EdgeqError as exc:
         raise _fail(exc) from None
