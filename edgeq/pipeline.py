@@ -48,6 +48,7 @@ from edgeq.support import require_support
 from edgeq.targets import load_target
 
 log = logging.getLogger(__name__)
+DIAGNOSIS_SAMPLES = 2
 
 
 def prepare_for_quantization(
@@ -128,11 +129,13 @@ def calibrate_model(
     tokenizer: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     devices: int | None = None,
+    diagnose: bool = False,
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
     for `target`. `progress(stage, done, total)` is called as work advances. `devices`: how
     many of JAX's devices the batches are split over (None: all; the batch size is rounded
-    up to a multiple)."""
+    up to a multiple). `diagnose`: add each tensor's own contribution to the output error,
+    with its causes, to the report (`edgeq.quant.diagnose`; a few seconds more)."""
     from edgeq.calibration import batches, disjoint, open_source, subset
 
     phases = PhaseTimer()
@@ -188,6 +191,19 @@ def calibrate_model(
         for n in mask_path:
             result.states[n] = observers[n].merge(result.states[n], extremes.states[n])
         phases.done("mask extremes")
+    rare: dict[str, Any] = {}
+    if recipe.rare_values and recipe.base.act_observer is None and calib_names:
+        # min-max ranges that rare values set are cut (edgeq.algorithms.rare_values)
+        from edgeq.algorithms.rare_values import cut_rare_values
+
+        names = [n for n, o in observers.items() if o.name == "minmax" and n not in exact
+                 and n not in graph.output_names]  # fmt: skip
+        few = calib_names[: recipe.rare_values_samples]
+        stream = (feeds for _, feeds in batches(source, few, graph.inputs, batch_size))
+        result.states, rare = cut_rare_values(
+            graph, result.states, names, stream, token_mask=token_mask
+        )
+        phases.done("cut rare values")
     plan = finalize_plan(
         graph, spec, result.states,
         model={
@@ -199,7 +215,7 @@ def calibrate_model(
             "source": str(calib) if isinstance(calib, str | Path) else type(calib).__name__,
             "samples": result.samples, "seed": seed, "batch_size": batch_size,
             "seconds": round(time.perf_counter() - t0, 3), "observed_tensors": len(observers),
-            "padding_ignored_via": token_mask,
+            "padding_ignored_via": token_mask, **({"rare_values": rare} if rare else {}),
             "devices": {"count": result.devices, "platform": run_on[0].platform},
         },
     )  # fmt: skip
@@ -227,6 +243,15 @@ def calibrate_model(
             "layers": layer_sqnr(graph, plan, feeds, programs=_report_programs(ahead)),
         }
         phases.done("per-layer report")
+    if diagnose:
+        from edgeq.quant.diagnose import diagnose as diagnose_plan
+
+        names = report_names or calib_names
+        few = [validate(source.load(n), graph.inputs, n) for n in names[:DIAGNOSIS_SAMPLES]]
+        if progress is not None:
+            progress("diagnose", 0, len(few))
+        plan.report["diagnosis"] = diagnose_plan(graph, plan, few).to_dict()
+        phases.done("diagnose")
     plan.calibration["phases"] = phases.seconds
     return CalibrationRun(graph, plan, calib_names, report_names)
 

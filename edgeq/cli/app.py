@@ -51,6 +51,11 @@ ObserverName = Annotated[
     str | None,
     typer.Option(help="Activation observer (minmax, ema_minmax, percentile, mse, entropy)."),
 ]
+Diagnose = Annotated[
+    bool,
+    typer.Option("--diagnose", help="Find the tensor whose quantization breaks the output: each "
+                 "tensor's own contribution and why (shown by `edgeq report`)."),
+]  # fmt: skip
 Refine = Annotated[
     int | None,
     typer.Option(help="Refine the N most noise-sensitive activation ranges against the output "
@@ -283,6 +288,7 @@ def calibrate(
     ] = 8,
     devices: Devices = None,
     force: Force = False,
+    diagnose: Diagnose = False,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
@@ -301,7 +307,7 @@ def calibrate(
                 input_values=parse_input_values(input_value or []),
                 samples=calib_samples, seed=seed, batch_size=batch_size,
                 report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
-                progress=progress, devices=devices,
+                progress=progress, devices=devices, diagnose=diagnose,
             )  # fmt: skip
         run_.plan.save(out, force=force)
     except EdgeqError as exc:
@@ -347,6 +353,9 @@ def report(
     rows = plan.report.get("layers", [])
     console.print(f"target [bold]{plan.target}[/], model {plan.model.get('file', '?')}, "
                   f"{plan.calibration.get('samples', '?')} calibration samples, plan {plan.plan_hash()[:12]}")  # fmt: skip
+    from edgeq.cli.diagnosis import render_diagnosis
+
+    render_diagnosis(console, plan.report.get("diagnosis"), top)
     if not rows:
         console.print(
             "[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]"
@@ -401,6 +410,7 @@ def export(
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text data.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 256,
     eval_samples: Annotated[int, typer.Option(help="Held-out samples for the report.")] = 8,
+    diagnose: Diagnose = False,
     seed: Annotated[int, typer.Option(help="Seed for the subsets.")] = 0,
     allow_fallback: Annotated[
         bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
@@ -429,7 +439,7 @@ def export(
                 samples=calib_samples, seed=seed, eval_samples=eval_samples,
                 preprocess=preprocess, tokenizer=tokenizer,
                 options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
-                force=force, allow_model_mismatch=allow_model_mismatch,
+                force=force, allow_model_mismatch=allow_model_mismatch, diagnose=diagnose,
             )  # fmt: skip
     except EdgeqError as exc:
         raise _fail(exc) from None

@@ -286,6 +286,8 @@ def make_spec(
             spec.tensors[out] = t
     if recipe.norm_inputs_16bit:
         _norm_inputs_16bit(spec, graph, consumers, rules)
+        if target.raw.get("residual_16bit") and rules.act16 is not None:
+            _residual_16bit(spec, graph, rules)
     _assign_groups(spec, graph, producers)
     _consumer_clips(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
@@ -336,6 +338,38 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
             spec.tensors[name] = replace(
                 t, dtype=rules.act16, symmetric=rules.act16 == "int16",
                 reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (transformer safety)",
+            )  # fmt: skip
+
+
+def _residual_16bit(spec: PlanSpec, graph: Graph, rules: QuantRules) -> None:
+    """Integer-only targets whose kernels mix 8- and 16-bit tensors only at a price (LiteRT:
+    16x8 kernels leave XNNPACK): only the transformer's residual stream goes to 16 bits, i.e.
+    the residual Add feeding each LayerNorm and the linear-layer outputs (bias Adds) it adds.
+    Trained encoders carry outlier features there (MiniLM: one of 384 channels 100-300x the
+    median) that one 8-bit scale cannot hold. LayerNorm outputs and every MatMul input stay
+    8-bit; the runtime widens an 8-bit input of a 16-bit op exactly (same scale, zero point 0)."""
+    producers = graph.producers()
+    consts = graph.constants
+    for node in graph.nodes:
+        if node.op_type != "LayerNormalization":
+            continue
+        residual = producers.get(node.inputs[0])
+        if residual is None or residual.op_type != "Add":
+            continue
+        names = [(residual.outputs[0], "residual stream into a LayerNorm")]
+        for i in residual.inputs:
+            p = producers.get(i)
+            if p is not None and p.op_type == "Add" and any(
+                j in consts and consts[j].ndim == 1 for j in p.inputs
+            ):
+                names.append((i, "linear-layer output added to the residual stream"))
+        for name, why in names:
+            t = spec.tensors.get(name)
+            if t is None or t.role != "activation" or t.fixed is not None or t.dtype == rules.act16:
+                continue
+            spec.tensors[name] = replace(
+                t, dtype=rules.act16, symmetric=rules.act16 == "int16",
+                reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (outlier features)",
             )  # fmt: skip
 
 
@@ -573,8 +607,9 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
 
     shared = set(spec.target.quant.shared_scale_ops)
     tensors = spec.tensors
+    widened = _widen_mixed_concats(spec, graph)
     for node in graph.nodes:
-        if node.op_type not in shared:
+        if node.op_type not in shared or (node.outputs and node.outputs[0] in widened):
             continue
         data_inputs = (
             [node.inputs[0]] if node.op_type != "Concat" else [i for i in node.inputs if i]
@@ -599,6 +634,11 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
         groups.setdefault(find(name), []).append(name)
     for root, members in groups.items():
         members = sorted(set(members) | {root}, key=lambda m: m != root)
+        wide = next((tensors[m] for m in members if m in widened), None)
+        if wide is not None:  # the whole group (Reshapes after the Concat) takes its type
+            for m in members:
+                if tensors[m].role == "activation":
+                    tensors[m] = replace(tensors[m], dtype=wide.dtype, symmetric=wide.symmetric)
         fixed = next(
             (tensors[m] for m in members if tensors[m].fixed or tensors[m].fixed_range), None
         )
@@ -609,6 +649,38 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
                 changes.update(fixed=fixed.fixed, fixed_range=fixed.fixed_range, observer=None,
                                reason=f"shares {fixed.name}'s fixed encoding")  # fmt: skip
             tensors[m] = replace(t, **changes)
+
+
+def _widen_mixed_concats(spec: PlanSpec, graph: Graph) -> set[str]:
+    """Concats that join a fixed-encoded input (Sigmoid/Softmax scores, 0..1) with one that is
+    not (a detector's box coordinates, 0..hundreds) share no scale: forcing the fixed 1/256
+    encoding on the others clips them, and one 8-bit scale over both leaves the scores a level
+    or two. The inputs keep their own encodings (runtimes requantize them into the Concat) and
+    the output goes to 16 bits where the target runs them, float where it allows a float
+    tensor; 8-bit-only targets keep 8 bits over the union range. {node name: output}."""
+    rules = spec.target.quant
+    out: set[str] = set()
+    for node in graph.nodes:
+        if node.op_type != "Concat" or "Concat" not in rules.shared_scale_ops:
+            continue
+        ins = [spec.tensors.get(i) for i in node.inputs if i]
+        acts = [t for t in ins if t is not None and t.role == "activation"]
+        fixed = [t for t in acts if t.fixed is not None or t.fixed_range is not None]
+        y = spec.tensors.get(node.outputs[0])
+        if not fixed or len(fixed) == len(acts) or y is None or y.role != "activation":
+            continue
+        why = (f"Concat of fixed-encoded {fixed[0].name} with a wider input: inputs keep their "
+               "own encodings (requantized)")  # fmt: skip
+        if rules.float_activations and rules.high_precision == "float":
+            spec.tensors[y.name] = TensorSpec(y.name, "float", node=y.node,
+                                              reason=why + "; output kept float")  # fmt: skip
+        elif rules.act16 is not None:
+            spec.tensors[y.name] = replace(y, dtype=rules.act16, symmetric=rules.act16 == "int16",
+                                           reason=why + "; output at 16 bits")  # fmt: skip
+        else:
+            spec.tensors[y.name] = replace(y, reason=why + "; output at 8 bits over both")
+        out.add(y.name)
+    return out
 
 
 def _integer_only_constants(spec: PlanSpec, graph: Graph, rules: QuantRules) -> None:

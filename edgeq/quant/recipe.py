@@ -97,6 +97,8 @@ class Recipe:
     norm_inputs_16bit: bool = True  # LayerNorm/Softmax inputs at 16 bits where the target can
     refine_top: int = 0  # output-aware range refinement of the N most sensitive activations
     refine_samples: int = 16
+    rare_values: bool = True  # min-max ranges set by rare values are cut (default observer)
+    rare_values_samples: int = 8
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -128,13 +130,15 @@ class Recipe:
             "norm_inputs_16bit": self.norm_inputs_16bit,
             "refine_top": self.refine_top,
             "refine_samples": self.refine_samples,
+            "rare_values": self.rare_values,
+            "rare_values_samples": self.rare_values_samples,
             "override": [{"match": o.match, **o.config.set_fields()} for o in self.overrides],
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Recipe:
         known = {"version", "recipe", "keep_float", "mask_handling", "override", "refine_top",
-                 "refine_samples", "norm_inputs_16bit"}  # fmt: skip
+                 "refine_samples", "norm_inputs_16bit", "rare_values", "rare_values_samples"}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise InputError(f"recipe: unknown key(s) {sorted(unknown)}", f"known: {sorted(known)}")
@@ -156,6 +160,8 @@ class Recipe:
             norm_inputs_16bit=bool(data.get("norm_inputs_16bit", True)),
             refine_top=int(data.get("refine_top", 0)),
             refine_samples=int(data.get("refine_samples", 16)),
+            rare_values=bool(data.get("rare_values", True)),
+            rare_values_samples=int(data.get("rare_values_samples", 8)),
         )
 
     @staticmethod

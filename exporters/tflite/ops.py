@@ -19,7 +19,7 @@ from edgeq.ir.graph import Node
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
 from .float_islands import divide_activations, gelu_tanh_island
-from .lowering import common_layout, float_view, reduce_axes, same_quant
+from .lowering import common_layout, float_view, reduce_axes, same_quant, widen
 
 ACT = fb.ActivationFunctionType
 PAD = fb.Padding
@@ -285,13 +285,15 @@ def matmul(c: Converter, node: Node) -> None:
         data, wtype, wq = _weight(c, node, b, channel_axis, layout, int4=True)
         n = data.shape[0]
         xt = c.get(a)
+        if c.quantized:  # a 16-bit output (residual stream) runs the 16x8 kernel
+            xt = widen(c, xt, c.act_dtype(out_name), a)
         wt = c.m.const(b, data, wtype, wq)
         bt = _bias(c, node, bias_name, xt, wq, n)
         out = c.new(out_name)
         opt = fb.FullyConnectedOptionsT()
         opt.fusedActivationFunction = ACT.NONE
         opt.keepNumDims = len(xt.shape) > 2
-        c.emit("FULLY_CONNECTED", [xt.index, wt.index, bt.index], [out.index], _act_of(c, a), opt,
+        c.emit("FULLY_CONNECTED", [xt.index, wt.index, bt.index], [out.index], xt.dtype, opt,
                weight=wtype, keep_num_dims=opt.keepNumDims)  # fmt: skip
         return
     if gemm:
@@ -344,9 +346,9 @@ def binary(c: Converter, node: Node) -> None:
         if n in c.g.constants:
             ins.append(c.const_operand(n, rank, perm, act))
         elif len(c.shape(n)) == rank:
-            ins.append(c.get(n, perm))
+            ins.append(widen(c, c.get(n, perm), act, n) if c.quantized else c.get(n, perm))
         else:
-            ins.append(c.get(n))
+            ins.append(widen(c, c.get(n), act, n) if c.quantized else c.get(n))
     out = c.new(out_name, perm)
     opt = None
     if opt_cls is not None:
@@ -735,9 +737,6 @@ def concat(c: Converter, node: Node) -> None:
     names = [i for i in node.inputs if i]
     rank = len(c.shape(y))
     axis = int(node.attrs["axis"]) % rank
-    for n in names:
-        if n not in c.g.constants:
-            same_quant(c, node, n, y, "CONCATENATION")
     perm = common_layout(c, names, rank)
     ins = []
     for n in names:
@@ -754,7 +753,16 @@ def concat(c: Converter, node: Node) -> None:
                 ins.append(c.m.const(n, arr.astype(np.float32), "float32"))
             del t
         else:
-            ins.append(c.get(n, perm))
+            t = c.get(n, perm)
+            yq = c.qparams(y) if c.quantized else None
+            if yq is not None and (t.dtype != c.act_dtype(y) or not (t.quant and t.quant.same(yq))):
+                # an input with its own encoding (a fixed Sigmoid/Softmax encoding joined with
+                # wider values; the plan says so): one QUANTIZE onto the output's encoding
+                r = c.m.tensor(f"{n}/requantized", t.shape, c.act_dtype(y), yq)
+                c.emit("QUANTIZE", [t.index], [r.index], c.act_dtype(y), requantize=True)
+                c.notes.append(f"{node}: input {n} requantized onto the Concat's encoding")
+                t = r
+            ins.append(t)
     out = c.new(y, perm)
     opt = fb.ConcatenationOptionsT()
     opt.axis = perm.index(axis)

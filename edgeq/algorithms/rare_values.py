@@ -1,0 +1,156 @@
+"""Ranges that rare values do not set (a cheap percentile, on by default).
+
+A min-max range is the widest value ever seen; in trained networks that is often one sample
+or one outlier element, and every other value gets a handful of the 256 levels (PP-OCRv5's
+recognizer: one calibration line sets a range 3x wider than anything in evaluation, CER 65%).
+The percentile observer fixes that but builds a histogram per tensor (a scatter per tensor
+per batch: 2-10x the calibration time). Here, after the min-max pass, a second pass over a
+few calibration samples counts, per tensor, the values beyond fixed fractions of that range
+(`TailCounts`: compare-and-sum reductions, no scatter), and each side of the range is cut to
+the smallest fraction beyond which at most `tail` of the values lie (99.99th percentile on a
+grid of fractions 0.75^k). Graph outputs keep min-max (that is what the user reads).
+
+Pure: (min-max states, tail counts) → states; the pipeline runs the two passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from edgeq.algorithms.registry import register_algorithm
+
+FRACTIONS = tuple(float(0.75**k) for k in range(1, 11))  # 0.75 ... 0.056
+TAIL = 1e-4  # the share of values allowed beyond the range (a 99.99th percentile)
+MAX_VALUES = 1 << 18  # values counted per tensor and batch (a strided subsample beyond)
+State = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TailCounts:
+    """Counts of values above f·hi and below f·lo for each f in `fractions`, and of all valid
+    values (NaN — padding — counts nowhere)."""
+
+    lo: float
+    hi: float
+    fractions: tuple[float, ...] = FRACTIONS
+
+    def init(self) -> State:
+        k = len(self.fractions)
+        return {"above": np.zeros(k, np.float32), "below": np.zeros(k, np.float32),
+                "valid": np.float32(0)}  # fmt: skip
+
+    def update(self, state: State, x: Any) -> State:
+        # one fused compare-and-sum against every threshold (thresholds are traced-in
+        # constants: one kernel shape per tensor shape, no scatter)
+        x = jnp.asarray(x, jnp.float32).reshape(-1, 1)
+        f = jnp.asarray(self.fractions, jnp.float32)[None, :]
+        above = jnp.sum(x > f * jnp.float32(max(self.hi, 0.0)), axis=0, dtype=jnp.float32)
+        below = jnp.sum(x < f * jnp.float32(min(self.lo, 0.0)), axis=0, dtype=jnp.float32)
+        return {"above": state["above"] + above, "below": state["below"] + below,
+                "valid": state["valid"] + jnp.sum(jnp.isfinite(x), dtype=jnp.float32)}  # fmt: skip
+
+
+def _cut(bound: float, counts: np.ndarray, valid: float, fractions: tuple[float, ...],
+         tail: float) -> float:  # fmt: skip
+    """The smallest f·bound (f from the grid, in order) with at most `tail` of the values
+    beyond it; the grid is walked from the full range inward and stops at the first miss."""
+    best = bound
+    for f, c in zip(fractions, counts, strict=True):
+        if c > tail * valid:
+            break
+        best = f * bound
+    return best
+
+
+@register_algorithm(
+    "rare_values",
+    "ranges",
+    "cut min-max ranges that rare values set (≈ 99.99th percentile, no histograms)",
+)
+def clip_rare_values(ranges: Mapping[str, tuple[float, float]], counts: Mapping[str, State],
+                     tail: float = TAIL, fractions: tuple[float, ...] = FRACTIONS
+                     ) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """New (lo, hi) per tensor from its min-max range and its `TailCounts` state."""
+    out = dict(ranges)
+    for name, state in counts.items():
+        lo, hi = ranges[name]
+        valid = float(state["valid"])
+        if valid <= 0:
+            continue
+        new_hi = _cut(hi, np.asarray(state["above"]), valid, fractions, tail) if hi > 0 else hi
+        new_lo = _cut(lo, np.asarray(state["below"]), valid, fractions, tail) if lo < 0 else lo
+        out[name] = (new_lo, new_hi)
+    return out
+
+
+__all__ = ["FRACTIONS", "TAIL", "TailCounts", "clip_rare_values"]
+
+
+def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batches: Any,
+                    tail: float = TAIL, token_mask: str | None = None,
+                    ) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
+    """The second calibration pass: tail counts for the min-max `states` of `names` over
+    `batches` (one jitted, vmapped forward; the thresholds are inputs, so one compile), then
+    their min/max cut (`clip_rare_values`). Returns (states, facts for the plan)."""
+    import time
+
+    import jax
+
+    from edgeq.ir.interpreter import evaluate
+    from edgeq.quant.calibrate import _mask_padding
+
+    t0 = time.perf_counter()
+    ranges = {n: (float(states[n]["min"]), float(states[n]["max"])) for n in names
+              if np.isfinite(states[n]["min"]) and np.isfinite(states[n]["max"])}  # fmt: skip
+    keys = sorted(ranges)
+    if not keys:
+        return states, {"tensors": 0}
+    seq = int(graph.info(token_mask).shape[-1]) if token_mask else 0
+    f = jnp.asarray(FRACTIONS, jnp.float32)[None, :]
+
+    def forward(feed: Any) -> dict[str, Any]:
+        env = evaluate(graph, feed)
+        if not token_mask:
+            return {n: env[n] for n in keys}
+        real = jnp.reshape(feed[token_mask] != 0, (-1,))
+        return {n: _mask_padding(env[n], real, seq) for n in keys}
+
+    @jax.jit
+    def step(counts: dict[str, Any], batch: Any, his: Any, los: Any) -> dict[str, Any]:
+        values = jax.vmap(forward)(batch)
+        out = {}
+        for i, n in enumerate(keys):
+            x = jnp.asarray(values[n], jnp.float32).reshape(-1)
+            x = x[:: max(1, x.size // MAX_VALUES)].reshape(-1, 1)  # a strided subsample
+            out[n] = {"above": counts[n]["above"] + jnp.sum(x > f * his[i], axis=0, dtype=jnp.float32),
+                      "below": counts[n]["below"] + jnp.sum(x < f * los[i], axis=0, dtype=jnp.float32),
+                      "valid": counts[n]["valid"] + jnp.sum(jnp.isfinite(x), dtype=jnp.float32)}  # fmt: skip
+        return out
+
+    his = np.array([max(ranges[n][1], 0.0) for n in keys], np.float32)
+    los = np.array([min(ranges[n][0], 0.0) for n in keys], np.float32)
+    zero = np.zeros(len(FRACTIONS), np.float32)
+    counts: dict[str, Any] = {
+        n: {"above": zero, "below": zero, "valid": np.float32(0)} for n in keys
+    }
+    samples = 0
+    with jax.enable_x64(True):
+        for batch in batches:
+            batch = {k: np.asarray(v) for k, v in batch.items()}
+            counts = step(counts, batch, his, los)
+            samples += len(next(iter(batch.values())))
+    host = {n: {k: np.asarray(v) for k, v in c.items()} for n, c in counts.items()}
+    cut = clip_rare_values(ranges, host, tail)
+    out = dict(states)
+    changed = 0
+    for n, (lo, hi) in cut.items():
+        if (lo, hi) != ranges[n]:
+            changed += 1
+            out[n] = {**states[n], "min": np.float32(lo), "max": np.float32(hi)}
+    return out, {"tensors": len(keys), "cut": changed, "samples": samples, "tail": tail,
+                 "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip

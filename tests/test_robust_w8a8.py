@@ -1,0 +1,204 @@
+"""Issue #15: float-exact graph algorithms (CLE, smoothing), bias correction, the rare-value
+range cut, the mixed-Concat rule, and the diagnosis that names a planted bad tensor."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from onnx import helper
+
+from edgeq.algorithms import get_algorithm
+from edgeq.algorithms.bias_correction import correct_bias, output_shift
+from edgeq.algorithms.equalize import cross_layer_equalization
+from edgeq.algorithms.rare_values import FRACTIONS, clip_rare_values, cut_rare_values
+from edgeq.algorithms.smoothing import smooth_layernorm_outputs
+from edgeq.ir.interpreter import Interpreter
+from edgeq.ir.onnx_io import model_to_graph
+from edgeq.ir.passes import prepare
+from edgeq.quant.calibrate import stack_batches
+from edgeq.quant.diagnose import diagnose
+from edgeq.quant.planner import make_spec
+from edgeq.quant.qtypes import choose_qparams, qdtype
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.quant.simulate import Simulator
+from edgeq.targets import load_target
+from tests.conftest import F32, make_model
+from tests.test_ptq import _plan
+
+RNG = np.random.default_rng(15)
+
+
+def _conv_stack(depthwise: bool, act: str):  # type: ignore[no-untyped-def]
+    """x → Conv(4→6) → act → Conv (6→5, or depthwise 6→6) → y, channel ranges 100x apart."""
+    w1 = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32) * np.geomspace(0.05, 5, 6)[
+        :, None, None, None
+    ].astype(np.float32)
+    b1 = RNG.standard_normal(6).astype(np.float32)
+    w2 = (
+        RNG.standard_normal((6, 1, 3, 3)) if depthwise else RNG.standard_normal((5, 6, 1, 1))
+    ).astype(np.float32)
+    out_c = 6 if depthwise else 5
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], name="c1")]
+    mid = "h"
+    if act:
+        nodes.append(
+            helper.make_node(
+                act, ["h"], ["a"], name="act", **({"alpha": 0.1} if act == "LeakyRelu" else {})
+            )
+        )
+        mid = "a"
+    nodes.append(helper.make_node("Conv", [mid, "w2"], ["y"], name="c2", group=6 if depthwise else 1,
+                                  pads=[1, 1, 1, 1] if depthwise else [0, 0, 0, 0]))  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 4, 8, 8])], [("y", F32, [1, out_c, 8, 8])],
+                       initializers={"w1": w1, "b1": b1, "w2": w2})  # fmt: skip
+    return prepare(model_to_graph(model))
+
+
+def test_cle_leaves_the_float_function_unchanged() -> None:
+    x = {"x": RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    for depthwise, act in ((False, "Relu"), (True, "Relu"), (False, "LeakyRelu"), (False, "")):
+        g = _conv_stack(depthwise, act)
+        before = Interpreter(g)(x)["y"]
+        g2, facts = cross_layer_equalization(g)
+        assert facts["pairs"] == 1
+        np.testing.assert_allclose(Interpreter(g2)(x)["y"], before, rtol=2e-5, atol=2e-5)
+        w1 = np.abs(g.constants["w1"]).reshape(6, -1).max(axis=1)
+        w1n = np.abs(g2.constants["w1"]).reshape(6, -1).max(axis=1)
+        assert w1n.max() / w1n.min() < 0.5 * w1.max() / w1.min()  # ranges actually evened out
+    assert get_algorithm("cle", "graph").run is cross_layer_equalization
+
+
+def test_cle_skips_a_non_homogeneous_op() -> None:
+    g = _conv_stack(False, "Sigmoid")  # sigmoid(x / s) != sigmoid(x) / s: must not touch it
+    assert cross_layer_equalization(g)[1]["pairs"] == 0
+
+
+def test_bias_correction_removes_the_mean_output_shift() -> None:
+    # a hand-built Gemm layer y = x Wᵀ + b on inputs with a nonzero mean (post-ReLU features)
+    w = RNG.standard_normal((8, 16)).astype(np.float32)
+    b = RNG.standard_normal(8).astype(np.float32)
+    x = np.abs(RNG.standard_normal((512, 16))).astype(np.float32) + 1.0
+    s, _ = choose_qparams(-np.abs(w).max(), np.abs(w).max(), qdtype("int4"), True)
+    wq = (np.clip(np.round(w / s), -8, 7) * s).astype(np.float32)  # coarse: a visible shift
+    y = x @ w.T + b
+    shift = (x @ wq.T + b - y).mean(axis=0)
+    assert np.abs(shift).max() > 0.05
+    b2 = correct_bias(b, w, wq, x.mean(axis=0), kind="gemm")
+    np.testing.assert_allclose((x @ wq.T + b2 - y).mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(
+        output_shift(w, wq, x.mean(axis=0), "gemm"), shift, rtol=1e-4, atol=1e-5
+    )
+    # the conv form with 1x1 kernels is the same computation
+    np.testing.assert_allclose(output_shift(w[:, :, None, None], wq[:, :, None, None], x.mean(axis=0)),
+                               shift, rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_smoothing_is_exact_before_quantization() -> None:
+    d, n = 16, 12
+    gamma = (RNG.standard_normal(d) * np.where(np.arange(d) == 3, 40.0, 1.0)).astype(
+        np.float32
+    )  # an outlier channel
+    beta = RNG.standard_normal(d).astype(np.float32)
+    wa, wb = (RNG.standard_normal((d, n)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "be"], ["ln"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["ln", "wa"], ["ya"], name="ma"),
+             helper.make_node("MatMul", ["ln", "wb"], ["yb"], name="mb")]  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 5, d])], [("ya", F32, [1, 5, n]), ("yb", F32, [1, 5, n])],
+                       initializers={"g": gamma, "be": beta, "wa": wa, "wb": wb})  # fmt: skip
+    g = prepare(model_to_graph(model))
+    feed = {"x": RNG.standard_normal((1, 5, d)).astype(np.float32)}
+    ref = Interpreter(g, taps=["ln"])(feed)
+    absmax = np.abs(ref["ln"]).reshape(-1, d).max(axis=0)
+    g2, facts = smooth_layernorm_outputs(g, {"ln": absmax})
+    assert facts["layernorms"] == 1
+    got = Interpreter(g2, taps=["ln"])(feed)
+    for k in ("ya", "yb"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-4)
+    smoothed = np.abs(got["ln"]).reshape(-1, d).max(axis=0)
+    assert smoothed.max() / np.median(smoothed) < absmax.max() / np.median(absmax)
+
+
+def test_rare_values_cut_the_range_and_keep_common_ones() -> None:
+    # 1e6 values; 10 (1e-5) beyond 0.75 of the max: the cut goes to the first fraction that
+    # holds more than 1e-4 of them
+    above = np.array([10, 10, 10, 50, 5000, 9000, 9e4, 2e5, 4e5, 6e5], np.float32)
+    state = {
+        "above": above,
+        "below": np.zeros(len(FRACTIONS), np.float32),
+        "valid": np.float32(1e6),
+    }
+    ((lo, hi),) = clip_rare_values({"t": (0.0, 100.0)}, {"t": state}).values()
+    assert lo == 0.0 and np.isclose(hi, 100.0 * FRACTIONS[3])  # 50 ≤ 100 allowed, 5000 is not
+    # nothing rare: the range stays
+    busy = {
+        **state,
+        "above": np.full(len(FRACTIONS), 5e3, np.float32),
+        "below": np.full(len(FRACTIONS), 5e3, np.float32),
+    }
+    assert clip_rare_values({"t": (-1.0, 100.0)}, {"t": busy})["t"] == (-1.0, 100.0)
+
+
+def test_rare_value_pass_on_a_graph() -> None:
+    g = prepare(model_to_graph(make_model([helper.make_node("Relu", ["x"], ["y"]),
+                                           helper.make_node("Neg", ["y"], ["z"])],
+                                          [("x", F32, [1, 4096])], [("z", F32, [1, 4096])])))  # fmt: skip
+    feeds = [{"x": np.abs(RNG.standard_normal((1, 4096))).astype(np.float32)} for _ in range(8)]
+    feeds[0]["x"][0, 0] = 60.0  # one rare value sets min-max
+    states = {"y": {"min": np.float32(0.0), "max": np.float32(60.0)}}
+    out, facts = cut_rare_values(g, states, ["y"], stack_batches(feeds, 4))
+    assert facts["cut"] == 1 and 3.0 < float(out["y"]["max"]) < 15.0
+
+
+def _detector_head():  # type: ignore[no-untyped-def]
+    """YOLO-style: box coordinates (0..300) concatenated with sigmoid scores."""
+    nodes = [helper.make_node("Conv", ["x", "wb"], ["box"], name="box_conv"),
+             helper.make_node("Conv", ["x", "wl"], ["logit"], name="score_conv"),
+             helper.make_node("Sigmoid", ["logit"], ["score"], name="sig"),
+             helper.make_node("Concat", ["box", "score"], ["y"], axis=1, name="cat")]  # fmt: skip
+    init = {"wb": np.full((1, 1, 1, 1), 40.0, np.float32), "wl": np.ones((1, 1, 1, 1), np.float32)}
+    model = make_model(
+        nodes, [("x", F32, [1, 1, 4, 4])], [("y", F32, [1, 2, 4, 4])], initializers=init
+    )
+    return prepare(model_to_graph(model))
+
+
+def test_concat_of_fixed_scores_and_boxes_keeps_the_boxes() -> None:
+    g = _detector_head()
+    feeds = [{"x": (RNG.uniform(0, 7.5, (1, 1, 4, 4))).astype(np.float32)} for _ in range(8)]
+    for target, dtype in (
+        ("rpi", "int16"),
+        ("qnn", "uint16"),
+        ("onnx", "float32"),
+        ("tflm", "int8"),
+    ):
+        spec = make_spec(g, Recipe(), load_target(target))
+        assert spec.tensors["box"].fixed is None  # the sigmoid's 1/256 is not forced on boxes
+        assert spec.tensors["y"].dtype == dtype
+        plan = _plan(g, feeds, target, Recipe(base=LayerConfig(act_observer="minmax")))
+        ref, sim = Interpreter(g), Simulator(g, plan)
+        x = feeds[0]
+        err = np.abs(sim(x)["y"] - ref(x)["y"])
+        assert err[0, 0].max() < 2.0  # boxes span 0..300: no clipping at 1.0
+        if target != "tflm":
+            assert err[0, 1].max() < 0.01  # scores keep their 1/256 resolution
+
+
+def test_diagnosis_names_a_planted_bad_range() -> None:
+    g = _conv_stack(False, "Relu")
+    feeds = [{"x": RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    plan = _plan(g, feeds, "onnx", Recipe(base=LayerConfig(act_observer="minmax")))
+    clean = diagnose(g, plan, feeds[:2])
+    t = plan.tensors["a"]
+    bad = replace(t, scale=np.asarray(float(t.scale) * 0.05, np.float32))  # clips most of "a"
+    planted = replace(plan, tensors={**plan.tensors, "a": bad})
+    d = diagnose(g, planted, feeds[:2])
+    assert d.culprit is not None and d.culprit["tensor"] == "a"
+    codes = {c["code"] for c in d.culprit["causes"]}
+    assert (
+        d.culprit["own_sqnr_db"] < 10
+        and "clipping" in codes
+        and d.culprit["clipped_fraction"] > 0.1
+    )
+    assert clean.rows[0]["own_sqnr_db"] > 25
+    assert d.to_dict()["culprit"] == "a"
