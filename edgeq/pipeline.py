@@ -155,6 +155,7 @@ def calibrate_model(
     )  # fmt: skip
     from edgeq.calibration import validate
 
+    plan = _weight_algorithms(graph, spec, plan, recipe, source, calib_names, token_mask, progress)
     if recipe.refine_top > 0:
         from edgeq.algorithms.refine import refine_ranges
 
@@ -175,6 +176,29 @@ def calibrate_model(
             "layers": layer_sqnr(graph, plan, feeds),
         }
     return CalibrationRun(graph, plan, calib_names, report_names)
+
+
+def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe, source: Any,
+                       names: Sequence[str], token_mask: str | None,
+                       progress: Callable[[str, int, int], None] | None) -> QuantPlan:  # fmt: skip
+    """GPTQ/grids on the weights that ask for them (4-bit by default), streaming up to
+    `recipe.algorithm_samples` calibration samples."""
+    from edgeq.algorithms.data_aware import apply_weight_algorithms, weight_targets
+    from edgeq.calibration import validate
+
+    targets = weight_targets(graph, spec, plan)
+    if not targets:
+        return plan
+    chosen = list(names[: recipe.algorithm_samples])
+
+    def feeds() -> Any:
+        return (validate(source.load(n), graph.inputs, n) for n in chosen)
+
+    plan, _ = apply_weight_algorithms(
+        graph, spec, plan, feeds, recipe=recipe, targets=targets, token_mask=token_mask,
+        progress=(lambda d, t: progress("gptq", d, t)) if progress else None,
+    )  # fmt: skip
+    return plan
 
 
 def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:

@@ -96,6 +96,9 @@ class TensorSpec:
     axis: int | None = None
     block: int | None = None
     observer: str | None = None  # activations: observer name; weights: "minmax" | "mse"
+    method: str = "rtn"  # weights: the weights algorithm (rtn, gptq, ...)
+    awq: bool = False  # weights: activation-aware input scaling where it folds exactly
+    weight_format: str = "affine"  # weights: affine (scale, zero point) | lut
     fixed: tuple[float, int] | None = None
     fixed_range: tuple[float, float] | None = None
     group: str | None = None  # shared-scale group root
@@ -157,6 +160,9 @@ def _effective(recipe: Recipe, rules: QuantRules, node: Node | None) -> _Effecti
         act_symmetric=False,
         act_observer="minmax",
         weight_method="mse" if bits == 4 else "minmax",
+        method="gptq" if bits == 4 else "rtn",
+        awq=False,
+        weight_format="affine",
     )
     explicit = frozenset(user.set_fields())
     config = defaults.merged(user)
@@ -439,6 +445,7 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
     narrow = rules.narrow_weights and q.signed and symmetric and bits == 8
     granularity, reason = c.granularity, ""
     act_bits = c.act_bits
+    block_size: int | None = int(c.block_size or 32)
     if granularity == "per_block":
         k = arr.shape[w[2]]
         if node.op_type not in rules.per_block_ops:
@@ -451,26 +458,42 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
                 "per_channel",
                 f"{target.name}: per-block needs {rules.block_requires_act_bits}-bit activations",
             )
-        elif k % int(c.block_size or 32):
-            granularity, reason = (
-                "per_channel",
-                f"input dim {k} is not a multiple of block {c.block_size}",
-            )
+        elif k % block_size:
+            block_size, reason = _partial_block(k, block_size, rules.partial_blocks)
+            if block_size is None:
+                granularity = "per_channel"
     if granularity == "per_channel" and node.op_type not in rules.per_channel_ops:
         granularity = "per_tensor"
         reason = (reason + "; " if reason else "") + (
             f"{target.name}: per-channel only on {', '.join(rules.per_channel_ops)}"
         )
     if granularity == "per_block":
-        axis, block = w[2], int(c.block_size or 32)
+        axis, block = w[2], block_size
     elif granularity == "per_channel":
         axis, block = w[1], None
     else:
         axis, block = None, None
     return TensorSpec(
         name, "weight", dtype, symmetric=symmetric, narrow=narrow, axis=axis, block=block,
-        observer=c.weight_method, source=eff.source, reason=reason, node=node.name,
+        observer=c.weight_method, method=c.method or "rtn", awq=bool(c.awq),
+        weight_format=c.weight_format or "affine", source=eff.source, reason=reason, node=node.name,
     )  # fmt: skip
+
+
+def _partial_block(k: int, block: int, mode: str) -> tuple[int | None, str]:
+    """(block size, reason) for an input dim `k` that is not a multiple of `block`, as the
+    target stores it (`partial_blocks` in its profile): "ceil" keeps ceil(k/block) blocks with a
+    partial last one (ONNX blocked DequantizeLinear; MLX pads the codes), "divisor" takes the
+    largest divisor of k not above the block (Core ML needs whole blocks); None: per-channel."""
+    if k < block:
+        return None, f"input dim {k} is below block {block}: one group per channel"
+    if mode == "ceil":
+        return block, f"input dim {k}: last block partial ({k % block} of {block})"
+    if mode == "divisor":
+        d = max(b for b in range(1, block + 1) if k % b == 0)
+        if 2 * d >= block:
+            return d, f"input dim {k} is not a multiple of {block}: blocks of {d} (divisor)"
+    return None, f"input dim {k} is not a multiple of block {block}"
 
 
 def _bias_input(graph: Graph, node: Node, consumers: Mapping[str, list[Node]],
@@ -668,6 +691,16 @@ def finalize_plan(
         rounding=rules.rounding,
         calibration=dict(calibration or {}),
     )
+
+
+def derive_biases(graph: Graph, spec: PlanSpec, tensors: Mapping[str, TensorQuant]) -> dict[str, TensorQuant]:
+    """`tensors` with every int32 bias re-derived from the current weight scales (after an
+    algorithm changed the weights)."""
+    out = dict(tensors)
+    for name, t in spec.tensors.items():
+        if t.role == "bias":
+            out[name] = _bias_quant(t, graph, out)
+    return out
 
 
 def _group_ranges(spec: PlanSpec, observers: Mapping[str, Observer],
