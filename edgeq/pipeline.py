@@ -98,6 +98,10 @@ def calibrate_model(
     from edgeq.calibration import batches, disjoint, open_source, subset
 
     recipe = recipe or Recipe()
+    if recipe.max_loss:
+        from edgeq.budget import parse_budget
+
+        parse_budget(recipe.max_loss)  # a bad budget fails before any work
     profile = load_target(target)
     model = Path(model)
     graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
@@ -198,7 +202,34 @@ def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe,
         graph, spec, plan, feeds, recipe=recipe, targets=targets, token_mask=token_mask,
         progress=(lambda d, t: progress("gptq", d, t)) if progress else None,
     )  # fmt: skip
+    if recipe.mixed_precision == "auto" and any(
+        t.role == "weight" and t.is_quantized and t.qdtype.bits == 4 for t in plan.tensors.values()
+    ):
+        from edgeq.algorithms.data_aware import apply_mixed_precision
+
+        search = [validate(source.load(n), graph.inputs, n) for n in chosen[:MIXED_SAMPLES]]
+        plan, report = apply_mixed_precision(
+            graph, spec, plan, search, search_budget(recipe),
+            progress=(lambda d, t: progress("mixed precision", d, t)) if progress else None,
+        )  # fmt: skip
+        plan.calibration["mixed_precision"] = report
     return plan
+
+
+MIXED_SAMPLES = 16  # calibration samples the bit-width search measures the output error on
+
+
+def search_budget(recipe: Recipe) -> Any:
+    """The mixed-precision budget from the recipe's --max-loss / --bpw: output metrics the
+    search can measure itself (cosine, sqnr); a task metric (cer, top1, ...) is checked by the
+    export verdict, and the search then uses its default rule within --bpw."""
+    from edgeq.algorithms.mixed_precision import OUTPUT_METRICS, Budget
+    from edgeq.budget import parse_budget
+
+    loss = parse_budget(recipe.max_loss) if recipe.max_loss else None
+    if loss is not None and loss.metric in OUTPUT_METRICS:
+        return Budget(loss.metric, loss.value, recipe.bpw)
+    return Budget(None, None, recipe.bpw)
 
 
 def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:

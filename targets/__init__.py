@@ -66,6 +66,7 @@ class QuantRules:
     weight_scale_dtype: str = "float32"
     affine_bias: bool = False
     weight_lut: bool = False  # palettized (look-up table) weights (Core ML iOS18)
+    float_weight_bits: int = 32  # how the artifact stores a weight left float
     block_requires_act_bits: int = 0  # e.g. QNN: 4-bit blockwise only with 16-bit activations
     rounding: str = "half_even"
     min_range: float = 0.0

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def minmax_params(values: np.ndarray, qmin: int, qmax: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def minmax_params(
+    values: np.ndarray, qmin: int, qmax: int, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray]:
     lo = np.minimum(values.min(axis=1), 0.0)
     hi = np.maximum(values.max(axis=1), 0.0)
     if symmetric:
@@ -17,9 +19,16 @@ def minmax_params(values: np.ndarray, qmin: int, qmax: int, symmetric: bool) -> 
     return scale, np.clip(np.round(qmin - lo / scale), qmin, qmax)
 
 
-def gptq_reference(W: np.ndarray, H: np.ndarray, group_of_column: np.ndarray, qmin: int,
-                   qmax: int, symmetric: bool, damp: float = 0.01,
-                   act_order: bool = True) -> np.ndarray:
+def gptq_reference(
+    W: np.ndarray,
+    H: np.ndarray,
+    group_of_column: np.ndarray,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    damp: float = 0.01,
+    act_order: bool = True,
+) -> np.ndarray:
     """Integer values of W [rows, cols] quantized column by column with error feedback through
     the upper Cholesky factor of H⁻¹; each group's params from its columns' current weights
     when its first column is reached."""

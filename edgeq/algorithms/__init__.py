@@ -5,7 +5,7 @@ scaling, mixed precision, LUT) next. Importing this package registers every buil
 Imports `edgeq.ir` and `edgeq.quant` only.
 """
 
-from edgeq.algorithms import grids, gptq, refine  # noqa: F401  (registers)
+from edgeq.algorithms import gptq, grids, refine  # noqa: F401  (registers)
 from edgeq.algorithms.registry import (
     ALGORITHMS,
     Algorithm,

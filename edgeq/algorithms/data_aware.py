@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 from edgeq.algorithms.gptq import GPTQConfig, gptq_weight, output_error
 from edgeq.algorithms.grids import Grid, MatrixView, grid_for, rtn_weight, view_of
 from edgeq.algorithms.layerwise import LayerJob, layer_job, run_layerwise
+from edgeq.algorithms.mixed_precision import Budget, Storage, choose_bits
 from edgeq.algorithms.registry import get_algorithm
 from edgeq.ir.graph import Graph
 from edgeq.quant.plan import QuantPlan, TensorQuant
@@ -100,15 +101,21 @@ def apply_weight_algorithms(
         t = tensors[name]
         reason = t.reason
         if wt.method in HESSIAN_METHODS:
-            reason = (reason + "; " if reason else "") + f"{wt.method} needs a MatMul/Gemm/2-D Conv input: rtn"
-        tensors[name] = replace(rtn_weight(t, graph.constants[name], wt.view, wt.grid), reason=reason)
+            reason = (
+                reason + "; " if reason else ""
+            ) + f"{wt.method} needs a MatMul/Gemm/2-D Conv input: rtn"
+        tensors[name] = replace(
+            rtn_weight(t, graph.constants[name], wt.view, wt.grid), reason=reason
+        )
         rows[name] = {"weight": name, "node": t.node, "method": "rtn"}
     seconds: dict[str, float] = {"rtn": round(time.perf_counter() - t0, 3)}
     jobs = {wt.job.weight: wt for wt in targets.values() if wt.job is not None}
     if jobs:
         config = GPTQConfig(damp=recipe.gptq_damp, act_order=recipe.gptq_act_order,
                             static_groups=recipe.gptq_static_groups)  # fmt: skip
-        acts = {t.name: t for t in plan.tensors.values() if t.role == "activation" and t.is_quantized}
+        acts = {
+            t.name: t for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
+        }
 
         def transform(name: str, value: Any) -> Any:
             t = acts.get(name)
@@ -147,4 +154,89 @@ def apply_weight_algorithms(
     return replace(plan, tensors=tensors, calibration=calibration), report
 
 
-__all__ = ["WeightTarget", "apply_weight_algorithms", "weight_targets"]
+def eight_bit_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
+                           names: Iterable[str]) -> dict[str, TensorQuant]:  # fmt: skip
+    """8-bit versions of planned 4-bit weights, as the target plans 8-bit weights (granularity,
+    dtype), rounded to nearest with float16-exact scales where the target stores float16
+    (symmetric there, so an affine bias −scale·128 stays exact too)."""
+    from edgeq.quant.planner import make_spec
+
+    rules = spec.target.quant
+    base = replace(spec.recipe.base, weight_bits=8, method="rtn", weight_method="minmax",
+                   granularity=None, block_size=None)  # fmt: skip
+    spec8 = make_spec(graph, replace(spec.recipe, base=base), spec.target)
+    index = {}
+    for node in graph.nodes:
+        w = weight_operand(node, graph)
+        if w is not None:
+            index.setdefault(node.inputs[w[0]], w)
+    out: dict[str, TensorQuant] = {}
+    for name in names:
+        t8, t4 = spec8.tensors.get(name), plan.tensors[name]
+        if t8 is None or t8.role != "weight" or name not in index:
+            continue
+        symmetric = t8.symmetric or rules.weight_scale_dtype == "float16"
+        tq = TensorQuant(name, "weight", t8.dtype, axis=t8.axis, block=t8.block,
+                         narrow=t8.narrow, symmetric=symmetric, node=t4.node, reason=t8.reason)  # fmt: skip
+        _, channel, contract = index[name]
+        w = graph.constants[name]
+        grid = grid_for(tq, "minmax", rules.weight_scale_dtype, rules.affine_bias)
+        view = view_of(tq, w.shape, channel, contract)
+        out[name] = rtn_weight(tq, w, view, grid)
+    return out
+
+
+def weight_sizes(graph: Graph) -> dict[str, int]:
+    """Elements of every layer weight (MatMul/Gemm/Conv/ConvTranspose/Gather tables), the
+    denominator of bits per weight."""
+    out: dict[str, int] = {}
+    for node in graph.nodes:
+        w = weight_operand(node, graph)
+        if w is not None:
+            out.setdefault(node.inputs[w[0]], int(graph.constants[node.inputs[w[0]]].size))
+    return out
+
+
+def apply_mixed_precision(
+    graph: Graph,
+    spec: PlanSpec,
+    plan: QuantPlan,
+    feeds: Sequence[Feeds],
+    budget: Budget,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[QuantPlan, dict[str, Any]]:
+    """Mixed precision on the 4-bit weights whose bits the user did not pin per node."""
+    recipe = spec.recipe
+    nodes = {n.name: n for n in graph.nodes}
+    candidates = []
+    for name, t in plan.tensors.items():
+        if (
+            t.role != "weight"
+            or not t.is_quantized
+            or t.qdtype.bits != 4
+            or getattr(t, "lut", None) is not None
+        ):
+            continue
+        node = nodes.get(t.node)
+        pinned = node is not None and any(
+            o.config.weight_bits is not None and o.matches(node.name, node.op_type)
+            for o in recipe.overrides
+        )
+        if not pinned:  # a per-node override that sets weight_bits pins them
+            candidates.append(name)
+    alternatives = eight_bit_alternatives(graph, spec, plan, candidates)
+    storage = Storage.of(spec.target.quant)
+    result, report = choose_bits(graph, plan, alternatives, feeds, weight_sizes(graph), storage,
+                                 budget, progress)  # fmt: skip
+    result = replace(result, tensors=derive_biases(graph, spec, result.tensors))
+    return result, report
+
+
+__all__ = [
+    "WeightTarget",
+    "apply_mixed_precision",
+    "apply_weight_algorithms",
+    "eight_bit_alternatives",
+    "weight_sizes",
+    "weight_targets",
+]

@@ -19,9 +19,9 @@ columns. It runs on an accelerator where JAX has one. Pure: no ONNX, no plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 import logging
 import math
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -57,11 +57,11 @@ def _members(gidx: np.ndarray, n_groups: int, pad_index: int) -> np.ndarray:
     return out
 
 
-def bucket(n: int, step: int = 128) -> int:
-    """Padded size for compiled shapes: powers of two up to `step`, then multiples of it
-    (few distinct shapes, so few compiles, whatever the layer sizes)."""
+def bucket(n: int, step: int = 128, least: int = 16) -> int:
+    """Padded size for compiled shapes: powers of two (≥ `least`) up to `step`, then
+    multiples of it (few distinct shapes, so few compiles, whatever the layer sizes)."""
     if n <= step:
-        return max(16, 1 << (n - 1).bit_length())
+        return max(least, 1 << (n - 1).bit_length())
     return -(-n // step) * step
 
 
@@ -172,7 +172,7 @@ def solve_padded(W: np.ndarray, H: np.ndarray, gidx: np.ndarray, n_groups: int, 
     `dtype=np.float64` solves in double precision (for comparisons with a reference)."""
     lead = W.shape[:-2]
     R, C = W.shape[-2:]
-    Rb, Cb, Gb = bucket(R, 64), bucket(C + 1), bucket(n_groups, 64)
+    Rb, Cb, Gb = bucket(R, 64, 1), bucket(C + 1), bucket(n_groups, 64, 1)
     nb = math.prod(lead)
     Nb = bucket(nb, 64) if lead else 1
     Wp = np.zeros((Nb, Rb, Cb), dtype)
@@ -249,20 +249,30 @@ def gptq_weight(
     gidx = view.group_of_column()
     n_groups = view.groups
     static = None
-    if view.granularity == "per_tensor" or config.static_groups:
+    # one group per row (per-channel, per-tensor): its params come from the unchanged weights
+    # whether chosen up front or at its first column, so up front (a simpler program)
+    if n_groups == 1 or config.static_groups:
         from edgeq.algorithms.grids import _fit_grouped
 
         imp = np.diagonal(np.asarray(hessian), axis1=-2, axis2=-1).reshape(-1, view.cols).mean(0)
         imp2 = np.broadcast_to(imp[None, :], (view.rows, view.cols)).astype(np.float32)
-        s0, z0, _ = _fit_grouped(view.grouped(jnp.asarray(m)), view.grouped(jnp.asarray(imp2)), grid)
+        s0, z0, _ = _fit_grouped(
+            view.grouped(jnp.asarray(m)), view.grouped(jnp.asarray(imp2)), grid
+        )
         static = (np.asarray(s0).reshape(-1, n_groups), np.asarray(z0).reshape(-1, n_groups))
         config = replace(config, static_groups=True)
     if groups > 1:
         rows = view.rows // groups
         if static is not None and static[0].shape[0] > 1:
-            static = (static[0].reshape(groups, rows, n_groups), static[1].reshape(groups, rows, n_groups))
+            static = (
+                static[0].reshape(groups, rows, n_groups),
+                static[1].reshape(groups, rows, n_groups),
+            )
         elif static is not None:
-            static = (np.broadcast_to(static[0], (groups, 1, n_groups)), np.broadcast_to(static[1], (groups, 1, n_groups)))
+            static = (
+                np.broadcast_to(static[0], (groups, 1, n_groups)),
+                np.broadcast_to(static[1], (groups, 1, n_groups)),
+            )
         Q, scale, zp = solve_padded(m.reshape(groups, rows, view.cols), np.asarray(hessian), gidx,
                                     n_groups, grid, config, static)  # fmt: skip
         Q, scale, zp = (a.reshape(view.rows, -1) for a in (Q, scale, zp))
@@ -272,8 +282,10 @@ def gptq_weight(
     if view.granularity == "per_tensor":
         scale, zp = scale[:1, :1], zp[:1, :1]
     values = view.from_matrix(np.rint(Q).astype(np.int64)).astype(t.qdtype.storage)
-    how = "gptq" + ("+act_order" if config.act_order else "") + (
-        "+static_groups" if config.static_groups and view.granularity != "per_tensor" else ""
+    how = (
+        "gptq"
+        + ("+act_order" if config.act_order else "")
+        + ("+static_groups" if config.static_groups and n_groups > 1 else "")
     )
     return replace(
         t,

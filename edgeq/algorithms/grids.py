@@ -33,6 +33,7 @@ import numpy as np
 
 from edgeq.algorithms.registry import register_algorithm
 from edgeq.quant.plan import TensorQuant
+from edgeq.quant.weights import MIN_WEIGHT_SCALE
 
 FP16_BITS = 11  # significant bits of a float16 (with the implicit one)
 FP16_MIN_NORMAL = 2.0**-14
@@ -58,7 +59,7 @@ class Grid:
 
     @property
     def bits(self) -> int:
-        return int(math.ceil(math.log2(self.qmax - self.qmin + 1)))
+        return math.ceil(math.log2(self.qmax - self.qmin + 1))
 
 
 def grid_for(t: TensorQuant, search: str = "mse", param_dtype: str = "float32",
@@ -70,12 +71,15 @@ def grid_for(t: TensorQuant, search: str = "mse", param_dtype: str = "float32",
     if param_dtype == "float16":
         scale_bits = FP16_BITS
         if affine_bias and not t.symmetric:
-            scale_bits = FP16_BITS - int(math.ceil(math.log2(max(abs(q.qmin), q.qmax) + 1)))
+            scale_bits = FP16_BITS - math.ceil(math.log2(max(abs(q.qmin), q.qmax) + 1))
     return Grid(q.qmin, q.qmax, bool(t.symmetric), search, scale_bits=scale_bits)
 
 
 def round_scale(s: Any, bits: int | None) -> Any:
-    """`s` rounded to `bits` significant bits (and kept a normal float16 where bits ≤ 11)."""
+    """`s` rounded to `bits` significant bits (and kept a normal float16 where bits ≤ 11).
+    Never below MIN_WEIGHT_SCALE: dead channels (|w| ~ 1e-40) would get denormal scales that
+    flush to zero; at the floor their weights quantize to 0, as they effectively are."""
+    s = jnp.maximum(s, MIN_WEIGHT_SCALE)
     if bits is None:
         return s
     m, e = jnp.frexp(s)
@@ -262,7 +266,9 @@ def round_to_grid(
     """Round-to-nearest on the grid: (integer values, scale, zero point) in the plan's layout.
     `importance` [cols] weights each column's error in the scale search (e.g. diag of H)."""
     m = view.to_matrix(np.asarray(w, np.float32))
-    imp = np.ones(view.cols, np.float32) if importance is None else np.asarray(importance, np.float32)
+    imp = (
+        np.ones(view.cols, np.float32) if importance is None else np.asarray(importance, np.float32)
+    )
     groups = view.grouped(jnp.asarray(m))
     imp_g = view.grouped(jnp.broadcast_to(jnp.asarray(imp)[None, :], (view.rows, view.cols)))
     with jax.enable_x64(False):

@@ -63,8 +63,15 @@ def layer_job(graph: Graph, index: int) -> LayerJob | None:
     consts = graph.constants
     ins = node.inputs
     if node.op_type == "MatMul" and len(ins) == 2 and ins[1] in consts and consts[ins[1]].ndim == 2:
-        return LayerJob(index, node.name, ins[1], ins[0], InputHessian(int(consts[ins[1]].shape[0])))
-    if node.op_type == "Gemm" and len(ins) >= 2 and ins[1] in consts and not node.attrs.get("transA", 0):
+        return LayerJob(
+            index, node.name, ins[1], ins[0], InputHessian(int(consts[ins[1]].shape[0]))
+        )
+    if (
+        node.op_type == "Gemm"
+        and len(ins) >= 2
+        and ins[1] in consts
+        and not node.attrs.get("transA", 0)
+    ):
         w = consts[ins[1]]
         k = int(w.shape[1] if node.attrs.get("transB", 0) else w.shape[0])
         return LayerJob(index, node.name, ins[1], ins[0], InputHessian(k))
@@ -141,14 +148,19 @@ class LayerwiseResult:
     kept_bytes: int = 0
 
 
-def _chunks(feeds: Iterable[Feeds], size: int) -> Iterable[tuple[dict[str, np.ndarray], np.ndarray]]:
+def _chunks(
+    feeds: Iterable[Feeds], size: int
+) -> Iterable[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Stacked chunks of exactly `size` samples (the last one padded by repeating its first
     sample) and the 0/1 weight of every row."""
     batch: list[Feeds] = []
     for feed in feeds:
         batch.append(feed)
         if len(batch) == size:
-            yield {k: np.stack([np.asarray(f[k]) for f in batch]) for k in batch[0]}, np.ones(size, np.float32)
+            yield (
+                {k: np.stack([np.asarray(f[k]) for f in batch]) for k in batch[0]},
+                np.ones(size, np.float32),
+            )
             batch = []
     if batch:
         n = len(batch)
@@ -277,8 +289,12 @@ def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], s
     if not seg:
         return
     produced = {o for n in seg for o in n.outputs if o}
-    needed = sorted({i for n in seg for i in node_inputs_all(n) if i not in produced and i not in consts})
-    keep = sorted(o for o in produced if last_use.get(o, -1) >= end and end <= last_job and o not in consts)
+    needed = sorted(
+        {i for n in seg for i in node_inputs_all(n) if i not in produced and i not in consts}
+    )
+    keep = sorted(
+        o for o in produced if last_use.get(o, -1) >= end and end <= last_job and o not in consts
+    )
     missing = [i for i in needed if i not in store]
     if missing:
         raise RuntimeError(f"layerwise: tensors {missing[:3]} were not kept")

@@ -693,7 +693,9 @@ def finalize_plan(
     )
 
 
-def derive_biases(graph: Graph, spec: PlanSpec, tensors: Mapping[str, TensorQuant]) -> dict[str, TensorQuant]:
+def derive_biases(
+    graph: Graph, spec: PlanSpec, tensors: Mapping[str, TensorQuant]
+) -> dict[str, TensorQuant]:
     """`tensors` with every int32 bias re-derived from the current weight scales (after an
     algorithm changed the weights)."""
     out = dict(tensors)

@@ -200,8 +200,15 @@ class Recipe:
         return Recipe.from_dict(data)
 
 
-_ALGORITHM_KEYS = ("mixed_precision", "max_loss", "bpw", "algorithm_samples", "gptq_damp",
-                   "gptq_act_order", "gptq_static_groups")
+_ALGORITHM_KEYS = (
+    "mixed_precision",
+    "max_loss",
+    "bpw",
+    "algorithm_samples",
+    "gptq_damp",
+    "gptq_act_order",
+    "gptq_static_groups",
+)
 
 
 def _layer_config(data: dict[str, Any], where: str) -> LayerConfig:

@@ -196,4 +196,33 @@ def check_ops(path: str | Path, graph: Graph, plan: QuantPlan | None = None) -> 
     }
 
 
-__all__ = ["EXPECTED_MIL", "check_ops", "check_weights"]
+def weight_storage(path: str | Path, graph: Graph) -> dict[str, dict[str, int]]:
+    """Stored bits of every layer weight (MatMul/Gemm/Conv/ConvTranspose/Gather tables) of a
+    saved program, read from the program itself: the op that produces the weight (a const, or
+    a constexpr decompression) and the dtype bits × elements of every constant it stores."""
+    from edgeq.exporters.coreml.evaluate import _DTYPES, _tensor_type
+    from edgeq.quant.planner import weight_operand
+
+    prog = SavedProgram(path)
+    producers = prog.producers()
+    out: dict[str, dict[str, int]] = {}
+    for node in graph.nodes:
+        w = weight_operand(node, graph)
+        if w is None or node.inputs[w[0]] in out:
+            continue
+        name = node.inputs[w[0]]
+        op = producers.get(weight_op_name(name, True)) or producers.get(weight_op_name(name, False))
+        if op is None:
+            continue
+        stored = 0
+        values = [v for k, v in op.attributes.items() if k == "val"]
+        values += [arg.arguments[0].value for arg in op.inputs.values()
+                   if arg.arguments[0].WhichOneof("binding") == "value"]  # fmt: skip
+        for v in values:
+            dtype, shape = _tensor_type(v.type)
+            stored += int(np.prod(shape)) * _DTYPES[dtype][2]
+        out[name] = {"elements": int(graph.constants[name].size), "bits": stored}
+    return out
+
+
+__all__ = ["EXPECTED_MIL", "check_ops", "check_weights", "weight_storage"]
