@@ -1,11 +1,13 @@
 """Data-aware algorithms as pure functions (arrays and statistics in, arrays and params out),
-registered by name in `registry`: range refinement today; weight algorithms (GPTQ, AWQ-style
-scaling, mixed precision, LUT) next. Importing this package registers every built-in one.
+registered by name in `registry`: range refinement (`refine`), weight grids (`rtn`), GPTQ
+(`gptq`, solved layer by layer through `layerwise`), palettization (`lut`), activation-aware
+scaling (`awq`) and mixed precision (`mixed_precision`); `data_aware` applies a recipe's weight
+algorithms to a plan. Importing this package registers every built-in one.
 
 Imports `edgeq.ir` and `edgeq.quant` only.
 """
 
-from edgeq.algorithms import gptq, grids, refine  # noqa: F401  (registers)
+from edgeq.algorithms import gptq, grids, lut, mixed_precision, refine  # noqa: F401  (registers)
 from edgeq.algorithms.registry import (
     ALGORITHMS,
     Algorithm,

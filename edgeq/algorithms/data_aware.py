@@ -25,6 +25,7 @@ import numpy as np
 from edgeq.algorithms.gptq import GPTQConfig, gptq_weight, output_error
 from edgeq.algorithms.grids import Grid, MatrixView, grid_for, rtn_weight, view_of
 from edgeq.algorithms.layerwise import LayerJob, layer_job, run_layerwise
+from edgeq.algorithms.lut import lut_weight
 from edgeq.algorithms.mixed_precision import Budget, Storage, choose_bits
 from edgeq.algorithms.registry import get_algorithm
 from edgeq.ir.graph import Graph
@@ -34,7 +35,7 @@ from edgeq.quant.recipe import Recipe
 
 log = logging.getLogger(__name__)
 Feeds = Mapping[str, np.ndarray]
-HESSIAN_METHODS = ("gptq",)
+HESSIAN_METHODS = ("gptq", "lut")
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,15 @@ def apply_weight_algorithms(
             continue
         t = tensors[name]
         reason = t.reason
-        if wt.method in HESSIAN_METHODS:
-            reason = (
-                reason + "; " if reason else ""
-            ) + f"{wt.method} needs a MatMul/Gemm/2-D Conv input: rtn"
-        tensors[name] = replace(
-            rtn_weight(t, graph.constants[name], wt.view, wt.grid), reason=reason
-        )
-        rows[name] = {"weight": name, "node": t.node, "method": "rtn"}
+        if t.lut is not None:
+            new, how = lut_weight(t, graph.constants[name]), "lut"
+        else:
+            if wt.method in HESSIAN_METHODS:
+                why = f"{wt.method} needs a MatMul/Gemm/2-D Conv input: rtn"
+                reason = (reason + "; " if reason else "") + why
+            new, how = rtn_weight(t, graph.constants[name], wt.view, wt.grid), "rtn"
+        tensors[name] = replace(new, reason=reason)
+        rows[name] = {"weight": name, "node": t.node, "method": how}
     seconds: dict[str, float] = {"rtn": round(time.perf_counter() - t0, 3)}
     jobs = {wt.job.weight: wt for wt in targets.values() if wt.job is not None}
     if jobs:
@@ -125,17 +127,22 @@ def apply_weight_algorithms(
             wt = jobs[job.weight]
             t = tensors[job.weight]
             w = graph.constants[job.weight]
-            new = gptq_weight(t, w, wt.view, wt.grid, H if job.groups > 1 else H[0] if H.ndim == 3 else H,
-                              config, groups=job.groups)  # fmt: skip
+            if wt.method == "lut":
+                diag = np.diagonal(H if H.ndim == 3 else H[None], axis1=-2, axis2=-1)
+                per_row = np.repeat(diag, wt.view.rows // diag.shape[0], axis=0)
+                new = lut_weight(t, w, wt.view.from_matrix(per_row))
+            else:
+                h = H if job.groups > 1 else H[0] if H.ndim == 3 else H
+                new = gptq_weight(t, w, wt.view, wt.grid, h, config, groups=job.groups)
             tensors[job.weight] = new
             deq = new.dequantized()
             m, mh = wt.view.to_matrix(np.asarray(w, np.float64)), wt.view.to_matrix(deq)
             hh = H if H.ndim == 3 else H[None]
             g = hh.shape[0]
             err = output_error(m.reshape(g, -1, m.shape[1]), mh.reshape(g, -1, m.shape[1]), hh)
-            rows[job.weight] = {"weight": job.weight, "node": t.node, "method": "gptq",
+            rows[job.weight] = {"weight": job.weight, "node": t.node, "method": wt.method,
                                 "output_error": err}  # fmt: skip
-            log.info("gptq %s %s H%s: output error %.3g", job.node, w.shape, H.shape, err)
+            log.info("%s %s %s: output error %.3g", wt.method, job.node, w.shape, err)
             return deq.astype(w.dtype)
 
         current = {n: t.dequantized().astype(graph.constants[n].dtype)
@@ -145,7 +152,7 @@ def apply_weight_algorithms(
             weights=current, transform=transform if acts else None, token_mask=token_mask,
             progress=progress,
         )  # fmt: skip
-        seconds.update({f"gptq_{k}": v for k, v in result.seconds.items()})
+        seconds.update({f"layerwise_{k}": v for k, v in result.seconds.items()})
         seconds["samples"] = result.samples
         seconds["spilled_mb"] = round(result.spilled_bytes / 2**20, 1)
     tensors = derive_biases(graph, spec, tensors)

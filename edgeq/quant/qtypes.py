@@ -54,6 +54,9 @@ class QDType:
 QDTYPES: dict[str, QDType] = {
     q.name: q
     for q in (
+        QDType("uint2", 2, False),  # look-up-table indices (palettized weights)
+        QDType("uint3", 3, False),
+        QDType("uint6", 6, False),
         QDType("int4", 4, True),
         QDType("uint4", 4, False),
         QDType("int8", 8, True),

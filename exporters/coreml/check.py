@@ -73,7 +73,6 @@ def check_weights(path: str | Path, graph: Graph, plan: QuantPlan) -> dict[str, 
     ops: Counter[str] = Counter()
     checked = 0
     for t in plan.quantized("weight"):
-        assert t.values is not None and t.scale is not None and t.zero_point is not None
         trans = _transposed(graph, t.name)
         op = producers.get(weight_op_name(t.name, trans)) or producers.get(
             weight_op_name(t.name, False)
@@ -85,6 +84,10 @@ def check_weights(path: str | Path, graph: Graph, plan: QuantPlan) -> dict[str, 
         checked += 1
         ops[op.type] += 1
         a = _op_args(prog, op)
+        if t.lut is not None:
+            failures += _check_lut(t, op.type, a, trans)
+            continue
+        assert t.values is not None and t.scale is not None and t.zero_point is not None
         values = np.asarray(t.values)
         scale = np.asarray(t.scale, np.float32)
         zp = np.asarray(t.zero_point)
@@ -141,6 +144,24 @@ def check_weights(path: str | Path, graph: Graph, plan: QuantPlan) -> dict[str, 
         "constexpr_ops": dict(ops),
         "weight_bin_bytes": len(prog.blob),
     }
+
+
+def _check_lut(t: Any, op_type: str, a: dict[str, Any], trans: bool) -> list[str]:
+    """A palettized weight: constexpr_lut_to_dense whose indices equal the plan's and whose
+    table equals the plan's (float16 already, so exactly)."""
+    if op_type != "constexpr_lut_to_dense":
+        return [f"{t.name}: palettized in the plan, stored by {op_type}"]
+    indices, table = np.asarray(a["indices"]), np.asarray(a["lut"])[..., 0]
+    if trans:
+        indices, table = indices.T, np.swapaxes(table, 0, 1)
+    out = []
+    if indices.shape != np.shape(t.values) or not np.array_equal(
+        indices.astype(np.int64), np.asarray(t.values, np.int64)
+    ):
+        out.append(f"{t.name}: stored indices differ from the plan's")
+    if not np.array_equal(table.astype(np.float32), fp16(np.asarray(t.lut)).astype(np.float32)):
+        out.append(f"{t.name}: stored look-up table differs from the plan's")
+    return out
 
 
 def check_ops(path: str | Path, graph: Graph, plan: QuantPlan | None = None) -> dict[str, Any]:
