@@ -57,11 +57,13 @@ class Storage:
     zero_point_bits: int = 0  # 0: the weight's bit width
     affine_bias_bits: int = 0  # MLX: −scale·zero_point per group, for every group
     float_bits: int = 32
+    pad_blocks: bool = False  # a partial last block is stored padded to the full block
 
     @staticmethod
     def of(rules: QuantRules) -> Storage:
         scale = 16 if rules.weight_scale_dtype == "float16" else 32
-        return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits)
+        return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits,
+                       rules.partial_blocks == "ceil")  # fmt: skip
 
 
 def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float:
@@ -72,6 +74,9 @@ def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float
     if lut is not None:
         return float(elements * t.qdtype.bits + np.size(lut) * storage.scale_bits)
     n_params = int(np.size(t.scale))
+    if storage.pad_blocks and t.block and t.axis is not None and t.values is not None:
+        k = int(np.shape(t.values)[t.axis])
+        elements = elements // k * (-(-k // t.block) * t.block)
     bits = elements * t.qdtype.bits + n_params * storage.scale_bits
     if storage.affine_bias_bits:
         bits += n_params * storage.affine_bias_bits

@@ -119,7 +119,8 @@ def _matmul_nbits(g: Graph, node: Node, t: TensorQuant) -> Node:
                 attrs, domain="com.microsoft")  # fmt: skip
 
 
-def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False) -> Graph:
+def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
+              omit_zero_points: bool = False) -> Graph:  # fmt: skip
     """The prepared graph with the plan's quantization written as Q/DQ nodes (opset 21);
     `use_nbits`: 4-bit MatMul weights as com.microsoft MatMulNBits (onnxruntime's kernel)."""
     g = upgrade_opset(graph, TARGET_OPSET)
@@ -149,8 +150,12 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False) -> Graph:
         s, z = params(t, t.name)
         del g.constants[t.name]
         dq_inputs = [q, s, z]
-        if t.qdtype.bits == 4 and not np.any(np.asarray(t.zero_point)):
-            del g.constants[z]  # symmetric int4: the default zero point 0, not stored
+        if (
+            t.role == "weight"
+            and (t.qdtype.bits == 4 or omit_zero_points)
+            and not np.any(np.asarray(t.zero_point))
+        ):
+            del g.constants[z]  # symmetric weights: the default zero point 0, not stored
             dq_inputs = [q, s]
         prefix.append(Node("DequantizeLinear", dq_inputs, [t.name],
                            g.unique_name(f"{t.name}_DequantizeLinear"), _dq_attrs(t)))  # fmt: skip
@@ -190,8 +195,12 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False) -> Graph:
 
 
 def build_model(graph: Graph, plan: QuantPlan | None, profile: TargetProfile) -> onnx.ModelProto:
-    nbits = bool(profile.raw.get("matmul_nbits"))
-    g = qdq_graph(graph, plan, nbits) if plan is not None else upgrade_opset(graph, TARGET_OPSET)
+    nbits, omit = bool(profile.raw.get("matmul_nbits")), bool(profile.raw.get("omit_zero_points"))
+    g = (
+        qdq_graph(graph, plan, nbits, omit)
+        if plan is not None
+        else upgrade_opset(graph, TARGET_OPSET)
+    )
     g.metadata = {
         **{k: v for k, v in graph.metadata.items() if not k.startswith("edgeq.")},
         "edgeq.version": __version__,
