@@ -107,6 +107,11 @@ def calibrate_model(
     graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
+    awq: dict[str, Any] = {}
+    if any(t.role == "weight" and t.awq for t in spec.tensors.values()):
+        graph, awq = _awq(graph, spec, recipe, source, subset(source, min(samples or len(source), len(source)), seed),
+                          find_token_mask(graph) if recipe.mask_handling else None)  # fmt: skip
+        spec = make_spec(graph, recipe, profile)
     total = len(source)
     n_calib = min(samples or total, total)
     n_report = min(report_samples, max(total - n_calib, 0))
@@ -159,6 +164,8 @@ def calibrate_model(
     )  # fmt: skip
     from edgeq.calibration import validate
 
+    if awq:
+        plan.calibration["awq"] = awq
     plan = _weight_algorithms(graph, spec, plan, recipe, source, calib_names, token_mask, progress)
     if recipe.refine_top > 0:
         from edgeq.algorithms.refine import refine_ranges
@@ -216,6 +223,44 @@ def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe,
     return plan
 
 
+def _awq(graph: Graph, spec: Any, recipe: Recipe, source: Any, names: Sequence[str],
+         token_mask: str | None) -> tuple[Graph, dict[str, Any]]:  # fmt: skip
+    """AWQ-style scaling on the float graph (before any calibration, so activation ranges see
+    the scaled tensors): statistics over `recipe.algorithm_samples` samples, one search and an
+    exact fold per site whose consumers ask for it."""
+    from edgeq.algorithms.awq import apply_awq, find_sites, statistics_for
+    from edgeq.algorithms.grids import grid_for, view_of
+    from edgeq.calibration import validate
+    from edgeq.quant.plan import TensorQuant
+    from edgeq.quant.planner import weight_operand
+
+    t0 = time.perf_counter()
+    wanted = {n for n, t in spec.tensors.items() if t.role == "weight" and t.awq}
+    sites = [s for s in find_sites(graph) if any(c.weight in wanted for c in s.consumers)]
+    if not sites:
+        return graph, {}
+    grids = {}
+    for node in graph.nodes:
+        w = weight_operand(node, graph)
+        t = spec.tensors.get(node.inputs[w[0]]) if w is not None else None
+        if w is None or t is None or t.role != "weight":
+            continue
+        tq = TensorQuant(t.name, "weight", t.dtype, axis=t.axis, block=t.block, narrow=t.narrow,
+                         symmetric=t.symmetric)  # fmt: skip
+        rules = spec.target.quant
+        grids[t.name] = (grid_for(tq, "minmax", rules.weight_scale_dtype, rules.affine_bias),
+                         view_of(tq, graph.constants[t.name].shape, w[1], w[2]))  # fmt: skip
+    stats = {k: v for site in sites for k, v in statistics_for(site, graph).items()}
+    chosen = list(names[: recipe.algorithm_samples])
+    feeds = (validate(source.load(n), graph.inputs, n) for n in chosen)
+    result = collect_statistics(graph, stats, stack_batches(feeds, 8), token_mask=token_mask,
+                                unmasked=integer_derived(graph))  # fmt: skip
+    final = {k: stat.finalize({n: np.asarray(v) for n, v in result.states[k].items()})
+             for k, (_, stat) in stats.items()}  # fmt: skip
+    graph, scales, rows = apply_awq(graph, sites, final, grids)
+    return graph, {"scales": scales, "sites": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+
 MIXED_SAMPLES = 16  # calibration samples the bit-width search measures the output error on
 
 
@@ -245,4 +290,10 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
     shapes = {k: tuple(v) for k, v in plan.model.get("input_shapes", {}).items()}
     values = plan.model.get("input_values", {})
     recipe = Recipe.from_dict(plan.recipe) if plan.recipe else None
-    return prepare_for_quantization(load_model(model), shapes, values, plan.target, recipe)
+    graph = prepare_for_quantization(load_model(model), shapes, values, plan.target, recipe)
+    scales = plan.calibration.get("awq", {}).get("scales")
+    if scales:  # the AWQ factors the plan was made with, folded again
+        from edgeq.algorithms.awq import refold
+
+        graph = refold(graph, scales)
+    return graph

@@ -263,3 +263,54 @@ def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path
     bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
     assert len(stored) == 5
     assert bpw == pytest.approx(run.plan.calibration["mixed_precision"]["bpw"], rel=0.02)
+
+
+def _awq_graph():  # type: ignore[no-untyped-def]
+    """LayerNorm → two MatMuls (one site), MatMul + bias → MatMul (a site), a LayerNorm whose
+    output also feeds a residual Add (not a site), Conv + bias → Relu → Conv and a depthwise
+    Conv (a site through the Relu)."""
+    d = 16
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], axis=-1, name="ln"),
+        helper.make_node("MatMul", ["ln", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["ln", "wk"], ["k"], name="k"),
+        helper.make_node("Add", ["q", "bq"], ["qb"], name="q_bias"),
+        helper.make_node("MatMul", ["qb", "wo"], ["o"], name="o"),
+        helper.make_node("Add", ["o", "k"], ["s"], name="sum"),
+        helper.make_node("LayerNormalization", ["s", "g2", "b2"], ["ln2"], axis=-1, name="ln2"),
+        helper.make_node("MatMul", ["ln2", "wf"], ["f"], name="f"),
+        helper.make_node("Add", ["f", "ln2"], ["res"], name="residual"),
+        helper.make_node("Reshape", ["res", "shape"], ["img"], name="to_img"),
+        helper.make_node("Conv", ["img", "wc1", "bc1"], ["c1"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "wc2"], ["c2"], name="c2"),
+        helper.make_node("Conv", ["r1", "wdw"], ["c3"], group=8, pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("Add", ["c2", "c3"], ["y"], name="out"),
+    ]  # fmt: skip
+    w = lambda *s: RNG.normal(0, 0.5, s).astype(np.float32)  # noqa: E731
+    inits = {"g": 1 + w(d), "b": w(d), "wq": w(d, d), "wk": w(d, d), "bq": w(d), "wo": w(d, d),
+             "g2": 1 + w(d), "b2": w(d), "wf": w(d, d), "shape": np.array([1, 4, 8, 8], np.int64),
+             "wc1": w(8, 4, 3, 3), "bc1": w(8), "wc2": w(8, 8, 1, 1), "wdw": w(8, 1, 3, 3)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 16, d])], [("y", F32, [1, 8, 8, 8])],
+                       initializers=inits)  # fmt: skip
+    return prepare(model_to_graph(model))
+
+
+def test_awq_folding_leaves_the_float_function_unchanged() -> None:
+    from edgeq.algorithms.awq import find_sites, fold_scales
+    from edgeq.ir.interpreter import Interpreter
+
+    graph = _awq_graph()
+    sites = {s.tensor: s for s in find_sites(graph)}
+    producers = {sites[t].producer for t in sites}
+    assert {"ln", "q_bias", "relu"} <= producers  # LayerNorm, a bias Add, a Relu after a Conv
+    assert "ln2" not in producers  # its output also feeds a residual Add: not foldable
+    feed = {"x": RNG.normal(0, 1, (1, 16, 16)).astype(np.float32)}
+    ref = Interpreter(graph)(feed)["y"]
+    folded = graph
+    for site in sites.values():
+        s = np.exp(RNG.uniform(-1.5, 1.5, site.channels))  # factors over a range of ~20x
+        folded = fold_scales(folded, site, s)
+    changed = [k for k in graph.constants if not np.array_equal(graph.constants[k], folded.constants[k])]
+    assert {"g", "b", "wq", "wk", "bq", "wo", "wc1", "bc1", "wc2", "wdw"} <= set(changed)
+    np.testing.assert_allclose(Interpreter(folded)(feed)["y"], ref, rtol=2e-5, atol=2e-5)

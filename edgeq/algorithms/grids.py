@@ -266,14 +266,42 @@ def round_to_grid(
     """Round-to-nearest on the grid: (integer values, scale, zero point) in the plan's layout.
     `importance` [cols] weights each column's error in the scale search (e.g. diag of H)."""
     m = view.to_matrix(np.asarray(w, np.float32))
-    imp = (
-        np.ones(view.cols, np.float32) if importance is None else np.asarray(importance, np.float32)
-    )
+    if grid.search == "minmax":  # no search: numpy, nothing to compile
+        g = view.grouped(m)
+        scale, zp = qparams_np(g.min(axis=-1), g.max(axis=-1), grid)
+        q = np.clip(np.round(g / scale[..., None]) + zp[..., None], grid.qmin, grid.qmax)
+        return _from_grouped(view, q, scale, zp)
+    imp = np.ones(view.cols, np.float32) if importance is None else np.asarray(importance, np.float32)
     groups = view.grouped(jnp.asarray(m))
     imp_g = view.grouped(jnp.broadcast_to(jnp.asarray(imp)[None, :], (view.rows, view.cols)))
     with jax.enable_x64(False):
         scale, zp, q = _fit_grouped(groups, imp_g, grid)
-    q = np.asarray(q)
+    return _from_grouped(view, np.asarray(q), np.asarray(scale), np.asarray(zp))
+
+
+def qparams_np(lo: np.ndarray, hi: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """`qparams` in numpy (float32, the same rounding of scales)."""
+    lo = np.minimum(np.asarray(lo, np.float32), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float32), 0.0)
+    if grid.symmetric:
+        half = grid.qmax if grid.qmin < 0 else (grid.qmax - grid.qmin) / 2.0
+        amax = np.maximum(-lo, hi)
+        scale = np.where(amax > 0, amax / np.float32(half), 1.0).astype(np.float32)
+    else:
+        scale = np.where(hi > lo, (hi - lo) / np.float32(grid.qmax - grid.qmin), 1.0).astype(np.float32)
+    scale = np.maximum(scale, np.float32(MIN_WEIGHT_SCALE))
+    if grid.scale_bits is not None:
+        m, e = np.frexp(scale)
+        scale = np.ldexp(np.round(m * 2.0**grid.scale_bits) / 2.0**grid.scale_bits, e).astype(np.float32)
+        if grid.scale_bits <= FP16_BITS:
+            scale = np.maximum(scale, np.float32(FP16_MIN_NORMAL))
+    if grid.symmetric:
+        return scale, np.full(scale.shape, float(grid.midpoint), np.float32)
+    return scale, np.clip(np.round(grid.qmin - lo / scale), grid.qmin, grid.qmax).astype(np.float32)
+
+
+def _from_grouped(view: MatrixView, q: np.ndarray, scale: np.ndarray,
+                  zp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     if view.granularity == "per_tensor":
         values = q.reshape(view.rows, view.cols)
     else:

@@ -26,8 +26,10 @@ class InputHessian:
         return {"H": np.zeros((self.channels, self.channels), np.float32), "rows": np.float32(0)}
 
     def _rows(self, x: Any) -> Any:
+        """Rows [-1, channels]; NaN (padding the calibration engine masked) counts as 0."""
         x = jnp.moveaxis(jnp.asarray(x, jnp.float32), self.axis, -1)
-        return jnp.reshape(x, (-1, self.channels))
+        rows = jnp.reshape(x, (-1, self.channels))
+        return jnp.where(jnp.isnan(rows), 0.0, rows)
 
     def update(self, state: State, x: Any) -> State:
         rows = self._rows(x)
@@ -56,6 +58,7 @@ class ChannelMagnitude:
     def update(self, state: State, x: Any) -> State:
         x = jnp.moveaxis(jnp.abs(jnp.asarray(x, jnp.float32)), self.axis, -1)
         rows = jnp.reshape(x, (-1, self.channels))
+        rows = jnp.where(jnp.isnan(rows), 0.0, rows)  # masked padding
         return {
             "sum": state["sum"] + jnp.sum(rows, axis=0),
             "max": jnp.maximum(state["max"], jnp.max(rows, axis=0)),
