@@ -44,12 +44,14 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.foundation
 	$(PY) -m benchmarks.ptq
 	$(PY) -m benchmarks.export_onnx
 	$(PY) -m benchmarks.export_tflite
 	$(PY) -m benchmarks.export_coreml
 	$(PY) -m benchmarks.export_mlx
+	$(PY) -m benchmarks.weights4
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,6 +5,7 @@ bits per weight recomputed from the artifact's own tensors."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def _mlp(tmp_path: Path, widths: tuple[int, ...] = (40, 64, 64, 48, 24)) -> Path
     """MatMul/Relu stack with one outlier-heavy layer (the sensitive one) and a 1x1 conv head
     (input dims not multiples of 32: partial last blocks)."""
     nodes, inits, prev = [], {}, "x"
-    for i, (k, n) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (k, n) in enumerate(itertools.pairwise(widths)):
         wgt = RNG.normal(0, 1 / np.sqrt(k), (k, n)).astype(np.float32)
         if i == 1:
             wgt[:, :4] *= 12.0  # outlier columns: 4-bit hurts this layer most
@@ -115,7 +116,7 @@ def test_recipe_selects_the_method_per_node_and_the_plan_records_it(tmp_path: Pa
         overrides=(
             Override("op:MatMul", LayerConfig(method="rtn")),
             Override("name:^fc2$", LayerConfig(method="gptq")),
-        ),  # fmt: skip
+        ),
         mixed_precision="off",
     )
     plan = _calibrate(_mlp(tmp_path), "onnx", recipe).plan
@@ -311,6 +312,8 @@ def test_awq_folding_leaves_the_float_function_unchanged() -> None:
     for site in sites.values():
         s = np.exp(RNG.uniform(-1.5, 1.5, site.channels))  # factors over a range of ~20x
         folded = fold_scales(folded, site, s)
-    changed = [k for k in graph.constants if not np.array_equal(graph.constants[k], folded.constants[k])]
+    changed = [
+        k for k in graph.constants if not np.array_equal(graph.constants[k], folded.constants[k])
+    ]
     assert {"g", "b", "wq", "wk", "bq", "wo", "wc1", "bc1", "wc2", "wdw"} <= set(changed)
     np.testing.assert_allclose(Interpreter(folded)(feed)["y"], ref, rtol=2e-5, atol=2e-5)

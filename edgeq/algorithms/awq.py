@@ -55,11 +55,26 @@ class Site:
 
 def _consumer(node: Node, tensor: str, consts: Mapping[str, np.ndarray]) -> Consumer | None:
     ins = node.inputs
-    if node.op_type == "MatMul" and ins[0] == tensor and ins[1] in consts and consts[ins[1]].ndim == 2:
+    if (
+        node.op_type == "MatMul"
+        and ins[0] == tensor
+        and ins[1] in consts
+        and consts[ins[1]].ndim == 2
+    ):
         return Consumer(node.name, ins[1], "matmul")
-    if node.op_type == "Gemm" and ins[0] == tensor and ins[1] in consts and not node.attrs.get("transA", 0):
+    if (
+        node.op_type == "Gemm"
+        and ins[0] == tensor
+        and ins[1] in consts
+        and not node.attrs.get("transA", 0)
+    ):
         return Consumer(node.name, ins[1], "gemm_t" if node.attrs.get("transB", 0) else "matmul")
-    if node.op_type == "Conv" and ins[0] == tensor and ins[1] in consts and consts[ins[1]].ndim == 4:
+    if (
+        node.op_type == "Conv"
+        and ins[0] == tensor
+        and ins[1] in consts
+        and consts[ins[1]].ndim == 4
+    ):
         return Consumer(node.name, ins[1], "conv", int(node.attrs.get("group", 1)))
     return None
 
@@ -86,7 +101,9 @@ def find_sites(graph: Graph) -> list[Site]:
         if info is None or not info.is_static:
             continue
         channels = int(info.shape[axis])  # type: ignore[index,arg-type]
-        fold = _producer_fold(producers[tensor], tensor, axis, channels, graph, consumers, producers)
+        fold = _producer_fold(
+            producers[tensor], tensor, axis, channels, graph, consumers, producers
+        )
         if fold is not None:
             sites.append(Site(tensor, channels, axis, producers[tensor].name, fold, cons))
     return sites
@@ -104,24 +121,43 @@ def _producer_fold(node: Node, tensor: str, axis: int, channels: int, graph: Gra
     def const_vec(name: str) -> bool:
         return name in consts and consts[name].size == channels and consts[name].ndim >= 1
 
-    if node.op_type == "LayerNormalization" and axis == -1 and int(node.attrs.get("axis", -1)) in (-1, len(graph.info(tensor).shape) - 1):  # type: ignore[union-attr,arg-type]
+    if (
+        node.op_type == "LayerNormalization"
+        and axis == -1
+        and int(node.attrs.get("axis", -1)) in (-1, len(graph.info(tensor).shape) - 1)
+    ):  # type: ignore[union-attr,arg-type]
         if len(ins) > 1 and const_vec(ins[1]) and (len(ins) < 3 or not ins[2] or const_vec(ins[2])):
             return tuple((n, -1) for n in ins[1:3] if n)
         return None
     if node.op_type == "Relu" and only(ins[0]) and ins[0] in producers:
-        return _producer_fold(producers[ins[0]], ins[0], axis, channels, graph, consumers, producers)
+        return _producer_fold(
+            producers[ins[0]], ins[0], axis, channels, graph, consumers, producers
+        )
     if node.op_type == "Add":  # a bias Add after a linear layer
         const = [i for i in ins if i in consts]
         data = [i for i in ins if i not in consts]
-        if len(const) == 1 and len(data) == 1 and const_vec(const[0]) and only(data[0]) and data[0] in producers:
+        if (
+            len(const) == 1
+            and len(data) == 1
+            and const_vec(const[0])
+            and only(data[0])
+            and data[0] in producers
+        ):
             if axis == -1 and consts[const[0]].shape[-1] != channels:
                 return None
-            inner = _producer_fold(producers[data[0]], data[0], axis, channels, graph, consumers, producers)
+            inner = _producer_fold(
+                producers[data[0]], data[0], axis, channels, graph, consumers, producers
+            )
             return None if inner is None else (*inner, (const[0], -1 if axis == -1 else 0))
         return None
     if node.op_type == "MatMul" and axis == -1 and ins[1] in consts and consts[ins[1]].ndim == 2:
         return ((ins[1], 1),)
-    if node.op_type == "Gemm" and axis == -1 and ins[1] in consts and not node.attrs.get("transA", 0):
+    if (
+        node.op_type == "Gemm"
+        and axis == -1
+        and ins[1] in consts
+        and not node.attrs.get("transA", 0)
+    ):
         fold = [(ins[1], 0 if node.attrs.get("transB", 0) else 1)]
         if len(ins) > 2 and ins[2] and const_vec(ins[2]):
             fold.append((ins[2], -1))
@@ -147,7 +183,9 @@ def fold_scales(graph: Graph, site: Site, s: np.ndarray) -> Graph:
     s = np.asarray(s, np.float64)
     for name, axis in site.fold:
         arr = g.constants[name]
-        g.constants[name] = (arr / _scaled(arr.shape, axis if arr.ndim > 1 else 0, s)).astype(arr.dtype)
+        g.constants[name] = (arr / _scaled(arr.shape, axis if arr.ndim > 1 else 0, s)).astype(
+            arr.dtype
+        )
     for c in site.consumers:
         w = g.constants[c.weight]
         if c.kind == "matmul":

@@ -271,7 +271,9 @@ def round_to_grid(
         scale, zp = qparams_np(g.min(axis=-1), g.max(axis=-1), grid)
         q = np.clip(np.round(g / scale[..., None]) + zp[..., None], grid.qmin, grid.qmax)
         return _from_grouped(view, q, scale, zp)
-    imp = np.ones(view.cols, np.float32) if importance is None else np.asarray(importance, np.float32)
+    imp = (
+        np.ones(view.cols, np.float32) if importance is None else np.asarray(importance, np.float32)
+    )
     groups = view.grouped(jnp.asarray(m))
     imp_g = view.grouped(jnp.broadcast_to(jnp.asarray(imp)[None, :], (view.rows, view.cols)))
     with jax.enable_x64(False):
@@ -288,11 +290,15 @@ def qparams_np(lo: np.ndarray, hi: np.ndarray, grid: Grid) -> tuple[np.ndarray, 
         amax = np.maximum(-lo, hi)
         scale = np.where(amax > 0, amax / np.float32(half), 1.0).astype(np.float32)
     else:
-        scale = np.where(hi > lo, (hi - lo) / np.float32(grid.qmax - grid.qmin), 1.0).astype(np.float32)
+        scale = np.where(hi > lo, (hi - lo) / np.float32(grid.qmax - grid.qmin), 1.0).astype(
+            np.float32
+        )
     scale = np.maximum(scale, np.float32(MIN_WEIGHT_SCALE))
     if grid.scale_bits is not None:
         m, e = np.frexp(scale)
-        scale = np.ldexp(np.round(m * 2.0**grid.scale_bits) / 2.0**grid.scale_bits, e).astype(np.float32)
+        scale = np.ldexp(np.round(m * 2.0**grid.scale_bits) / 2.0**grid.scale_bits, e).astype(
+            np.float32
+        )
         if grid.scale_bits <= FP16_BITS:
             scale = np.maximum(scale, np.float32(FP16_MIN_NORMAL))
     if grid.symmetric:

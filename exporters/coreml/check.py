@@ -221,7 +221,6 @@ def weight_storage(path: str | Path, graph: Graph) -> dict[str, dict[str, int]]:
     """Stored bits of every layer weight (MatMul/Gemm/Conv/ConvTranspose/Gather tables) of a
     saved program, read from the program itself: the op that produces the weight (a const, or
     a constexpr decompression) and the dtype bits × elements of every constant it stores."""
-    from edgeq.exporters.coreml.evaluate import _DTYPES, _tensor_type
     from edgeq.quant.planner import weight_operand
 
     prog = SavedProgram(path)
@@ -235,15 +234,22 @@ def weight_storage(path: str | Path, graph: Graph) -> dict[str, dict[str, int]]:
         op = producers.get(weight_op_name(name, True)) or producers.get(weight_op_name(name, False))
         if op is None:
             continue
-        stored = 0
-        values = [v for k, v in op.attributes.items() if k == "val"]
-        values += [arg.arguments[0].value for arg in op.inputs.values()
-                   if arg.arguments[0].WhichOneof("binding") == "value"]  # fmt: skip
-        for v in values:
-            dtype, shape = _tensor_type(v.type)
-            stored += int(np.prod(shape)) * _DTYPES[dtype][2]
-        out[name] = {"elements": int(graph.constants[name].size), "bits": stored}
+        out[name] = {"elements": int(graph.constants[name].size), "bits": stored_bits(op)}
     return out
 
 
-__all__ = ["EXPECTED_MIL", "check_ops", "check_weights", "weight_storage"]
+def stored_bits(op: Any) -> int:
+    """Bits of every constant a weight op stores (a const's value, or a constexpr's inputs)."""
+    from edgeq.exporters.coreml.evaluate import _DTYPES, _tensor_type
+
+    values = [v for k, v in op.attributes.items() if k == "val"]
+    values += [arg.arguments[0].value for arg in op.inputs.values()
+               if arg.arguments[0].WhichOneof("binding") == "value"]  # fmt: skip
+    total = 0
+    for v in values:
+        dtype, shape = _tensor_type(v.type)
+        total += int(np.prod(shape)) * _DTYPES[dtype][2]
+    return total
+
+
+__all__ = ["EXPECTED_MIL", "check_ops", "check_weights", "stored_bits", "weight_storage"]
