@@ -172,9 +172,10 @@ def solve_padded(W: np.ndarray, H: np.ndarray, gidx: np.ndarray, n_groups: int, 
     `dtype=np.float64` solves in double precision (for comparisons with a reference)."""
     lead = W.shape[:-2]
     R, C = W.shape[-2:]
-    Rb, Cb, Gb = bucket(R, 64, 1), bucket(C + 1), bucket(n_groups, 64, 1)
+    # powers of two: at most 2x padding, and few distinct programs to compile per model
+    Rb, Cb, Gb = bucket(R, 1 << 30, 1), bucket(C + 1), bucket(n_groups, 64, 1)
     nb = math.prod(lead)
-    Nb = bucket(nb, 64) if lead else 1
+    Nb = bucket(nb, 1 << 30) if lead else 1
     Wp = np.zeros((Nb, Rb, Cb), dtype)
     Wp[:nb, :R, :C] = W.reshape(nb, R, C)
     Hp = np.broadcast_to(np.eye(Cb, dtype=dtype), (Nb, Cb, Cb)).copy()
@@ -182,7 +183,7 @@ def solve_padded(W: np.ndarray, H: np.ndarray, gidx: np.ndarray, n_groups: int, 
     g = np.zeros(Cb, np.int32)
     g[:C] = gidx
     members = _members(gidx, n_groups, C)
-    mp = np.full((Gb, bucket(members.shape[1], 64)), C, np.int32)
+    mp = np.full((Gb, bucket(members.shape[1], 1 << 30)), C, np.int32)
     mp[:n_groups, : members.shape[1]] = members
     s0 = np.ones((Nb, 1, Gb), np.float32)
     z0 = np.zeros((Nb, 1, Gb), np.float32)
