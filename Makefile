@@ -48,12 +48,14 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.foundation
 	$(PY) -m benchmarks.ptq
 	$(PY) -m benchmarks.export_onnx
 	$(PY) -m benchmarks.export_tflite
 	$(PY) -m benchmarks.export_coreml
 	$(PY) -m benchmarks.export_mlx
+	$(PY) -m benchmarks.weights4
 
 # Tool venv for tools/make_test_graphs.py (never needed by `make test`): torch 2.13.0 is pinned
 # because a CPU build of it may lie in pip's find-links; from PyPI alone it also installs, with

@@ -39,6 +39,7 @@ from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import compare
+from edgeq.weight_report import weight_markdown, weight_report
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -214,6 +215,7 @@ def _report(graph: Graph, plan: QuantPlan, artifact: Artifact, baseline: Artifac
             "checks": artifact.checks,
         },
         "evaluation": {"samples": len(feeds)},
+        "weights": weight_report(exporter, artifact.path, graph, plan),
     }
     if not feeds:
         report["evaluation"]["skipped"] = "no evaluation data (pass --calib with --plan)"
@@ -272,6 +274,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", f"latency on {lat['runtime']} (median of {lat['runs']} runs): quantized "
                   f"{lat['quantized']['p50_ms']:.2f} ms, float {lat['float']['p50_ms']:.2f} ms, "
                   f"speedup {lat['speedup']:.2f}x"]  # fmt: skip
+    lines += weight_markdown(report.get("weights", {}))
     if a["notes"]:
         lines += ["", "notes:", *[f"- {n}" for n in a["notes"]]]
     return "\n".join(lines) + "\n"

@@ -140,6 +140,10 @@ def calibrate_model(
 
     phases = PhaseTimer()
     recipe = recipe or Recipe()
+    if recipe.max_loss:
+        from edgeq.budget import parse_budget
+
+        parse_budget(recipe.max_loss)  # a bad budget fails before any work
     profile = load_target(target)
     model = Path(model)
     run_on = calibration_devices(devices)
@@ -149,6 +153,12 @@ def calibrate_model(
     phases.done("load and prepare")
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
+    awq: dict[str, Any] = {}
+    if any(t.role == "weight" and t.awq for t in spec.tensors.values()):
+        graph, awq = _awq(graph, spec, recipe, source, subset(source, min(samples or len(source), len(source)), seed),
+                          find_token_mask(graph) if recipe.mask_handling else None)  # fmt: skip
+        spec = make_spec(graph, recipe, profile)
+        phases.done("activation-aware scaling")
     total = len(source)
     n_calib = min(samples or total, total)
     n_report = min(report_samples, max(total - n_calib, 0))
@@ -222,6 +232,10 @@ def calibrate_model(
     phases.done("plan")
     from edgeq.calibration import validate
 
+    if awq:
+        plan.calibration["awq"] = awq
+    plan = _weight_algorithms(graph, spec, plan, recipe, source, calib_names, token_mask, progress)
+    phases.done("weight algorithms")
     if recipe.refine_top > 0:
         from edgeq.algorithms.refine import refine_ranges
 
@@ -278,6 +292,92 @@ def _report_programs(ahead: tuple[SimLayout, list[str], Future[Any], Future[Any]
     except Exception as exc:  # a fallback, never fatal: the report compiles again and says why
         log.warning("report programs compiled ahead failed (%s); compiling them again", exc)
         return None
+def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe, source: Any,
+                       names: Sequence[str], token_mask: str | None,
+                       progress: Callable[[str, int, int], None] | None) -> QuantPlan:  # fmt: skip
+    """GPTQ/grids on the weights that ask for them (4-bit by default), streaming up to
+    `recipe.algorithm_samples` calibration samples."""
+    from edgeq.algorithms.data_aware import apply_weight_algorithms, weight_targets
+    from edgeq.calibration import validate
+
+    targets = weight_targets(graph, spec, plan)
+    if not targets:
+        return plan
+    chosen = list(names[: recipe.algorithm_samples])
+
+    def feeds() -> Any:
+        return (validate(source.load(n), graph.inputs, n) for n in chosen)
+
+    plan, _ = apply_weight_algorithms(
+        graph, spec, plan, feeds, recipe=recipe, targets=targets, token_mask=token_mask,
+        progress=(lambda d, t: progress("gptq", d, t)) if progress else None,
+    )  # fmt: skip
+    if recipe.mixed_precision == "auto" and any(
+        t.role == "weight" and t.is_quantized and t.qdtype.bits == 4 for t in plan.tensors.values()
+    ):
+        from edgeq.algorithms.data_aware import apply_mixed_precision
+
+        search = [validate(source.load(n), graph.inputs, n) for n in chosen[:MIXED_SAMPLES]]
+        plan, report = apply_mixed_precision(
+            graph, spec, plan, search, search_budget(recipe),
+            progress=(lambda d, t: progress("mixed precision", d, t)) if progress else None,
+        )  # fmt: skip
+        plan.calibration["mixed_precision"] = report
+    return plan
+
+
+def _awq(graph: Graph, spec: Any, recipe: Recipe, source: Any, names: Sequence[str],
+         token_mask: str | None) -> tuple[Graph, dict[str, Any]]:  # fmt: skip
+    """AWQ-style scaling on the float graph (before any calibration, so activation ranges see
+    the scaled tensors): statistics over `recipe.algorithm_samples` samples, one search and an
+    exact fold per site whose consumers ask for it."""
+    from edgeq.algorithms.awq import apply_awq, find_sites, statistics_for
+    from edgeq.algorithms.grids import grid_for, view_of
+    from edgeq.calibration import validate
+    from edgeq.quant.plan import TensorQuant
+    from edgeq.quant.planner import weight_operand
+
+    t0 = time.perf_counter()
+    wanted = {n for n, t in spec.tensors.items() if t.role == "weight" and t.awq}
+    sites = [s for s in find_sites(graph) if any(c.weight in wanted for c in s.consumers)]
+    if not sites:
+        return graph, {}
+    grids = {}
+    for node in graph.nodes:
+        w = weight_operand(node, graph)
+        t = spec.tensors.get(node.inputs[w[0]]) if w is not None else None
+        if w is None or t is None or t.role != "weight":
+            continue
+        tq = TensorQuant(t.name, "weight", t.dtype, axis=t.axis, block=t.block, narrow=t.narrow,
+                         symmetric=t.symmetric)  # fmt: skip
+        rules = spec.target.quant
+        grids[t.name] = (grid_for(tq, "minmax", rules.weight_scale_dtype, rules.affine_bias),
+                         view_of(tq, graph.constants[t.name].shape, w[1], w[2]))  # fmt: skip
+    stats = {k: v for site in sites for k, v in statistics_for(site, graph).items()}
+    chosen = list(names[: recipe.algorithm_samples])
+    feeds = (validate(source.load(n), graph.inputs, n) for n in chosen)
+    result = collect_statistics(graph, stats, stack_batches(feeds, 8), token_mask=token_mask,
+                                unmasked=integer_derived(graph))  # fmt: skip
+    final = {k: stat.finalize({n: np.asarray(v) for n, v in result.states[k].items()})
+             for k, (_, stat) in stats.items()}  # fmt: skip
+    graph, scales, rows = apply_awq(graph, sites, final, grids)
+    return graph, {"scales": scales, "sites": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+MIXED_SAMPLES = 16  # calibration samples the bit-width search measures the output error on
+
+
+def search_budget(recipe: Recipe) -> Any:
+    """The mixed-precision budget from the recipe's --max-loss / --bpw: output metrics the
+    search can measure itself (cosine, sqnr); a task metric (cer, top1, ...) is checked by the
+    export verdict, and the search then uses its default rule within --bpw."""
+    from edgeq.algorithms.mixed_precision import OUTPUT_METRICS, Budget
+    from edgeq.budget import parse_budget
+
+    loss = parse_budget(recipe.max_loss) if recipe.max_loss else None
+    if loss is not None and loss.metric in OUTPUT_METRICS:
+        return Budget(loss.metric, loss.value, recipe.bpw)
+    return Budget(None, None, recipe.bpw)
 
 
 def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:
@@ -293,4 +393,10 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
     shapes = {k: tuple(v) for k, v in plan.model.get("input_shapes", {}).items()}
     values = plan.model.get("input_values", {})
     recipe = Recipe.from_dict(plan.recipe) if plan.recipe else None
-    return prepare_for_quantization(load_model(model), shapes, values, plan.target, recipe)
+    graph = prepare_for_quantization(load_model(model), shapes, values, plan.target, recipe)
+    scales = plan.calibration.get("awq", {}).get("scales")
+    if scales:  # the AWQ factors the plan was made with, folded again
+        from edgeq.algorithms.awq import refold
+
+        graph = refold(graph, scales)
+    return graph

@@ -58,6 +58,15 @@ class QuantRules:
     per_channel_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM")
     per_block_ops: tuple[str, ...] = ()
     block_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    # an input dim that is not a multiple of the block: "ceil" (a partial last block),
+    # "divisor" (the largest divisor of the dim not above the block), "none" (per-channel)
+    partial_blocks: str = "none"
+    # how the artifact stores weight scales ("float16": plans round scales to float16 so the
+    # artifact holds them exactly); affine_bias: it stores −scale·zero_point too (MLX)
+    weight_scale_dtype: str = "float32"
+    affine_bias: bool = False
+    weight_lut: bool = False  # palettized (look-up table) weights (Core ML iOS18)
+    float_weight_bits: int = 32  # how the artifact stores a weight left float
     block_requires_act_bits: int = 0  # e.g. QNN: 4-bit blockwise only with 16-bit activations
     rounding: str = "half_even"
     min_range: float = 0.0

@@ -1,6 +1,8 @@
 """Data-aware algorithms as pure functions (arrays and statistics in, arrays and params out),
-registered by name in `registry`: range refinement today; weight algorithms (GPTQ, AWQ-style
-scaling, mixed precision, LUT) next. Importing this package registers every built-in one.
+registered by name in `registry`: range refinement (`refine`), weight grids (`rtn`), GPTQ
+(`gptq`, solved layer by layer through `layerwise`), palettization (`lut`), activation-aware
+scaling (`awq`) and mixed precision (`mixed_precision`); `data_aware` applies a recipe's weight
+algorithms to a plan. Importing this package registers every built-in one.
 
 Imports `edgeq.ir` and `edgeq.quant` only.
 """
@@ -8,6 +10,10 @@ Imports `edgeq.ir` and `edgeq.quant` only.
 from edgeq.algorithms import (  # noqa: F401  (registers)
     bias_correction,
     equalize,
+    gptq,
+    grids,
+    lut,
+    mixed_precision,
     rare_values,
     refine,
     smoothing,

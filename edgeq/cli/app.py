@@ -66,6 +66,25 @@ Devices = Annotated[
     typer.Option("--devices", help="Split calibration batches over the first N of JAX's "
                  "devices (GPUs/TPUs when JAX has them; default: all)."),
 ]  # fmt: skip
+MaxLoss = Annotated[
+    str | None,
+    typer.Option("--max-loss", help="Quality budget METRIC=NUMBER vs float (e.g. cosine=0.99, "
+                 "sqnr=25, cer=1.0); 4-bit plans keep layers at 8 bits until cosine/sqnr pass."),
+]  # fmt: skip
+Bpw = Annotated[
+    float | None,
+    typer.Option("--bpw", help="Size budget for 4-bit plans: average bits per weight, scales "
+                 "and zero points included (mixed precision stays within it)."),
+]  # fmt: skip
+Method = Annotated[
+    str | None,
+    typer.Option("--method", help="Weight algorithm: gptq (4-bit default) or rtn."),
+]
+WeightFormat = Annotated[
+    str | None,
+    typer.Option("--weight-format", help="ane: affine (scale + zero point, default) or lut "
+                 "(palettized, iOS18)."),
+]  # fmt: skip
 RecipeFile = Annotated[
     Path | None, typer.Option("--recipe", help="Recipe TOML (flags override it).")
 ]
@@ -269,6 +288,10 @@ def calibrate(
     block_size: BlockSize = None,
     observer: ObserverName = None,
     refine: Refine = None,
+    max_loss: MaxLoss = None,
+    bpw: Bpw = None,
+    method: Method = None,
+    weight_format: WeightFormat = None,
     recipe_file: RecipeFile = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
@@ -299,7 +322,9 @@ def calibrate(
     try:
         check_output(out, PLAN, force)  # before any work
         base = Recipe.load(recipe_file) if recipe_file else None
-        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine,
+                                 max_loss=max_loss, bpw=bpw, method=method,
+                                 weight_format=weight_format)  # fmt: skip
         with _progress_bar() as progress:
             run_ = calibrate_model(
                 model, calib, target, recipe,
@@ -403,6 +428,10 @@ def export(
     block_size: BlockSize = None,
     observer: ObserverName = None,
     refine: Refine = None,
+    max_loss: MaxLoss = None,
+    bpw: Bpw = None,
+    method: Method = None,
+    weight_format: WeightFormat = None,
     recipe_file: RecipeFile = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
@@ -430,7 +459,9 @@ def export(
 
     try:
         base = Recipe.load(recipe_file) if recipe_file else None
-        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine)
+        recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine,
+                                 max_loss=max_loss, bpw=bpw, method=method,
+                                 weight_format=weight_format)  # fmt: skip
         with _progress_bar() as progress:
             result = export_model(
                 model, target, out, plan_dir=plan_dir, calib=calib, recipe=recipe,
@@ -465,6 +496,17 @@ def _print_export_report(rep: dict, artifact: Path) -> None:  # type: ignore[typ
         lat = rep["latency"]
         console.print(f"latency ({lat['runtime']}): {lat['quantized']['p50_ms']:.2f} ms vs float "
                       f"{lat['float']['p50_ms']:.2f} ms ({lat['speedup']:.2f}x)")  # fmt: skip
+    w = rep.get("weights", {})
+    if "bits_per_weight" in w:
+        mixed = w.get("mixed_precision", {})
+        kept = mixed.get("eight_bit", [])
+        console.print(f"weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from "
+                      f"the artifact); {len(kept)} layer(s) kept at 8 bits" if mixed else
+                      f"weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from the artifact)")  # fmt: skip
+        for row in kept[:8]:
+            console.print(
+                f"  8-bit {row['node'] or row['weight']}: {row['reason']}", highlight=False
+            )
     for note in a.get("notes", [])[:10]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 

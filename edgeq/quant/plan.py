@@ -39,14 +39,17 @@ class TensorQuant:
     block: int | None = None
     narrow: bool = False
     symmetric: bool = False
-    values: np.ndarray | None = None  # integer values of weights/biases
+    values: np.ndarray | None = None  # integer values of weights/biases (LUT: indices)
+    # palettized weights: the look-up table, shape [*groups per weight dim, 2^bits] (groups of
+    # `block` channels along `axis`, or one table: every group dim 1); scale/zero point unused
+    lut: np.ndarray | None = None
     provenance: str = ""  # observer:mse, fixed:Softmax, shared:<tensor>, weight:minmax, ...
     reason: str = ""  # why float, fixed, shared or a fallback
     node: str = ""  # producing node (activations) or consuming node (weights, biases)
 
     @property
     def is_quantized(self) -> bool:
-        return self.role != "float" and self.scale is not None
+        return self.role != "float" and (self.scale is not None or self.lut is not None)
 
     @property
     def qdtype(self) -> QDType:
@@ -64,7 +67,10 @@ class TensorQuant:
                           rounding)  # type: ignore[arg-type]  # fmt: skip
 
     def dequantized(self) -> np.ndarray:
-        """Float values of a stored integer tensor (weights, biases)."""
+        """Float values of a stored integer tensor (weights, biases; LUT: table look-up)."""
+        if self.lut is not None:
+            assert self.values is not None
+            return lut_decode(self.values, self.lut)
         assert self.values is not None and self.scale is not None and self.zero_point is not None
         return dequantize(self.values, self.scale, self.zero_point, self.axis, self.block)
 
@@ -132,7 +138,7 @@ class QuantPlan:
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for i, t in enumerate(self.tensors.values()):
-            for key in ("scale", "zero_point", "values"):
+            for key in ("scale", "zero_point", "values", "lut"):
                 value = getattr(t, key)
                 if value is not None:
                     out[f"t{i}.{key}"] = np.asarray(value)
@@ -186,6 +192,7 @@ class QuantPlan:
                 scale=arrays.get(f"t{i}.scale"),
                 zero_point=arrays.get(f"t{i}.zero_point"),
                 values=arrays.get(f"t{i}.values"),
+                lut=arrays.get(f"t{i}.lut"),
             )
         plan = QuantPlan(
             target=meta["target"],
@@ -222,6 +229,16 @@ class QuantPlan:
 
 def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
+
+
+def lut_decode(indices: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Palettized weights: every index looked up in its group's table. `lut` has one dim per
+    weight dim (the number of groups along it, dividing it) plus the table."""
+    idx = np.asarray(indices, np.int64)
+    table = np.asarray(lut, np.float32)
+    for axis in range(idx.ndim):
+        table = np.repeat(table, idx.shape[axis] // table.shape[axis], axis=axis)
+    return np.take_along_axis(table, idx[..., None], axis=-1)[..., 0]
 
 
 def json_default(value: Any) -> Any:

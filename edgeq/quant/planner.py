@@ -96,6 +96,9 @@ class TensorSpec:
     axis: int | None = None
     block: int | None = None
     observer: str | None = None  # activations: observer name; weights: "minmax" | "mse"
+    method: str = "rtn"  # weights: the weights algorithm (rtn, gptq, ...)
+    awq: bool = False  # weights: activation-aware input scaling where it folds exactly
+    weight_format: str = "affine"  # weights: affine (scale, zero point) | lut
     fixed: tuple[float, int] | None = None
     fixed_range: tuple[float, float] | None = None
     group: str | None = None  # shared-scale group root
@@ -157,6 +160,9 @@ def _effective(recipe: Recipe, rules: QuantRules, node: Node | None) -> _Effecti
         act_symmetric=False,
         act_observer="minmax",
         weight_method="mse" if bits == 4 else "minmax",
+        method="lut" if user.weight_format == "lut" else "gptq" if bits == 4 else "rtn",
+        awq=False,
+        weight_format="affine",
     )
     explicit = frozenset(user.set_fields())
     config = defaults.merged(user)
@@ -181,7 +187,10 @@ def _check_globals(recipe: Recipe, target: TargetProfile) -> None:
     rules = target.quant
     eff = _effective(recipe, rules, None)
     c = eff.config
-    if rules.weight_dtype(c.weight_bits or 8) is None:
+    if c.weight_format == "lut" and not rules.weight_lut:
+        raise _fail(None, f"target '{target.name}' has no palettized (look-up table) weights",
+                    "use --weight-format affine, or --target ane")  # fmt: skip
+    if c.weight_format != "lut" and rules.weight_dtype(c.weight_bits or 8) is None:
         raise _fail(None, f"target '{target.name}' has no {c.weight_bits}-bit weights",
                     f"use --bits 8 (supported: {_weight_bits(rules)})")  # fmt: skip
     act = c.act_bits if c.act_bits is not None else rules.default_act_bits
@@ -466,6 +475,8 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
     name = node.inputs[w[0]]
     arr = graph.constants[name]
     bits = c.weight_bits or 8
+    if c.weight_format == "lut":
+        return _lut_spec(node, w, eff, target, arr.shape)
     dtype = rules.weight_dtype(bits)
     assert dtype is not None
     symmetric = bool(c.weight_symmetric)
@@ -473,6 +484,7 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
     narrow = rules.narrow_weights and q.signed and symmetric and bits == 8
     granularity, reason = c.granularity, ""
     act_bits = c.act_bits
+    block_size: int | None = int(c.block_size or 32)
     if granularity == "per_block":
         k = arr.shape[w[2]]
         if node.op_type not in rules.per_block_ops:
@@ -485,26 +497,69 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
                 "per_channel",
                 f"{target.name}: per-block needs {rules.block_requires_act_bits}-bit activations",
             )
-        elif k % int(c.block_size or 32):
-            granularity, reason = (
-                "per_channel",
-                f"input dim {k} is not a multiple of block {c.block_size}",
-            )
+        elif k % block_size:
+            block_size, reason = _partial_block(k, block_size, rules.partial_blocks)
+            if block_size is None:
+                granularity = "per_channel"
     if granularity == "per_channel" and node.op_type not in rules.per_channel_ops:
         granularity = "per_tensor"
         reason = (reason + "; " if reason else "") + (
             f"{target.name}: per-channel only on {', '.join(rules.per_channel_ops)}"
         )
     if granularity == "per_block":
-        axis, block = w[2], int(c.block_size or 32)
+        axis, block = w[2], block_size
     elif granularity == "per_channel":
         axis, block = w[1], None
     else:
         axis, block = None, None
     return TensorSpec(
         name, "weight", dtype, symmetric=symmetric, narrow=narrow, axis=axis, block=block,
-        observer=c.weight_method, source=eff.source, reason=reason, node=node.name,
+        observer=c.weight_method, method=c.method or "rtn", awq=bool(c.awq),
+        weight_format=c.weight_format or "affine", source=eff.source, reason=reason, node=node.name,
     )  # fmt: skip
+
+
+LUT_CHANNEL_GROUP = 16  # default output channels sharing one look-up table
+
+
+def _lut_spec(node: Node, w: tuple[int, int, int], eff: _Effective, target: TargetProfile,
+              shape: tuple[int, ...]) -> TensorSpec:  # fmt: skip
+    """Palettized weights: indices of `weight_bits` bits into look-up tables of 2^bits values,
+    one table per tensor (per_tensor) or per group of `block_size` output channels (default
+    16; the largest divisor of the channel count not above it)."""
+    c = eff.config
+    bits = int(c.weight_bits or 4)
+    name = node.inputs[w[0]]
+    if c.granularity == "per_tensor":
+        axis, block, reason = None, None, f"{bits}-bit look-up table per tensor"
+    else:
+        channels = int(shape[w[1]])
+        want = (
+            int(c.block_size)
+            if "block_size" in eff.explicit and c.block_size
+            else LUT_CHANNEL_GROUP
+        )
+        block = max(b for b in range(1, min(want, channels) + 1) if channels % b == 0)
+        axis, reason = w[1], f"{bits}-bit look-up table per {block} output channel(s)"
+    return TensorSpec(name, "weight", f"uint{bits}", axis=axis, block=block, observer="minmax",
+                      method=c.method or "lut", weight_format="lut", source=eff.source,
+                      reason=reason, node=node.name)  # fmt: skip
+
+
+def _partial_block(k: int, block: int, mode: str) -> tuple[int | None, str]:
+    """(block size, reason) for an input dim `k` that is not a multiple of `block`, as the
+    target stores it (`partial_blocks` in its profile): "ceil" keeps ceil(k/block) blocks with a
+    partial last one (ONNX blocked DequantizeLinear; MLX pads the codes), "divisor" takes the
+    largest divisor of k not above the block (Core ML needs whole blocks); None: per-channel."""
+    if k < block:
+        return None, f"input dim {k} is below block {block}: one group per channel"
+    if mode == "ceil":
+        return block, f"input dim {k}: last block partial ({k % block} of {block})"
+    if mode == "divisor":
+        d = max(b for b in range(1, block + 1) if k % b == 0)
+        if 2 * d >= block:
+            return d, f"input dim {k} is not a multiple of {block}: blocks of {d} (divisor)"
+    return None, f"input dim {k} is not a multiple of block {block}"
 
 
 def _bias_input(graph: Graph, node: Node, consumers: Mapping[str, list[Node]],
@@ -742,6 +797,18 @@ def finalize_plan(
     )
 
 
+def derive_biases(
+    graph: Graph, spec: PlanSpec, tensors: Mapping[str, TensorQuant]
+) -> dict[str, TensorQuant]:
+    """`tensors` with every int32 bias re-derived from the current weight scales (after an
+    algorithm changed the weights)."""
+    out = dict(tensors)
+    for name, t in spec.tensors.items():
+        if t.role == "bias":
+            out[name] = _bias_quant(t, graph, out)
+    return out
+
+
 def _group_ranges(spec: PlanSpec, observers: Mapping[str, Observer],
                   stats: Mapping[str, Any]) -> dict[str, tuple[float, float]]:  # fmt: skip
     """Real range per group root (or per tensor when ungrouped), from merged observer states."""
@@ -793,6 +860,8 @@ def _activation_quant(t: TensorSpec, ranges: Mapping[str, tuple[float, float]],
 
 
 def _weight_quant(t: TensorSpec, w: np.ndarray) -> TensorQuant:
+    if t.weight_format == "lut":
+        return _uniform_lut(t, w)
     q = qdtype(t.dtype, t.narrow)
     if t.clip is not None:
         w = np.clip(w, *t.clip)
@@ -804,12 +873,40 @@ def _weight_quant(t: TensorSpec, w: np.ndarray) -> TensorQuant:
                        provenance=f"weight:{t.observer or 'minmax'}", reason=t.reason, node=t.node)  # fmt: skip
 
 
+def _uniform_lut(t: TensorSpec, w: np.ndarray) -> TensorQuant:
+    """A valid starting table: 2^bits evenly spaced float16 values over each group's range
+    (the `lut` weights algorithm replaces it with a weighted k-means table)."""
+    levels = 1 << qdtype(t.dtype).bits
+    lut_shape = [1] * w.ndim
+    if t.axis is not None and t.block:
+        lut_shape[t.axis] = w.shape[t.axis] // t.block
+    groups = (
+        np.moveaxis(w, t.axis, 0).reshape(lut_shape[t.axis], -1)
+        if t.axis is not None and t.block
+        else w.reshape(1, -1)
+    )
+    lo, hi = groups.min(axis=1, keepdims=True), groups.max(axis=1, keepdims=True)
+    table = (
+        (lo + (hi - lo) * np.linspace(0.0, 1.0, levels)[None, :])
+        .astype(np.float16)
+        .astype(np.float32)
+    )
+    lut = table.reshape(*lut_shape, levels)
+    full = lut
+    for axis in range(w.ndim):
+        full = np.repeat(full, w.shape[axis] // lut.shape[axis], axis=axis)
+    values = np.argmin(np.abs(w[..., None] - full), axis=-1).astype(np.uint8)
+    return TensorQuant(t.name, "weight", t.dtype, axis=t.axis, block=t.block, values=values, lut=lut,
+                       provenance="weight:uniform_lut", reason=t.reason, node=t.node)  # fmt: skip
+
+
 def _bias_quant(t: TensorSpec, graph: Graph, tensors: dict[str, TensorQuant]) -> TensorQuant:
     assert t.bias_of is not None
     x_name, w_name = t.bias_of
     b = graph.constants[t.name]
     x, w = tensors.get(x_name), tensors.get(w_name)
-    if x is None or not x.is_quantized or w is None or not w.is_quantized or w.block is not None:
+    if (x is None or not x.is_quantized or w is None or not w.is_quantized or w.block is not None
+            or w.lut is not None):  # fmt: skip
         why = (
             "input activation is float"
             if x is None or not x.is_quantized

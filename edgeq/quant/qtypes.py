@@ -54,6 +54,9 @@ class QDType:
 QDTYPES: dict[str, QDType] = {
     q.name: q
     for q in (
+        QDType("uint2", 2, False),  # look-up-table indices (palettized weights)
+        QDType("uint3", 3, False),
+        QDType("uint6", 6, False),
         QDType("int4", 4, True),
         QDType("uint4", 4, False),
         QDType("int8", 8, True),
@@ -121,8 +124,13 @@ def broadcast_param(p: Any, shape: tuple[int, ...], axis: int | None, block: int
         new = [1] * rank
         new[axis % rank] = -1
         return xp.reshape(p, new)
-    # per-block: p has shape of `shape` with the block axis divided by `block`
-    return xp.repeat(p, block, axis=axis % rank)
+    # per-block: p has shape of `shape` with the block axis divided by `block`, rounded up
+    # (a partial last block where the dim is not a multiple of the block)
+    axis %= rank
+    full = xp.repeat(p, block, axis=axis)
+    if full.shape[axis] != shape[axis]:
+        full = xp.take(full, xp.arange(shape[axis]), axis=axis)
+    return full
 
 
 def quantize(

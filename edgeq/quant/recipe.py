@@ -18,6 +18,7 @@ from edgeq.errors import InputError
 Granularity = Literal["per_tensor", "per_channel", "per_block"]
 GRANULARITIES = ("per_tensor", "per_channel", "per_block")
 RECIPE_VERSION = 1
+LUT_BITS = (2, 3, 4, 6, 8)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,22 @@ class LayerConfig:
     weight_symmetric: bool | None = None
     act_symmetric: bool | None = None
     act_observer: str | None = None
-    weight_method: str | None = None  # "minmax" | "mse"
+    weight_method: str | None = None  # the grid's scale search: "minmax" | "mse"
+    # how weights become integers: a registered weights algorithm ("rtn", "gptq"; default
+    # gptq at 4 bits where the layer has an input Hessian, rtn otherwise)
+    method: str | None = None
+    awq: bool | None = None  # activation-aware input-channel scaling, where it folds exactly
+    weight_format: str | None = None  # "affine" (scale, zero point) | "lut" (palettized)
 
     def __post_init__(self) -> None:
-        if self.weight_bits not in (None, 4, 8, 16):
-            raise InputError(f"weight_bits must be 4, 8 or 16, got {self.weight_bits}")
+        lut = self.weight_format == "lut"
+        if self.weight_bits not in (None, 4, 8, 16) and not (lut and self.weight_bits in LUT_BITS):
+            raise InputError(f"weight_bits must be 4, 8 or 16 (lut: {', '.join(map(str, LUT_BITS))}), "
+                             f"got {self.weight_bits}")  # fmt: skip
+        if self.weight_format not in (None, "affine", "lut"):
+            raise InputError(f"weight_format must be affine or lut, got '{self.weight_format}'")
+        if self.method is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", self.method):
+            raise InputError(f"method '{self.method}' is not an algorithm name", "e.g. rtn or gptq")
         if self.act_bits not in (None, 0, 8, 16):
             raise InputError(f"act_bits must be 8, 16 or 0 (float), got {self.act_bits}")
         if self.granularity not in (None, *GRANULARITIES):
@@ -99,11 +111,27 @@ class Recipe:
     refine_samples: int = 16
     rare_values: bool = True  # min-max ranges set by rare values are cut (default observer)
     rare_values_samples: int = 8
+    # mixed precision (4-bit plans): "auto" keeps at 8 bits the layers whose measured 4-bit
+    # error dominates, within the budgets below; "off" keeps every planned layer at its bits
+    mixed_precision: str = "auto"
+    max_loss: str | None = None  # output-quality budget METRIC=NUMBER (edgeq.budget)
+    bpw: float | None = None  # size budget: average bits per weight, scales included
+    algorithm_samples: int = 128  # calibration samples for GPTQ/AWQ/sensitivities
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = True
+    gptq_static_groups: bool = False
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
         for m in self.keep_float:
             Override(m, LayerConfig())  # validates the matcher
+        if self.mixed_precision not in ("auto", "off"):
+            raise InputError(f"mixed_precision must be auto or off, got '{self.mixed_precision}'")
+        if self.bpw is not None and not 1.0 <= self.bpw <= 32.0:
+            raise InputError(f"--bpw {self.bpw} is not an average bits per weight",
+                             "e.g. --bpw 4.5 (between 1 and 32)")  # fmt: skip
+        if self.algorithm_samples < 1 or not 0.0 <= self.gptq_damp < 1.0:
+            raise InputError("algorithm_samples must be ≥ 1 and gptq_damp in [0, 1)")
 
     def config_for(self, node_name: str, op_type: str) -> tuple[LayerConfig, str]:
         """Effective config for a node and where it came from (precedence name > op > global)."""
@@ -132,13 +160,15 @@ class Recipe:
             "refine_samples": self.refine_samples,
             "rare_values": self.rare_values,
             "rare_values_samples": self.rare_values_samples,
+            **{k: getattr(self, k) for k in _ALGORITHM_KEYS if getattr(self, k) is not None},
             "override": [{"match": o.match, **o.config.set_fields()} for o in self.overrides],
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Recipe:
         known = {"version", "recipe", "keep_float", "mask_handling", "override", "refine_top",
-                 "refine_samples", "norm_inputs_16bit", "rare_values", "rare_values_samples"}  # fmt: skip
+                 "refine_samples", "norm_inputs_16bit", "rare_values", "rare_values_samples",
+                 *_ALGORITHM_KEYS}  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise InputError(f"recipe: unknown key(s) {sorted(unknown)}", f"known: {sorted(known)}")
@@ -162,6 +192,7 @@ class Recipe:
             refine_samples=int(data.get("refine_samples", 16)),
             rare_values=bool(data.get("rare_values", True)),
             rare_values_samples=int(data.get("rare_values_samples", 8)),
+            **{k: data[k] for k in _ALGORITHM_KEYS if k in data},
         )
 
     @staticmethod
@@ -174,6 +205,17 @@ class Recipe:
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"recipe '{path}' is not valid TOML: {exc}") from None
         return Recipe.from_dict(data)
+
+
+_ALGORITHM_KEYS = (
+    "mixed_precision",
+    "max_loss",
+    "bpw",
+    "algorithm_samples",
+    "gptq_damp",
+    "gptq_act_order",
+    "gptq_static_groups",
+)
 
 
 def _layer_config(data: dict[str, Any], where: str) -> LayerConfig:
@@ -194,14 +236,23 @@ def recipe_from_cli(
     observer: str | None = None,
     base: Recipe | None = None,
     refine: int | None = None,
+    *,
+    max_loss: str | None = None,
+    bpw: float | None = None,
+    method: str | None = None,
+    weight_format: str | None = None,
 ) -> Recipe:
     """A recipe from CLI flags, applied over an optional recipe file."""
     recipe = base or Recipe()
     if refine is not None:
         recipe = replace(recipe, refine_top=refine)
+    if max_loss is not None:
+        recipe = replace(recipe, max_loss=max_loss)
+    if bpw is not None:
+        recipe = replace(recipe, bpw=bpw)
     flags = LayerConfig(
         weight_bits=bits, act_bits=act_bits, granularity=granularity,  # type: ignore[arg-type]
-        block_size=block_size, act_observer=observer,
+        block_size=block_size, act_observer=observer, method=method, weight_format=weight_format,
     )  # fmt: skip
     return replace(recipe, base=recipe.base.merged(flags))
 

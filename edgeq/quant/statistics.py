@@ -26,8 +26,10 @@ class InputHessian:
         return {"H": np.zeros((self.channels, self.channels), np.float32), "rows": np.float32(0)}
 
     def _rows(self, x: Any) -> Any:
+        """Rows [-1, channels]; NaN (padding the calibration engine masked) counts as 0."""
         x = jnp.moveaxis(jnp.asarray(x, jnp.float32), self.axis, -1)
-        return jnp.reshape(x, (-1, self.channels))
+        rows = jnp.reshape(x, (-1, self.channels))
+        return jnp.where(jnp.isnan(rows), 0.0, rows)
 
     def update(self, state: State, x: Any) -> State:
         rows = self._rows(x)
@@ -56,6 +58,7 @@ class ChannelMagnitude:
     def update(self, state: State, x: Any) -> State:
         x = jnp.moveaxis(jnp.abs(jnp.asarray(x, jnp.float32)), self.axis, -1)
         rows = jnp.reshape(x, (-1, self.channels))
+        rows = jnp.where(jnp.isnan(rows), 0.0, rows)  # masked padding
         return {
             "sum": state["sum"] + jnp.sum(rows, axis=0),
             "max": jnp.maximum(state["max"], jnp.max(rows, axis=0)),
@@ -69,3 +72,53 @@ class ChannelMagnitude:
     def finalize(self, state: State) -> dict[str, np.ndarray]:
         n = max(float(state["rows"]), 1.0)
         return {"mean_abs": np.asarray(state["sum"]) / n, "max_abs": np.asarray(state["max"])}
+
+
+@dataclass(frozen=True)
+class ConvInputHessian:
+    """The input Hessian of a 2-D convolution over its im2col patches: per group of the conv,
+    H_g = Σ pᵀp over every output position's patch p (columns ordered kh, kw, input channel —
+    the column order of the weight as a matrix [out, kh·kw·in/group]), and the row count.
+    Zero padding is part of the patches, as in the convolution itself."""
+
+    channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # ONNX order: top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def columns(self) -> int:
+        return self.channels // self.groups * self.kernel[0] * self.kernel[1]
+
+    def init(self) -> State:
+        k = self.columns
+        return {"H": np.zeros((self.groups, k, k), np.float32), "rows": np.float32(0)}
+
+    def patches(self, x: Any) -> Any:
+        """[groups, rows, columns] patches of input x [..., C, H, W]."""
+        x = jnp.asarray(x, jnp.float32)
+        x = jnp.reshape(x, (-1, *x.shape[-3:]))
+        p = lax.conv_general_dilated_patches(
+            x, self.kernel, self.strides,
+            [(self.pads[0], self.pads[2]), (self.pads[1], self.pads[3])],
+            rhs_dilation=self.dilations, precision=lax.Precision.HIGHEST,
+        )  # fmt: skip
+        n, _, ho, wo = p.shape
+        cg, (kh, kw) = self.channels // self.groups, self.kernel
+        p = jnp.reshape(p, (n, self.groups, cg, kh, kw, ho, wo))
+        p = jnp.transpose(p, (1, 0, 5, 6, 3, 4, 2))
+        return jnp.reshape(p, (self.groups, n * ho * wo, kh * kw * cg))
+
+    def update(self, state: State, x: Any) -> State:
+        p = self.patches(x)
+        h = jnp.einsum("grk,grl->gkl", p, p, precision=lax.Precision.HIGHEST)
+        return {"H": state["H"] + h, "rows": state["rows"] + p.shape[1]}
+
+    def merge(self, a: State, b: State) -> State:
+        return {"H": a["H"] + b["H"], "rows": a["rows"] + b["rows"]}
+
+    def finalize(self, state: State) -> np.ndarray:
+        """Mean Hessian per group [groups, K, K]."""
+        return np.asarray(state["H"], np.float64) / max(float(state["rows"]), 1.0)

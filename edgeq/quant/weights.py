@@ -18,20 +18,23 @@ def _grouped(
 
     per-tensor: one group; per-channel (axis, no block): one group per index of `axis`;
     per-block: blocks of `block` consecutive elements along `axis` (param shape = w.shape with
-    that dim divided by block)."""
+    that dim divided by block, rounded up: a partial last block is padded with zeros, which
+    change neither its range, since zero is always representable, nor its rounding error)."""
     if axis is None:
         return w.reshape(1, -1), ()
     axis %= w.ndim
     if block is None:
         moved = np.moveaxis(w, axis, 0)
         return moved.reshape(moved.shape[0], -1), (w.shape[axis],)
-    if w.shape[axis] % block:
-        raise ValueError(f"dim {w.shape[axis]} is not a multiple of block {block}")
     moved = np.moveaxis(w, axis, -1)  # [..., K]
+    n_blocks = -(-w.shape[axis] // block)
+    pad = n_blocks * block - w.shape[axis]
+    if pad:
+        moved = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)])
     lead = moved.shape[:-1]
-    blocks = moved.reshape(*lead, w.shape[axis] // block, block)
+    blocks = moved.reshape(*lead, n_blocks, block)
     param_shape = list(w.shape)
-    param_shape[axis] = w.shape[axis] // block
+    param_shape[axis] = n_blocks
     return blocks.reshape(-1, block), tuple(param_shape)
 
 

@@ -106,7 +106,7 @@ def required_target(plan: QuantPlan | None) -> str:
         return "iOS16"
     target = "iOS16"
     for t in plan.quantized("weight"):
-        if t.block is not None or t.dtype in ("int4", "uint4"):
+        if t.block is not None or t.dtype in ("int4", "uint4") or t.lut is not None:
             return "iOS18"
     if plan.quantized("activation"):
         target = "iOS17"
@@ -270,6 +270,10 @@ class ProgramBuilder:
             var = mb.const(val=fp16(arr.T if transpose else arr), name=op_name)
             self.weight_cache[key] = var
             return var
+        if t.lut is not None:
+            var = self._lut_weight(t, op_name, transpose)
+            self.weight_cache[key] = var
+            return var
         assert t.values is not None and t.scale is not None and t.zero_point is not None
         values, scale, zp = np.asarray(t.values), np.asarray(t.scale), np.asarray(t.zero_point)
         axis = t.axis
@@ -320,6 +324,28 @@ class ProgramBuilder:
             record["op"] = "constexpr_blockwise_shift_scale"
         self.weights.append(record)
         self.weight_cache[key] = var
+        return var
+
+    def _lut_weight(self, t: Any, op_name: str, transpose: bool) -> Any:
+        """A palettized weight: iOS18 constexpr_lut_to_dense of the plan's indices (uintN) and
+        float16 tables ([*groups per dim, 2^bits, 1]: scalar palettization)."""
+        from coremltools.converters.mil.mil import Builder as mb
+        from coremltools.converters.mil.mil.types import type_mapping as tm
+
+        if self.target != "iOS18":
+            raise EdgeqError(f"weight '{t.name}' is palettized; that needs iOS18 "
+                             f"(constexpr_lut_to_dense), the deployment target is {self.target}",
+                             "drop --deployment-target or use iOS18")  # fmt: skip
+        storage = {1: tm.np_uint1_dtype, 2: tm.np_uint2_dtype, 3: tm.np_uint3_dtype,
+                   4: tm.np_uint4_dtype, 6: tm.np_uint6_dtype, 8: np.uint8}[t.qdtype.bits]  # fmt: skip
+        indices, lut = np.asarray(t.values), np.asarray(t.lut)
+        if transpose:
+            indices, lut = indices.T, np.swapaxes(lut, 0, 1)
+        var = mb.constexpr_lut_to_dense(indices=indices.astype(storage), lut=fp16(lut)[..., None],
+                                        name=op_name)  # fmt: skip
+        self.weights.append({"tensor": t.name, "op": "constexpr_lut_to_dense", "dtype": t.dtype,
+                             "granularity": "lut", "block": t.block, "axis": t.axis,
+                             "transposed": transpose, "mil": op_name})  # fmt: skip
         return var
 
     def _bias(self, name: str) -> np.ndarray:

@@ -92,7 +92,6 @@ def check_weights(path: str | Path, graph: Graph, plan: QuantPlan) -> dict[str, 
     ops: Counter[str] = Counter()
     checked = 0
     for t in plan.quantized("weight"):
-        assert t.values is not None and t.scale is not None and t.zero_point is not None
         trans = _transposed(graph, t.name)
         op = producers.get(weight_op_name(t.name, trans)) or producers.get(
             weight_op_name(t.name, False)
@@ -104,6 +103,10 @@ def check_weights(path: str | Path, graph: Graph, plan: QuantPlan) -> dict[str, 
         checked += 1
         ops[op.type] += 1
         a = _op_args(prog, op)
+        if t.lut is not None:
+            failures += _check_lut(t, op.type, a, trans)
+            continue
+        assert t.values is not None and t.scale is not None and t.zero_point is not None
         values = np.asarray(t.values)
         scale = np.asarray(t.scale, np.float32)
         zp = np.asarray(t.zero_point)
@@ -160,6 +163,24 @@ def check_weights(path: str | Path, graph: Graph, plan: QuantPlan) -> dict[str, 
         "constexpr_ops": dict(ops),
         "weight_bin_bytes": len(prog.blob),
     }
+
+
+def _check_lut(t: Any, op_type: str, a: dict[str, Any], trans: bool) -> list[str]:
+    """A palettized weight: constexpr_lut_to_dense whose indices equal the plan's and whose
+    table equals the plan's (float16 already, so exactly)."""
+    if op_type != "constexpr_lut_to_dense":
+        return [f"{t.name}: palettized in the plan, stored by {op_type}"]
+    indices, table = np.asarray(a["indices"]), np.asarray(a["lut"])[..., 0]
+    if trans:
+        indices, table = indices.T, np.swapaxes(table, 0, 1)
+    out = []
+    if indices.shape != np.shape(t.values) or not np.array_equal(
+        indices.astype(np.int64), np.asarray(t.values, np.int64)
+    ):
+        out.append(f"{t.name}: stored indices differ from the plan's")
+    if not np.array_equal(table.astype(np.float32), fp16(np.asarray(t.lut)).astype(np.float32)):
+        out.append(f"{t.name}: stored look-up table differs from the plan's")
+    return out
 
 
 def check_ops(path: str | Path, graph: Graph, plan: QuantPlan | None = None) -> dict[str, Any]:
@@ -226,4 +247,40 @@ def check_ops(path: str | Path, graph: Graph, plan: QuantPlan | None = None) -> 
     }
 
 
-__all__ = ["EXPECTED_MIL", "MIL_FUSIONS", "check_ops", "check_weights"]
+def weight_storage(path: str | Path, graph: Graph) -> dict[str, dict[str, int]]:
+    """Stored bits of every layer weight (MatMul/Gemm/Conv/ConvTranspose/Gather tables) of a
+    saved program, read from the program itself: the op that produces the weight (a const, or
+    a constexpr decompression) and the dtype bits × elements of every constant it stores."""
+    from edgeq.quant.planner import weight_operand
+
+    prog = SavedProgram(path)
+    producers = prog.producers()
+    out: dict[str, dict[str, int]] = {}
+    for node in graph.nodes:
+        w = weight_operand(node, graph)
+        if w is None or node.inputs[w[0]] in out:
+            continue
+        name = node.inputs[w[0]]
+        op = producers.get(weight_op_name(name, True)) or producers.get(weight_op_name(name, False))
+        if op is None:
+            continue
+        out[name] = {"elements": int(graph.constants[name].size), "bits": stored_bits(op)}
+    return out
+
+
+def stored_bits(op: Any) -> int:
+    """Bits of every constant a weight op stores (a const's value, or a constexpr's inputs)."""
+    from edgeq.exporters.coreml.evaluate import _DTYPES, _tensor_type
+
+    values = [v for k, v in op.attributes.items() if k == "val"]
+    values += [arg.arguments[0].value for arg in op.inputs.values()
+               if arg.arguments[0].WhichOneof("binding") == "value"]  # fmt: skip
+    total = 0
+    for v in values:
+        dtype, shape = _tensor_type(v.type)
+        total += int(np.prod(shape)) * _DTYPES[dtype][2]
+    return total
+
+
+__all__ = ["EXPECTED_MIL", "MIL_FUSIONS", "check_ops", "check_weights", "stored_bits",
+           "weight_storage"]

@@ -44,6 +44,10 @@ _DTYPES: dict[int, tuple[str, Any, int]] = {  # enum -> (name, numpy dtype, bits
     33: ("uint32", np.uint32, 32),
     34: ("uint64", np.uint64, 64),
     35: ("uint4", np.uint8, 4),
+    36: ("uint2", np.uint8, 2),
+    37: ("uint1", np.uint8, 1),
+    38: ("uint6", np.uint8, 6),
+    39: ("uint3", np.uint8, 3),
 }
 _CAST = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int8": np.int8,
          "uint8": np.uint8, "bool": np.bool_, "int16": np.int16}  # fmt: skip
@@ -80,10 +84,13 @@ def read_weight_blob(blob: bytes, offset: int, dtype: int, shape: tuple[int, ...
         raise EdgeqError(f"weight.bin: blob at {offset} holds {size} bytes, {name}{shape} needs "
                          f"{expected}")  # fmt: skip
     raw = np.frombuffer(blob, np.uint8, size, data_offset)
-    if bits == 4:
-        nib = np.empty(raw.size * 2, np.uint8)
-        nib[0::2], nib[1::2] = raw & 0x0F, raw >> 4
-        nib = nib[:count]
+    if bits < 8:  # sub-byte: one bit stream, each element's bits least significant first
+        stream = np.unpackbits(raw, bitorder="little")[: count * bits].reshape(count, bits)
+        nib = (
+            (stream.astype(np.uint8) << np.arange(bits, dtype=np.uint8))
+            .sum(axis=1)
+            .astype(np.uint8)
+        )
         if name == "int4":
             return (nib.astype(np.int8) - ((nib & 0x8) << 1).astype(np.int8)).reshape(shape)
         return nib.reshape(shape)
@@ -100,7 +107,7 @@ def _immediate(value: Any) -> np.ndarray | str | list[str]:
     _name, np_dt, bits = _DTYPES[dtype]
     if kind == "bytes":
         raw = tensor.bytes.values
-        if bits == 4:
+        if bits < 8:
             return read_weight_blob(
                 struct.pack("<IIQQQ", BLOB_SENTINEL, 0, len(raw), 24, 0) + raw, 0, dtype, shape
             )
@@ -224,9 +231,22 @@ def _blockwise(a: Mapping[str, Any]) -> np.ndarray:
     return (data - offset) * scale
 
 
+def _lut(a: Mapping[str, Any]) -> np.ndarray:
+    """iOS18 constexpr_lut_to_dense, scalar palettization (vector size 1)."""
+    idx = np.asarray(a["indices"], np.int64)
+    table = np.asarray(a["lut"])
+    if table.shape[-1] != 1:
+        raise EdgeqError("constexpr_lut_to_dense: vector palettization is not evaluated here")
+    table = table[..., 0]
+    for axis in range(idx.ndim):
+        table = np.repeat(table, idx.shape[axis] // table.shape[axis], axis=axis)
+    return np.take_along_axis(table, idx[..., None], axis=-1)[..., 0]
+
+
 _CONSTEXPR: dict[str, Callable[[Mapping[str, Any]], np.ndarray]] = {
     "constexpr_affine_dequantize": _affine,
     "constexpr_blockwise_shift_scale": _blockwise,
+    "constexpr_lut_to_dense": _lut,
 }
 
 

@@ -105,6 +105,11 @@ class CoreMLExporter:
     def refusal(self, op: str, profile: TargetProfile) -> str:
         return f"no Core ML (MIL) lowering for {op} in edgeq"
 
+    def weight_storage(self, path: Path, graph: Graph) -> dict[str, dict[str, int]]:
+        from edgeq.exporters.coreml.check import weight_storage
+
+        return weight_storage(path, graph)
+
     def open(self, path: Path, **kwargs: Any) -> Runner:
         """`numpy=True` forces the numpy evaluator (also on macOS); `compute_units` passes
         through to Core ML on macOS (default CPU_AND_NE)."""

@@ -326,6 +326,33 @@ class MlxExporter:
     def open(self, path: Path, **kwargs: Any) -> Runner:
         return MlxProgram(path, **kwargs)
 
+    def weight_storage(self, path: Path, graph: Graph) -> dict[str, dict[str, int]]:
+        """Stored bits of every layer weight, read from the artifact: packed codes, scales and
+        biases of an affine-quantized weight, or the float tensor."""
+        import mlx.core as mx
+
+        from edgeq.quant.planner import weight_operand
+
+        doc = json.loads((Path(path) / GRAPH_FILE).read_text())
+        tensors = mx.load(str(Path(path) / WEIGHTS_FILE))
+        out: dict[str, dict[str, int]] = {}
+        for node in graph.nodes:
+            w = weight_operand(node, graph)
+            if w is None or node.inputs[w[0]] in out:
+                continue
+            name = node.inputs[w[0]]
+            rec = doc.get("quantized", {}).get(name)
+            if rec is not None:
+                stored = sum(
+                    tensors[f"{rec['path']}.{k}"].nbytes for k in ("weight", "scales", "biases")
+                )
+            elif name in tensors:
+                stored = tensors[name].nbytes
+            else:
+                continue
+            out[name] = {"elements": int(graph.constants[name].size), "bits": 8 * int(stored)}
+        return out
+
 
 def _fp16_lossless(plan: QuantPlan) -> bool:
     """Every weight scale and scale * zero point is exactly representable in float16."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
@@ -56,8 +57,72 @@ def _dq_attrs(t: TensorQuant) -> dict[str, Any]:
     return attrs
 
 
-def qdq_graph(graph: Graph, plan: QuantPlan) -> Graph:
-    """The prepared graph with the plan's quantization written as Q/DQ nodes (opset 21)."""
+NBITS_BLOCKS = (16, 32, 64, 128, 256)
+
+
+def matmul_nbits_weights(g: Graph, plan: QuantPlan) -> dict[str, TensorQuant]:
+    """4-bit weights that onnxruntime runs with its 4-bit kernel (com.microsoft MatMulNBits):
+    a constant [K, N] MatMul weight, blocked along K (power-of-two block ≥ 16), read only by
+    MatMuls as their second input."""
+    readers: dict[str, list[Node]] = {}
+    for node in g.nodes:
+        for i in node.inputs:
+            readers.setdefault(i, []).append(node)
+    out = {}
+    for t in plan.quantized("weight"):
+        users = readers.get(t.name, [])
+        if (
+            t.qdtype.bits == 4
+            and t.block in NBITS_BLOCKS
+            and t.axis == 0
+            and t.name in g.constants
+            and g.constants[t.name].ndim == 2
+            and users
+            and all(
+                u.op_type == "MatMul" and u.inputs[1] == t.name and u.inputs[0] != t.name
+                for u in users
+            )
+            and t.name not in g.output_names
+        ):
+            out[t.name] = t
+    return out
+
+
+def _matmul_nbits(g: Graph, node: Node, t: TensorQuant) -> Node:
+    """MatMul(A, W) as MatMulNBits(A, B, scales[, zero_points]): unsigned 4-bit codes
+    (q + 8 for int4) packed two per byte (element 2i low nibble), one row per output column,
+    ceil(K/block) blocks (the partial last one padded with its zero point); fp32 compute
+    (accuracy_level 1: the dequantized weights exactly, as the simulator)."""
+    assert t.values is not None and t.scale is not None and t.zero_point is not None and t.block
+    k, n = g.constants[t.name].shape
+    block = int(t.block)
+    n_blocks = -(-k // block)
+    offset = 8 if t.qdtype.signed else 0
+    zp = np.asarray(t.zero_point, np.int64).reshape(n_blocks, n).T + offset  # [N, blocks]
+    codes = np.asarray(t.values, np.int64).T + offset  # [N, K]
+    padded = np.repeat(zp, block, axis=1)
+    padded[:, :k] = codes
+    nib = padded.reshape(n, n_blocks, block).astype(np.uint8)
+    packed = (nib[..., 0::2] | (nib[..., 1::2] << 4)).astype(np.uint8)
+    base = t.name
+    names = [g.unique_name(f"{base}_nbits_{x}") for x in ("B", "scales", "zero_points")]
+    g.constants[names[0]] = packed
+    g.constants[names[1]] = np.asarray(t.scale, np.float32).reshape(n_blocks, n).T.reshape(-1)
+    inputs = [node.inputs[0], names[0], names[1]]
+    if np.any(zp != 8):
+        zpad = np.full((n, n_blocks + n_blocks % 2), 8, np.uint8)
+        zpad[:, :n_blocks] = zp
+        g.constants[names[2]] = (zpad[:, 0::2] | (zpad[:, 1::2] << 4)).reshape(-1).astype(np.uint8)
+        inputs.append(names[2])
+    attrs = {"K": int(k), "N": int(n), "bits": 4, "block_size": block, "accuracy_level": 1}
+    return Node("MatMulNBits", inputs, list(node.outputs), g.unique_name(f"{node.name}_nbits"),
+                attrs, domain="com.microsoft")  # fmt: skip
+
+
+def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
+              omit_zero_points: bool = False) -> Graph:  # fmt: skip
+    """The prepared graph with the plan's quantization written as Q/DQ nodes (opset 21);
+    `use_nbits`: 4-bit MatMul weights as com.microsoft MatMulNBits (onnxruntime's kernel)."""
     g = upgrade_opset(graph, TARGET_OPSET)
     nodes: list[Node] = []
     producers = {out: node for node in g.nodes for out in node.outputs if out}
@@ -71,17 +136,28 @@ def qdq_graph(graph: Graph, plan: QuantPlan) -> Graph:
         g.constants[z] = _zero_point(t)
         return s, z
 
+    nbits = matmul_nbits_weights(g, plan) if use_nbits else {}
     # stored weights and biases: integer initializer → DequantizeLinear named as the float one
     for t in plan.tensors.values():
         if t.role not in ("weight", "bias") or not t.is_quantized or t.name not in g.constants:
             continue
+        if t.name in nbits:
+            continue  # stored packed for MatMulNBits below
         if t.values is None:
             raise EdgeqError(f"plan tensor '{t.name}' has no integer values", "re-calibrate")
         q = g.unique_name(f"{t.name}_quantized")
         g.constants[q] = np.asarray(t.values).astype(np.int64).astype(_storage(t))
         s, z = params(t, t.name)
         del g.constants[t.name]
-        prefix.append(Node("DequantizeLinear", [q, s, z], [t.name],
+        dq_inputs = [q, s, z]
+        if (
+            t.role == "weight"
+            and (t.qdtype.bits == 4 or omit_zero_points)
+            and not np.any(np.asarray(t.zero_point))
+        ):
+            del g.constants[z]  # symmetric weights: the default zero point 0, not stored
+            dq_inputs = [q, s]
+        prefix.append(Node("DequantizeLinear", dq_inputs, [t.name],
                            g.unique_name(f"{t.name}_DequantizeLinear"), _dq_attrs(t)))  # fmt: skip
 
     acts = {t.name: t for t in plan.quantized("activation")}
@@ -96,6 +172,8 @@ def qdq_graph(graph: Graph, plan: QuantPlan) -> Graph:
         renamed_inputs[v.name] = dq
     for node in g.nodes:
         node.inputs = [renamed_inputs.get(i, i) for i in node.inputs]
+        if node.op_type == "MatMul" and node.inputs[1] in nbits:
+            node = _matmul_nbits(g, node, nbits[node.inputs[1]])
         nodes.append(node)
         for k, out in enumerate(node.outputs):
             t = acts.get(out)
@@ -117,7 +195,12 @@ def qdq_graph(graph: Graph, plan: QuantPlan) -> Graph:
 
 
 def build_model(graph: Graph, plan: QuantPlan | None, profile: TargetProfile) -> onnx.ModelProto:
-    g = qdq_graph(graph, plan) if plan is not None else upgrade_opset(graph, TARGET_OPSET)
+    nbits, omit = bool(profile.raw.get("matmul_nbits")), bool(profile.raw.get("omit_zero_points"))
+    g = (
+        qdq_graph(graph, plan, nbits, omit)
+        if plan is not None
+        else upgrade_opset(graph, TARGET_OPSET)
+    )
     g.metadata = {
         **{k: v for k, v in graph.metadata.items() if not k.startswith("edgeq.")},
         "edgeq.version": __version__,
@@ -126,7 +209,8 @@ def build_model(graph: Graph, plan: QuantPlan | None, profile: TargetProfile) ->
     }
     if plan is not None:
         g.metadata["edgeq.plan_hash"] = plan.plan_hash()
-    model = graph_to_model(g, opset=TARGET_OPSET, ir_version=IR_VERSION)
+    extra = {"com.microsoft": 1} if any(n.domain == "com.microsoft" for n in g.nodes) else None
+    model = graph_to_model(g, opset=TARGET_OPSET, ir_version=IR_VERSION, extra_opsets=extra)
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -180,6 +264,9 @@ class OnnxQdqExporter:
              **_: Any) -> Runner:  # fmt: skip
         return OrtRunner(Path(path), optimize=optimize, threads=threads)
 
+    def weight_storage(self, path: Path, graph: Graph) -> dict[str, dict[str, int]]:
+        return weight_storage(path)
+
 
 class OrtRunner:
     """An artifact on onnxruntime's CPU provider: feeds in, float32 outputs out."""
@@ -212,6 +299,53 @@ class OrtRunner:
         }
 
 
+_BITS = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorProto.DOUBLE: 64,
+         onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT4: 4,
+         onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT16: 16, onnx.TensorProto.UINT16: 16,
+         onnx.TensorProto.INT32: 32}  # fmt: skip
+# op -> index of its weight operand
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "Gather": 0}
+
+
+def weight_storage(path: str | Path) -> dict[str, dict[str, int]]:
+    """Stored bits of every layer weight of an ONNX artifact, read from the file itself: per
+    weight operand of Conv/ConvTranspose/MatMul/Gemm/Gather (and MatMulNBits), its elements
+    and the bits of what stores it (a float initializer, or the integer, scale and zero-point
+    initializers of its DequantizeLinear, or MatMulNBits' packed codes, scales, zero points)."""
+    model = onnx.load(str(path))
+    init = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def bits(name: str) -> int:
+        t = init[name]
+        return int(np.prod(t.dims)) * _BITS.get(t.data_type, 32)
+
+    out: dict[str, dict[str, int]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            stored = sum(bits(i) for i in node.input[1:4] if i in init)
+            out[node.input[1]] = {"elements": int(attrs["K"]) * int(attrs["N"]), "bits": stored}
+            continue
+        k = _WEIGHT_INPUT.get(node.op_type)
+        if k is None or len(node.input) <= k:
+            continue
+        name = node.input[k]
+        if name in out:
+            continue
+        if name in init and init[name].data_type in (
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.FLOAT16,
+        ):
+            out[name] = {"elements": int(np.prod(init[name].dims)), "bits": bits(name)}
+            continue
+        dq = producers.get(name)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in init:
+            elements = int(np.prod(init[dq.input[0]].dims))
+            out[name] = {"elements": elements, "bits": sum(bits(i) for i in dq.input if i in init)}
+    return out
+
+
 EXPORTER = OnnxQdqExporter()
 
-__all__ = ["EXPORTER", "IR_VERSION", "OrtRunner", "build_model", "qdq_graph"]
+__all__ = ["EXPORTER", "IR_VERSION", "OrtRunner", "build_model", "qdq_graph", "weight_storage"]

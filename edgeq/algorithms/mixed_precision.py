@@ -1,0 +1,275 @@
+"""Mixed precision: which layers of a 4-bit plan go back to 8 bits, decided from measurement.
+
+1. Sensitivity: starting from the all-4-bit plan, each candidate layer alone is put back at 8
+   bits and the model's output error against float is measured on calibration samples (one
+   compiled forward with the weights as arguments: no recompiles). A layer's gain is how much
+   output error (relative output noise energy) that removes.
+2. Greedy search over gain per added bit: layers go to 8 bits, best ratio first,
+   - `max_loss` (METRIC=NUMBER, cosine or sqnr measured on the outputs): until the measured
+     metric passes (checked on the actual mixed plan, not predicted);
+   - `bpw` (average bits per weight, scales and zero points included, as the artifact stores
+     them): never above it;
+   - neither (the default): layers whose 4-bit error dominates — restoring one removes at least
+     `DOMINANT` of the all-4-bit output error — within a size cap of `DEFAULT_EXTRA_BITS` above
+     the all-4-bit size.
+Every layer's decision and its reason go into the report.
+
+Pure: (graph, plan, alternatives, feeds, budgets) → plan choice; no formats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edgeq.algorithms.registry import register_algorithm
+from edgeq.ir.graph import Graph
+from edgeq.ir.interpreter import evaluate
+from edgeq.quant.plan import QuantPlan, TensorQuant
+
+if TYPE_CHECKING:
+    from edgeq.targets import QuantRules
+
+log = logging.getLogger(__name__)
+Feeds = Mapping[str, np.ndarray]
+DOMINANT = 0.05  # default: a layer whose 8-bit copy removes ≥ 5% of the 4-bit output error
+DEFAULT_EXTRA_BITS = 0.5  # default size cap: +0.5 bit per weight over the all-4-bit plan
+OUTPUT_METRICS = ("cosine", "sqnr")
+
+
+# ---------------------------------------------------------------------------------------------
+# bits per weight, as an artifact stores them
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Storage:
+    """How a target stores weights: bits of a scale, of an asymmetric zero point (0: the
+    weight's own width), of an affine bias per group (MLX), of a float weight."""
+
+    scale_bits: int = 32
+    zero_point_bits: int = 0  # 0: the weight's bit width
+    affine_bias_bits: int = 0  # MLX: −scale·zero_point per group, for every group
+    float_bits: int = 32
+    pad_blocks: bool = False  # a partial last block is stored padded to the full block
+
+    @staticmethod
+    def of(rules: QuantRules) -> Storage:
+        scale = 16 if rules.weight_scale_dtype == "float16" else 32
+        return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits,
+                       rules.partial_blocks == "ceil")  # fmt: skip
+
+
+def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float:
+    """Stored bits of one weight: values + scales + zero points (or affine biases)."""
+    if t is None or not t.is_quantized:
+        return float(elements * storage.float_bits)
+    lut = getattr(t, "lut", None)
+    if lut is not None:
+        return float(elements * t.qdtype.bits + np.size(lut) * storage.scale_bits)
+    n_params = int(np.size(t.scale))
+    if storage.pad_blocks and t.block and t.axis is not None and t.values is not None:
+        k = int(np.shape(t.values)[t.axis])
+        elements = elements // k * (-(-k // t.block) * t.block)
+    bits = elements * t.qdtype.bits + n_params * storage.scale_bits
+    if storage.affine_bias_bits:
+        bits += n_params * storage.affine_bias_bits
+    elif not t.symmetric:
+        bits += n_params * (storage.zero_point_bits or t.qdtype.bits)
+    return float(bits)
+
+
+def bits_per_weight(plan: QuantPlan, sizes: Mapping[str, int], storage: Storage) -> float:
+    """Average stored bits per weight element over the layers in `sizes` (name → elements)."""
+    total = sum(weight_bits(plan.tensors.get(n), e, storage) for n, e in sizes.items())
+    return total / max(sum(sizes.values()), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# output error of a candidate assignment
+# ---------------------------------------------------------------------------------------------
+class OutputError:
+    """Measures a weight assignment's outputs against float on fixed samples, compiled once."""
+
+    def __init__(self, graph: Graph, plan: QuantPlan, names: Sequence[str],
+                 feeds: Sequence[Feeds]) -> None:  # fmt: skip
+        self.names = list(names)
+        acts = {
+            t.name: t for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
+        }
+        base = dict(graph.constants)
+        for t in plan.tensors.values():  # every other quantized weight as planned
+            if (
+                t.role == "weight"
+                and t.is_quantized
+                and t.name in base
+                and t.name not in self.names
+            ):
+                base[t.name] = t.dequantized().astype(base[t.name].dtype)
+        g = replace(graph, constants={k: v for k, v in base.items() if k not in self.names})
+        outs = graph.output_names
+
+        def transform(name: str, value: Any) -> Any:
+            t = acts.get(name)
+            return value if t is None else t.fake_quant(value, plan.rounding)
+
+        def forward(feed: Mapping[str, Any], weights: Mapping[str, Any]) -> Any:
+            env = evaluate(g, {**feed, **weights}, transform=transform if acts else None)
+            return [jnp.ravel(env[o]).astype(jnp.float32) for o in outs]
+
+        def float_forward(feed: Mapping[str, Any]) -> Any:
+            env = evaluate(graph, feed)
+            return [jnp.ravel(env[o]).astype(jnp.float32) for o in outs]
+
+        self._run = jax.jit(jax.vmap(forward, in_axes=(0, None)))
+        self.batch = {k: np.stack([np.asarray(f[k]) for f in feeds]) for k in feeds[0]}
+        with jax.enable_x64(True):
+            self.reference = [
+                np.asarray(r, np.float64) for r in jax.jit(jax.vmap(float_forward))(self.batch)
+            ]
+        self.evaluations = 0
+
+    def __call__(self, weights: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """noise (relative output noise energy), sqnr (dB), cosine (mean per sample)."""
+        with jax.enable_x64(True):
+            outs = [np.asarray(o, np.float64) for o in self._run(self.batch, dict(weights))]
+        self.evaluations += 1
+        noise = sum(float(np.sum((o - r) ** 2)) for o, r in zip(outs, self.reference, strict=True))
+        signal = sum(float(np.sum(r**2)) for r in self.reference)
+        a = np.concatenate(outs, axis=1)
+        b = np.concatenate(self.reference, axis=1)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = np.where(den > 0, np.sum(a * b, axis=1) / np.where(den > 0, den, 1.0), 1.0)
+        rel = noise / max(signal, 1e-30)
+        return {"noise": rel, "sqnr": -10 * math.log10(rel) if rel > 0 else float("inf"),
+                "cosine": float(np.mean(cos))}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """What the search must meet; `metric`/`floor` from --max-loss (cosine/sqnr), `bpw` the
+    size budget."""
+
+    metric: str | None = None
+    floor: float | None = None
+    bpw: float | None = None
+
+    def passes(self, m: Mapping[str, float]) -> bool:
+        if self.metric is None or self.floor is None:
+            return True
+        return m[self.metric] >= self.floor
+
+
+@register_algorithm("mixed_precision", "weights", "keep at 8 bits the layers whose measured "
+                    "4-bit error dominates, within --max-loss / --bpw")  # fmt: skip
+def choose_bits(
+    graph: Graph,
+    plan: QuantPlan,
+    alternatives: Mapping[str, TensorQuant],
+    feeds: Sequence[Feeds],
+    sizes: Mapping[str, int],
+    storage: Storage,
+    budget: Budget = Budget(),
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[QuantPlan, dict[str, Any]]:
+    """The plan with some 4-bit weights replaced by their 8-bit `alternatives`, and the
+    report: per layer bits and why, the plan's bits per weight and measured output metrics."""
+    t0 = time.perf_counter()
+    names = [n for n in alternatives if n in plan.tensors]
+    low = {n: plan.tensors[n].dequantized().astype(graph.constants[n].dtype) for n in names}
+    high = {n: alternatives[n].dequantized().astype(graph.constants[n].dtype) for n in names}
+    error = OutputError(graph, plan, names, feeds)
+    base = error(low)
+    gains: dict[str, float] = {}
+    for i, n in enumerate(names):
+        gains[n] = base["noise"] - error({**low, n: high[n]})["noise"]
+        if progress is not None:
+            progress(i + 1, len(names) + 1)
+    extra = {n: weight_bits(alternatives[n], sizes[n], storage)
+             - weight_bits(plan.tensors[n], sizes[n], storage) for n in names}  # fmt: skip
+    total_elements = max(sum(sizes.values()), 1)
+    bpw4 = bits_per_weight(plan, sizes, storage)
+    cap = budget.bpw
+    default = budget.metric is None and budget.bpw is None
+    if default:
+        cap = bpw4 + DEFAULT_EXTRA_BITS
+    order = sorted(names, key=lambda n: -gains[n] / max(extra[n], 1.0))
+    chosen: list[str] = []
+    bits_now = bpw4 * total_elements
+    current = base
+    reasons: dict[str, str] = {}
+    for n in order:
+        if gains[n] <= 0:
+            reasons.setdefault(n, "8 bits would not lower the output error")
+            continue
+        if not default and budget.passes(current) and budget.metric is not None:
+            break
+        if default and gains[n] < DOMINANT * base["noise"]:
+            reasons.setdefault(n, f"its 4-bit error is {gains[n] / max(base['noise'], 1e-30):.1%} of the model's: "
+                                  f"below the {DOMINANT:.0%} that counts as dominant")  # fmt: skip
+            continue
+        if cap is not None and (bits_now + extra[n]) / total_elements > cap + 1e-9:
+            reasons[n] = (
+                f"8 bits would exceed {'--bpw' if budget.bpw else 'the default size cap'} {cap:.2f}"
+            )
+            continue
+        chosen.append(n)
+        bits_now += extra[n]
+        share = gains[n] / max(base["noise"], 1e-30)
+        why = (f"restoring it removes {share:.1%} of the 4-bit output error "
+               f"({extra[n] / sizes[n]:+.2f} bits per weight of this layer)")  # fmt: skip
+        if budget.metric is not None:
+            current = error({**low, **{c: high[c] for c in chosen}})
+            why += f"; {budget.metric} then {current[budget.metric]:.4g}"
+        reasons[n] = why
+    tensors = dict(plan.tensors)
+    for n in chosen:
+        tensors[n] = replace(alternatives[n], provenance=alternatives[n].provenance + "+mixed_precision",
+                             reason=(alternatives[n].reason + "; " if alternatives[n].reason else "")
+                             + "kept at 8 bits: " + reasons[n])  # fmt: skip
+    final = error({**low, **{c: high[c] for c in chosen}})
+    result = replace(plan, tensors=tensors)
+    report = {
+        "candidates": len(names),
+        "eight_bit": [
+            {"weight": n, "node": plan.tensors[n].node, "reason": reasons[n]} for n in chosen
+        ],
+        "layers": [
+            {
+                "weight": n,
+                "node": plan.tensors[n].node,
+                "bits": 8 if n in chosen else plan.tensors[n].qdtype.bits,
+                "gain": gains[n],
+                "share_of_4bit_error": gains[n] / max(base["noise"], 1e-30),
+                "reason": reasons.get(n, ""),
+            }
+            for n in names
+        ],
+        "budget": {
+            "max_loss": f"{budget.metric}={budget.floor:g}" if budget.metric else None,
+            "bpw": budget.bpw,
+            "default_cap": cap if default else None,
+        },
+        "met": budget.passes(final)
+        and (budget.bpw is None or bits_now / total_elements <= budget.bpw + 1e-9),
+        "all_4bit": {k: base[k] for k in ("sqnr", "cosine")},
+        "chosen": {k: final[k] for k in ("sqnr", "cosine")},
+        "bpw_all_4bit": bpw4,
+        "bpw": bits_now / total_elements,
+        "samples": len(feeds),
+        "evaluations": error.evaluations,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return result, report
+
+
+__all__ = ["Budget", "OutputError", "Storage", "bits_per_weight", "choose_bits", "weight_bits"]

@@ -1,0 +1,319 @@
+"""4-bit weight algorithms: GPTQ against the paper's algorithm and RTN, grids with partial last
+blocks decoded from real artifacts, palettized (LUT) weights in Core ML, recipe selection and
+provenance, and the mixed-precision budgets (--max-loss, --bpw) changing the chosen bits, with
+bits per weight recomputed from the artifact's own tensors."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from edgeq.algorithms.gptq import GPTQConfig, output_error, solve_padded
+from edgeq.algorithms.grids import Grid, MatrixView, round_to_grid
+from edgeq.exporters import ExportOptions, get_exporter
+from edgeq.exporters.onnx.qdq import OrtRunner, weight_storage
+from edgeq.ir.onnx_io import model_to_graph
+from edgeq.ir.passes import prepare
+from edgeq.pipeline import calibrate_model
+from edgeq.quant.recipe import LayerConfig, Override, Recipe
+from edgeq.quant.simulate import Simulator
+from edgeq.quant.statistics import ConvInputHessian
+from edgeq.targets import load_target
+from edgeq.verify import within_step
+from tests.conftest import F32, make_model
+from tests.gptq_reference import gptq_reference
+
+RNG = np.random.default_rng(7)
+
+
+def _correlated_layer(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """A weight and the Hessian of correlated inputs with channel scales over a decade (the
+    case where error feedback matters); one dead input channel."""
+    x = RNG.standard_normal((512, cols)) @ (np.eye(cols) + 0.4 * RNG.standard_normal((cols, cols)))
+    x *= np.linspace(0.3, 3.0, cols)
+    x[:, 5] = 0.0
+    return RNG.standard_normal((rows, cols)), x.T @ x / len(x)
+
+
+@pytest.mark.parametrize("symmetric,act_order", [(True, True), (False, False)])
+def test_gptq_equals_the_papers_algorithm_and_beats_rtn(symmetric: bool, act_order: bool) -> None:
+    rows, cols, block = 12, 72, 16  # 72 = 4 blocks of 16 and a partial one of 8
+    w, h = _correlated_layer(rows, cols)
+    view = MatrixView((rows, cols), 0, 1, "per_block", block)
+    grid = Grid(-8, 7, True, "minmax") if symmetric else Grid(0, 15, False, "minmax")
+    config = GPTQConfig(act_order=act_order, block=32)
+    q, scale, zp = solve_padded(w, h, view.group_of_column(), view.groups, grid, config,
+                                dtype=np.float64)  # fmt: skip
+    ref = gptq_reference(w, h, view.group_of_column(), grid.qmin, grid.qmax, symmetric,
+                         act_order=act_order)  # fmt: skip
+    np.testing.assert_array_equal(q, ref)  # the same integers, column for column
+    gptq = (q - np.asarray(view.expand(zp))) * np.asarray(view.expand(scale))
+    values, s, z = round_to_grid(w.astype(np.float32), view, grid)
+    rtn = (values - np.asarray(view.expand(z.reshape(rows, -1)))) * np.asarray(
+        view.expand(s.reshape(rows, -1))
+    )
+    assert np.all(gptq[:, 5] == 0)  # a dead input channel gets no weight
+    assert output_error(w, gptq, h) < 0.8 * output_error(w, rtn, h)
+
+
+def test_conv_hessian_columns_match_the_weight_as_a_matrix() -> None:
+    """H from im2col patches uses the column order of a conv weight as [out, kh·kw·in/g]:
+    W_matrix @ patchᵀ reproduces the convolution, also for a grouped conv."""
+    import jax
+
+    x = RNG.standard_normal((1, 4, 7, 9)).astype(np.float32)
+    w = RNG.standard_normal((6, 2, 3, 2)).astype(np.float32)  # groups=2
+    stat = ConvInputHessian(4, (3, 2), strides=(2, 1), pads=(1, 0, 1, 1), groups=2)
+    patches = np.asarray(stat.patches(x))  # [groups, rows, K]
+    y = jax.lax.conv_general_dilated(x, w, (2, 1), [(1, 1), (0, 1)], feature_group_count=2)
+    view = MatrixView(w.shape, 0, 1, "per_channel")
+    m = view.to_matrix(w).reshape(2, 3, -1)  # [groups, out/g, K]
+    out = np.einsum("grk,gok->gor", patches, m).reshape(6, *np.asarray(y).shape[2:])
+    np.testing.assert_allclose(out, np.asarray(y)[0], rtol=1e-4, atol=1e-4)
+
+
+# ---- small models -------------------------------------------------------------------------------
+def _mlp(tmp_path: Path, widths: tuple[int, ...] = (40, 64, 64, 48, 24)) -> Path:
+    """MatMul/Relu stack with one outlier-heavy layer (the sensitive one) and a 1x1 conv head
+    (input dims not multiples of 32: partial last blocks)."""
+    nodes, inits, prev = [], {}, "x"
+    for i, (k, n) in enumerate(itertools.pairwise(widths)):
+        wgt = RNG.normal(0, 1 / np.sqrt(k), (k, n)).astype(np.float32)
+        if i == 1:
+            wgt[:, :4] *= 12.0  # outlier columns: 4-bit hurts this layer most
+        inits[f"w{i}"] = wgt
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
+                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]  # fmt: skip
+        prev = f"r{i}"
+    inits["wc"] = RNG.normal(0, 0.2, (8, widths[-1], 1, 1)).astype(np.float32)
+    nodes += [helper.make_node("Unsqueeze", [prev, "ax"], ["u"], name="unsq"),
+              helper.make_node("Transpose", ["u"], ["t"], perm=[0, 3, 1, 2], name="tr"),
+              helper.make_node("Conv", ["t", "wc"], ["y"], name="head")]  # fmt: skip
+    inits["ax"] = np.array([0, 1], np.int64)
+    model = make_model(nodes, [("x", F32, [6, widths[0]])], [("y", F32, [1, 8, 1, 6])],
+                       initializers=inits)  # fmt: skip
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _mlp_feeds(n: int) -> list[dict[str, np.ndarray]]:
+    return [{"x": RNG.normal(0, 1, (6, 40)).astype(np.float32)} for _ in range(n)]
+
+
+def _calibrate(path: Path, target: str, recipe: Recipe, n: int = 24):  # type: ignore[no-untyped-def]
+    return calibrate_model(path, _mlp_feeds(n), target, recipe, samples=n, report_samples=0)
+
+
+def test_recipe_selects_the_method_per_node_and_the_plan_records_it(tmp_path: Path) -> None:
+    recipe = Recipe(
+        base=LayerConfig(weight_bits=4, act_bits=0, block_size=16),
+        overrides=(
+            Override("op:MatMul", LayerConfig(method="rtn")),
+            Override("name:^fc2$", LayerConfig(method="gptq")),
+        ),
+        mixed_precision="off",
+    )
+    plan = _calibrate(_mlp(tmp_path), "onnx", recipe).plan
+    prov = {t.node: t.provenance for t in plan.quantized("weight")}
+    assert prov["fc0"].startswith("weight:rtn") and prov["fc1"].startswith("weight:rtn")
+    assert prov["fc2"].startswith("weight:gptq")  # name beats op type
+    assert prov["head"].startswith("weight:gptq")  # global default at 4 bits
+    layers = {r["node"]: r["method"] for r in plan.calibration["weights"]["layers"]}
+    assert layers == {"fc0": "rtn", "fc1": "rtn", "fc2": "gptq", "fc3": "rtn", "head": "gptq"}
+
+
+def _onnx_decoded(path: Path) -> dict[str, np.ndarray]:
+    """Every stored weight decoded independently: DequantizeLinear (blocked, partial last
+    block) and MatMulNBits (packed unsigned nibbles, scales, zero points)."""
+    model = onnx.load(path)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "MatMulNBits":
+            k, cols, block = attrs["K"], attrs["N"], attrs["block_size"]
+            packed = init[n.input[1]].astype(np.int64)
+            codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(cols, -1)[:, :k]
+            nb = -(-k // block)
+            scale = init[n.input[2]].reshape(cols, nb)
+            zp = np.full((cols, nb), 8)
+            if len(n.input) > 3:
+                z = init[n.input[3]].astype(np.int64).reshape(cols, -1)
+                zp = np.stack([z & 0x0F, z >> 4], axis=-1).reshape(cols, -1)[:, :nb]
+            deq = (codes - np.repeat(zp, block, 1)[:, :k]) * np.repeat(scale, block, 1)[:, :k]
+            out[n.output[0]] = deq.T.astype(np.float32)
+        elif n.op_type == "DequantizeLinear" and n.input[0] in init:
+            v = init[n.input[0]].astype(np.int64)
+            s = init[n.input[1]].astype(np.float32)
+            z = (
+                init[n.input[2]].astype(np.int64)
+                if len(n.input) > 2
+                else np.zeros(s.shape, np.int64)
+            )
+            axis = attrs.get("axis", 1) % v.ndim
+            if attrs.get("block_size"):
+                b = attrs["block_size"]
+                s = np.repeat(s, b, axis=axis).take(range(v.shape[axis]), axis=axis)
+                z = np.repeat(z, b, axis=axis).take(range(v.shape[axis]), axis=axis)
+            elif s.ndim:
+                shape = [1] * v.ndim
+                shape[axis] = -1
+                s, z = s.reshape(shape), z.reshape(shape)
+            out[n.output[0]] = ((v - z) * s).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_partial_last_blocks_decode_to_the_plan_on_onnxruntime(
+    symmetric: bool, tmp_path: Path
+) -> None:
+    """K = 40, 64, 48, 24 with blocks of 16 and 32: ceil(K/B) blocks, the last one partial,
+    stored as MatMulNBits (MatMuls) and blocked DequantizeLinear (the conv)."""
+    recipe = Recipe(base=LayerConfig(weight_bits=4, act_bits=0, block_size=32, method="rtn",
+                                     weight_symmetric=symmetric), mixed_precision="off")  # fmt: skip
+    run = _calibrate(_mlp(tmp_path), "onnx", recipe)
+    graph, plan = run.graph, run.plan
+    assert {t.block for t in plan.quantized("weight")} == {32, None}  # the conv: K=24 < 32
+    assert any("partial" in t.reason for t in plan.quantized("weight"))
+    profile = load_target("onnx")
+    art = get_exporter(profile.exporter).export(
+        graph, plan, profile, tmp_path / "m.onnx", ExportOptions()
+    )
+    model = onnx.load(art.path)
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4
+    decoded = _onnx_decoded(art.path)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for t in plan.quantized("weight"):
+        node = next(n for n in graph.nodes if t.name in n.inputs)
+        key = node.outputs[0] if node.op_type == "MatMul" else t.name
+        stored = decoded[key] if node.op_type != "MatMul" else decoded[producers[key].output[0]]
+        np.testing.assert_array_equal(stored, t.dequantized(), err_msg=t.name)
+    sim, ort = Simulator(graph, plan), OrtRunner(art.path)
+    for feed in _mlp_feeds(4):
+        ref = np.asarray(sim(feed)["y"])
+        assert within_step(ort(feed)["y"], ref, float(np.ptp(ref)) / 255) == 1.0
+
+
+def test_lut_weights_round_trip_through_core_ml(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools")
+    from coremltools.libmilstoragepython import _BlobStorageReader
+
+    from edgeq.exporters.coreml.evaluate import SavedProgram
+
+    recipe = Recipe(base=LayerConfig(weight_bits=3, weight_format="lut"), mixed_precision="off")
+    run = _calibrate(_mlp(tmp_path), "ane", recipe)
+    graph, plan = run.graph, run.plan
+    luts = [t for t in plan.quantized("weight") if t.lut is not None]
+    assert len(luts) == 5 and all(t.provenance == "weight:lut+kmeans+hessian" for t in luts)
+    for t in luts:  # tables are sorted float16 values; decode = table[index]
+        assert t.lut.shape[-1] == 8 and np.all(np.diff(t.lut, axis=-1) >= 0)
+        assert np.array_equal(t.lut, t.lut.astype(np.float16).astype(np.float32))
+    profile = load_target("ane")
+    exporter = get_exporter("coreml")
+    art = exporter.export(graph, plan, profile, tmp_path / "m.mlpackage", ExportOptions())
+    assert art.checks["weights"]["ok"], art.checks["weights"]["failures"]
+    assert art.checks["weights"]["constexpr_ops"] == {"constexpr_lut_to_dense": 5}
+    prog = SavedProgram(art.path)
+    reader = _BlobStorageReader(str(art.path / "Data/com.apple.CoreML/weights/weight.bin"))
+    for op in prog.ops:
+        if op.type == "constexpr_lut_to_dense":
+            v = op.inputs["indices"].arguments[0].value
+            if v.WhichOneof("value") == "blobFileValue":  # 3-bit stream agrees with coremltools
+                ours = prog.value(v).reshape(-1)
+                theirs = np.asarray(reader.read_uint3_data(v.blobFileValue.offset))[: ours.size]
+                np.testing.assert_array_equal(ours, theirs)
+    run_ = exporter.open(art.path)
+    sim = Simulator(graph, plan)
+    for feed in _mlp_feeds(2):
+        ref = np.asarray(sim(feed)["y"])
+        np.testing.assert_allclose(run_(feed)["y"], ref, atol=2e-3 * float(np.abs(ref).max()))
+    bits = exporter.weight_storage(art.path, graph)
+    elements = sum(r["elements"] for r in bits.values())
+    assert 3.0 < sum(r["bits"] for r in bits.values()) / elements < 3.2  # indices + fp16 tables
+
+
+def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path: Path) -> None:
+    path = _mlp(tmp_path)
+    base = LayerConfig(weight_bits=4, act_bits=0, block_size=16, method="rtn")
+
+    def eight_bit(**budget: object) -> tuple[list[str], dict]:  # type: ignore[type-arg]
+        plan = _calibrate(path, "onnx", Recipe(base=base, **budget)).plan  # type: ignore[arg-type]
+        mixed = plan.calibration["mixed_precision"]
+        return [r["node"] for r in mixed["eight_bit"]], mixed
+
+    loose, _ = eight_bit(max_loss="cosine=0.5")
+    tight, tight_report = eight_bit(max_loss="cosine=0.99995")
+    assert loose == [] and "fc1" in tight and len(tight) > len(loose)
+    assert tight_report["chosen"]["cosine"] >= 0.99995 or len(tight) == 5
+    small, _ = eight_bit(bpw=5.0)
+    large, large_report = eight_bit(bpw=6.5)
+    assert len(large) > len(small) and large_report["bpw"] <= 6.5
+    # the export report's bits per weight is read from the artifact and agrees with the plan's
+    run = _calibrate(path, "onnx", Recipe(base=base, bpw=6.5))
+    profile = load_target("onnx")
+    art = get_exporter("onnx_qdq").export(
+        run.graph, run.plan, profile, tmp_path / "b.onnx", ExportOptions()
+    )
+    stored = weight_storage(art.path)
+    bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
+    assert len(stored) == 5
+    assert bpw == pytest.approx(run.plan.calibration["mixed_precision"]["bpw"], rel=0.02)
+
+
+def _awq_graph():  # type: ignore[no-untyped-def]
+    """LayerNorm → two MatMuls (one site), MatMul + bias → MatMul (a site), a LayerNorm whose
+    output also feeds a residual Add (not a site), Conv + bias → Relu → Conv and a depthwise
+    Conv (a site through the Relu)."""
+    d = 16
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], axis=-1, name="ln"),
+        helper.make_node("MatMul", ["ln", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["ln", "wk"], ["k"], name="k"),
+        helper.make_node("Add", ["q", "bq"], ["qb"], name="q_bias"),
+        helper.make_node("MatMul", ["qb", "wo"], ["o"], name="o"),
+        helper.make_node("Add", ["o", "k"], ["s"], name="sum"),
+        helper.make_node("LayerNormalization", ["s", "g2", "b2"], ["ln2"], axis=-1, name="ln2"),
+        helper.make_node("MatMul", ["ln2", "wf"], ["f"], name="f"),
+        helper.make_node("Add", ["f", "ln2"], ["res"], name="residual"),
+        helper.make_node("Reshape", ["res", "shape"], ["img"], name="to_img"),
+        helper.make_node("Conv", ["img", "wc1", "bc1"], ["c1"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "wc2"], ["c2"], name="c2"),
+        helper.make_node("Conv", ["r1", "wdw"], ["c3"], group=8, pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("Add", ["c2", "c3"], ["y"], name="out"),
+    ]  # fmt: skip
+    w = lambda *s: RNG.normal(0, 0.5, s).astype(np.float32)  # noqa: E731
+    inits = {"g": 1 + w(d), "b": w(d), "wq": w(d, d), "wk": w(d, d), "bq": w(d), "wo": w(d, d),
+             "g2": 1 + w(d), "b2": w(d), "wf": w(d, d), "shape": np.array([1, 4, 8, 8], np.int64),
+             "wc1": w(8, 4, 3, 3), "bc1": w(8), "wc2": w(8, 8, 1, 1), "wdw": w(8, 1, 3, 3)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 16, d])], [("y", F32, [1, 8, 8, 8])],
+                       initializers=inits)  # fmt: skip
+    return prepare(model_to_graph(model))
+
+
+def test_awq_folding_leaves_the_float_function_unchanged() -> None:
+    from edgeq.algorithms.awq import find_sites, fold_scales
+    from edgeq.ir.interpreter import Interpreter
+
+    graph = _awq_graph()
+    sites = {s.tensor: s for s in find_sites(graph)}
+    producers = {sites[t].producer for t in sites}
+    assert {"ln", "q_bias", "relu"} <= producers  # LayerNorm, a bias Add, a Relu after a Conv
+    assert "ln2" not in producers  # its output also feeds a residual Add: not foldable
+    feed = {"x": RNG.normal(0, 1, (1, 16, 16)).astype(np.float32)}
+    ref = Interpreter(graph)(feed)["y"]
+    folded = graph
+    for site in sites.values():
+        s = np.exp(RNG.uniform(-1.5, 1.5, site.channels))  # factors over a range of ~20x
+        folded = fold_scales(folded, site, s)
+    changed = [
+        k for k in graph.constants if not np.array_equal(graph.constants[k], folded.constants[k])
+    ]
+    assert {"g", "b", "wq", "wk", "bq", "wo", "wc1", "bc1", "wc2", "wdw"} <= set(changed)
+    np.testing.assert_allclose(Interpreter(folded)(feed)["y"], ref, rtol=2e-5, atol=2e-5)
