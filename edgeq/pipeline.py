@@ -74,7 +74,15 @@ class CalibrationRun:
     graph: Graph
     plan: QuantPlan
     calib_names: list[str]
-    report_names: list[str]
+    report_names: list[str]  # the evaluation samples (held out unless the data is too small)
+    held_out: bool = True
+
+
+def held_out_count(total: int, eval_samples: int) -> int:
+    """How many of `total` samples to hold out for evaluation: `eval_samples`, but never more
+    than a quarter of the data (calibration keeps at least three quarters); 0 when fewer than
+    4 samples exist (then evaluation can only reuse calibration samples, and reports say so)."""
+    return max(0, min(eval_samples, total // 4))
 
 
 def calibrate_model(
@@ -88,44 +96,66 @@ def calibrate_model(
     samples: int | None = 256,
     seed: int = 0,
     batch_size: int = 8,
-    report_samples: int = 8,
+    eval_samples: int = 8,
     preprocess: Any = None,
     tokenizer: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    layer_report: bool = True,
+    graph: Graph | None = None,
+    shared: Any = None,
+    report_samples: int | None = None,
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
-    for `target`. `progress(stage, done, total)` is called as work advances."""
+    for `target`. `progress(stage, done, total)` is called as work advances.
+
+    `eval_samples` are held out of the calibration data for evaluation (at most a quarter of
+    it, see `held_out_count`; 0: calibrate on everything); with `layer_report` their per-layer
+    SQNR goes into `plan.report`. `graph` (already prepared for this target) and `shared`
+    (`edgeq.multi_target.SharedStatistics`) let one calibration serve several targets.
+    `report_samples` is the former name of `eval_samples`."""
     from edgeq.calibration import batches, disjoint, open_source, subset
 
+    if report_samples is not None:
+        eval_samples = report_samples
     recipe = recipe or Recipe()
     profile = load_target(target)
     model = Path(model)
-    graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
+    if graph is None:
+        graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target,
+                                         recipe)  # fmt: skip
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
     source = open_source(calib, graph.inputs, preprocess=preprocess, tokenizer=tokenizer)
     total = len(source)
-    n_calib = min(samples or total, total)
-    n_report = min(report_samples, max(total - n_calib, 0))
-    if n_report:
-        calib_names, report_names = disjoint(source, n_calib, n_report, seed)
+    n_eval = held_out_count(total, eval_samples)
+    n_calib = min(samples or total, total - n_eval)
+    if n_eval:
+        calib_names, report_names = disjoint(source, n_calib, n_eval, seed)
     else:
         calib_names, report_names = subset(source, n_calib, seed), []
-    if not report_names and report_samples:
-        report_names = calib_names[:report_samples]  # no held-out data: say so in the plan
+    held_out = bool(report_names)
+    if not report_names and eval_samples:
+        report_names = calib_names[:eval_samples]  # too little data to hold any out: say so
     observers = spec.observers()
 
     def tick(n: int) -> None:
         if progress is not None:
             tick.done += n  # type: ignore[attr-defined]
-            progress("calibrate", tick.done, len(calib_names))  # type: ignore[attr-defined]
+            progress("collecting statistics", tick.done, len(calib_names))  # type: ignore[attr-defined]
 
     tick.done = 0  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
     token_mask = find_token_mask(graph) if recipe.mask_handling else None
     exact = integer_derived(graph)
-    result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
-                                token_mask=token_mask, unmasked=exact)  # fmt: skip
+
+    def collect(stats: Mapping[str, tuple[str, Any]]) -> Any:
+        stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
+        return collect_statistics(graph, stats, stream, tick, token_mask=token_mask,
+                                  unmasked=exact)  # fmt: skip
+
+    if shared is not None:
+        result = shared.collect(graph, observers, calib_names, collect)
+    else:
+        result = collect({n: (n, o) for n, o in observers.items()})
     mask_path = sorted(exact & set(observers))
     if token_mask and mask_path and calib_names:
         # the mask path (token counts, expanded masks) is quantized on integer-only targets:
@@ -142,7 +172,7 @@ def calibrate_model(
     plan = finalize_plan(
         graph, spec, result.states,
         model={
-            "file": model.name, "sha256": file_sha256(model),
+            "file": model.name, "path": str(model.resolve()), "sha256": file_sha256(model),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "input_values": dict(input_values or {}),
         },
@@ -162,19 +192,19 @@ def calibrate_model(
         refine_feeds = [validate(source.load(n), graph.inputs, n) for n in names]
         plan = refine_ranges(
             graph, plan, refine_feeds, top_k=recipe.refine_top,
-            progress=(lambda d, t: progress("refine", d, t)) if progress else None,
+            progress=(lambda d, t: progress("refining ranges", d, t)) if progress else None,
         )  # fmt: skip
-    if report_names:
+    if report_names and layer_report:
         feeds = [source.load(n) for n in report_names]
         feeds = [validate(f, graph.inputs, n) for f, n in zip(feeds, report_names, strict=True)]
         if progress is not None:
-            progress("report", 0, len(feeds))
+            progress("per-layer error report", 0, len(feeds))
         plan.report = {
             "samples": len(feeds),
-            "held_out": bool(set(report_names).isdisjoint(calib_names)),
+            "held_out": held_out,
             "layers": layer_sqnr(graph, plan, feeds),
         }
-    return CalibrationRun(graph, plan, calib_names, report_names)
+    return CalibrationRun(graph, plan, calib_names, report_names, held_out)
 
 
 def mask_extremes(feed: Mapping[str, Any], token_mask: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ runtime reproduces this.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -69,9 +69,11 @@ def layer_sqnr(
     plan: QuantPlan,
     feeds: list[Mapping[str, np.ndarray]],
     tensors: Collection[str] | None = None,
+    on_sample: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-tensor SQNR (dB) of the simulated forward against float, errors propagated, over
-    `feeds`; worst first. Also the graph outputs."""
+    `feeds`; worst first. Also the graph outputs. `on_sample(float_values, simulated_values)`
+    sees each feed's outputs and tapped tensors (so a caller needs no second forward)."""
     names = list(tensors) if tensors is not None else [
         t.name for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
         and t.name not in graph.input_names
@@ -83,6 +85,8 @@ def layer_sqnr(
     noise: dict[str, float] = {}
     for feed in feeds:
         a, b = ref(feed), sim(feed)
+        if on_sample is not None:
+            on_sample(a, b)
         for n in [*graph.output_names, *names]:
             x = np.asarray(a[n], np.float64)
             signal[n] = signal.get(n, 0.0) + float(np.sum(x * x))
