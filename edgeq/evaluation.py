@@ -64,9 +64,12 @@ class LayerEvaluation:
     first_values: dict[str, np.ndarray] = field(default_factory=dict)  # float taps, feed 0
 
 
-def evaluate_layers(graph: Graph, plan: QuantPlan, feeds: Sequence[Feeds]) -> LayerEvaluation:
+def evaluate_layers(graph: Graph, plan: QuantPlan, feeds: Sequence[Feeds],
+                    reference: Callable[[Feeds], Mapping[str, Any]] | None = None) -> LayerEvaluation:  # fmt: skip
     """Per-layer SQNR of the plan against float (one tapped forward of each), keeping the graph
-    outputs of both and the first feed's float values of every tapped tensor (histograms)."""
+    outputs of both and the first feed's float values of every tapped tensor (histograms).
+    `reference`: a float forward of `graph` tapping every tensor the plan quantizes (see
+    `quantized_activations`), shared by the plans of several targets."""
     ref_out: list[dict[str, np.ndarray]] = []
     sim_out: list[dict[str, np.ndarray]] = []
     first: dict[str, np.ndarray] = {}
@@ -78,8 +81,14 @@ def evaluate_layers(graph: Graph, plan: QuantPlan, feeds: Sequence[Feeds]) -> La
         ref_out.append({k: np.asarray(a[k]) for k in outputs})
         sim_out.append({k: np.asarray(b[k]) for k in outputs})
 
-    rows = layer_sqnr(graph, plan, list(feeds), on_sample=keep)
+    rows = layer_sqnr(graph, plan, list(feeds), on_sample=keep, reference=reference)
     return LayerEvaluation(rows, ref_out, sim_out, first)
+
+
+def quantized_activations(graph: Graph, plan: QuantPlan) -> list[str]:
+    """The tensors `layer_sqnr` taps for `plan` (quantized activations, not inputs/outputs)."""
+    skip = {*graph.input_names, *graph.output_names}
+    return [t.name for t in plan.quantized("activation") if t.name not in skip]
 
 
 def weight_errors(graph: Graph, plan: QuantPlan) -> list[dict[str, Any]]:

@@ -260,6 +260,7 @@ def export_model(
     # ---- per target: export, evaluate, judge ----------------------------------------------
     out = Path(out)
     results: dict[str, ExportResult] = {}
+    references = _shared_references(graphs, plans)
 
     def write(tmp: Path) -> None:
         tmp.mkdir()
@@ -271,7 +272,7 @@ def export_model(
                 rep, verdict = _export_one(
                     model, t, graphs[t], plans[t], exporters[t], profiles[t], folder, options,
                     evaluation, task_name, charset, hooks, budgets, runs, latency_seconds,
-                    html, (lambda s, d, n, _t=t: tick(f"{_t}: {s}" if many else s, d, n)),
+                    (lambda s, d, n, _t=t: tick(f"{_t}: {s}" if many else s, d, n)), references[t],
                 )  # fmt: skip
                 rep["timing"] = {"export_and_check_s": round(time.perf_counter() - t0, 2)}
                 if shared is not None:
@@ -302,6 +303,32 @@ def export_model(
         assert summary_result is not None
         return MultiExportResult(out, results, summary_result.report)
     return results[targets[0]]
+
+
+def _shared_references(
+    graphs: Mapping[str, Graph], plans: Mapping[str, QuantPlan]
+) -> dict[str, Callable[[], Any]]:
+    """Per target, a maker of the tapped float forward for its per-layer report: one compiled
+    interpreter per prepared graph, tapping what every plan on that graph quantizes."""
+    from edgeq.evaluation import quantized_activations
+    from edgeq.quant.plan import graph_fingerprint
+
+    fps = {t: graph_fingerprint(g) for t, g in graphs.items()}
+    taps: dict[str, set[str]] = {}
+    for t, fp in fps.items():
+        taps.setdefault(fp, set()).update(quantized_activations(graphs[t], plans[t]))
+    made: dict[str, Interpreter] = {}
+
+    def maker(t: str) -> Callable[[], Any]:
+        def make() -> Interpreter:
+            fp = fps[t]
+            if fp not in made:
+                made[fp] = Interpreter(graphs[t], taps=sorted(taps[fp]))
+            return made[fp]
+
+        return make
+
+    return {t: maker(t) for t in graphs}
 
 
 def _target_list(target: str | Sequence[str]) -> list[str]:
@@ -405,8 +432,8 @@ def _log_to_file() -> Iterator[list[str]]:
 def _export_one(model: Path, target: str, graph: Graph, plan: QuantPlan, exporter: Any,
                 profile: Any, folder: Path, options: ExportOptions, ev: _Evaluation,
                 task_name: str, charset: Any, hooks: Sequence[Callable[..., Any]],
-                budgets: Sequence[LossBudget], runs: int, latency_seconds: float, html: bool,
-                progress: Progress) -> tuple[dict[str, Any], Verdict]:  # fmt: skip
+                budgets: Sequence[LossBudget], runs: int, latency_seconds: float,
+                progress: Progress, reference: Callable[[], Any]) -> tuple[dict[str, Any], Verdict]:  # fmt: skip
     name = "model" + exporter.suffix
     progress("writing the artifact", 0, 1)
     with native_output_to_log(f"{target} exporter"):
@@ -437,7 +464,7 @@ def _export_one(model: Path, target: str, graph: Graph, plan: QuantPlan, exporte
         layers = weight_errors(graph, plan)
         if ev.feeds:
             _evaluate(report, graph, plan, artifact, baseline, exporter, ev, task_name, charset,
-                      hooks, runs, latency_seconds, progress, layers)  # fmt: skip
+                      hooks, runs, latency_seconds, progress, layers, reference())  # fmt: skip
         else:
             report["evaluation"]["skipped"] = ev.note or "no evaluation data"
             report["layers"] = layers
@@ -485,9 +512,9 @@ def _plan_summary(plan: QuantPlan) -> dict[str, Any]:
 def _evaluate(report: dict[str, Any], graph: Graph, plan: QuantPlan, artifact: Artifact,
               baseline: Artifact, exporter: Any, ev: _Evaluation, task_name: str, charset: Any,
               hooks: Sequence[Callable[..., Any]], runs: int, latency_seconds: float,
-              progress: Progress, weight_rows: list[dict[str, Any]]) -> None:  # fmt: skip
+              progress: Progress, weight_rows: list[dict[str, Any]], reference: Any) -> None:  # fmt: skip
     progress("simulating the plan (per-layer error)", 0, 1)
-    layers = evaluate_layers(graph, plan, ev.feeds)
+    layers = evaluate_layers(graph, plan, ev.feeds, reference)
     act_rows = activation_rows(plan, layers.rows)
     report["layers"] = sorted([*act_rows, *weight_rows], key=lambda r: r["sqnr_db"])
     worst = [r["tensor"] for r in act_rows if not r.get("output")][:3] + \

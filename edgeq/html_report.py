@@ -47,7 +47,9 @@ def _svg(fig: Any) -> str:
 
     with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
         buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        # no <metadata> (creator, date): the same report twice is the same file
+        fig.savefig(buf, format="svg", bbox_inches="tight",
+                    metadata={"Creator": None, "Date": None, "Format": None, "Type": None})  # fmt: skip
     text = buf.getvalue()
     return text[text.index("<svg") :]
 
@@ -129,8 +131,10 @@ def targets_chart(rows: Sequence[Mapping[str, Any]]) -> str:
         ax.bar(names, [(r["metric"] or {}).get("quant") or 0.0 for r in rows], color=colors)
         ax.axhline(metric.get("float") or 0.0, color="#444", ls="--", lw=1, label="float")
         ax.legend(fontsize=8)
-        unit = "%" if metric["unit"] == "%" else metric["unit"]
-        ax.set_title(f"{metric['name']} ({unit}); green PASS, red FAIL")
+        better = "lower" if metric.get("kind") == "max_increase" else "higher"
+        ax.set_title(
+            f"{metric['name']} {metric['unit']} ({better} is better); green PASS, red FAIL"
+        )
     else:
         ax.set_title("no task metric")
     ax = fig.add_subplot(1, 3, 3)

@@ -77,6 +77,11 @@ class CalibrationRun:
     report_names: list[str]  # the evaluation samples (held out unless the data is too small)
     held_out: bool = True
 
+    @property
+    def report(self) -> dict[str, Any]:
+        """The per-layer SQNR report (`edgeq report`), as stored in the plan."""
+        return self.plan.report
+
 
 def held_out_count(total: int, eval_samples: int) -> int:
     """How many of `total` samples to hold out for evaluation: `eval_samples`, but never more

@@ -26,7 +26,9 @@ def register(app: typer.Typer, console: Console, err_console: Console,
             help="Folder of .npz/.npy samples (or one .npz); random inputs if absent.")] = None,
         runs: Annotated[int, typer.Option(help="Timed runs (after warm-up).")] = 50,
         warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 5,
-        samples: Annotated[int, typer.Option(help="Samples compared with the simulator.")] = 4,
+        eval_samples: Annotated[int, typer.Option(
+            help="Evaluation samples compared with the simulator and float.")] = 4,
+        samples: Annotated[int | None, typer.Option(hidden=True)] = None,
         model: Annotated[Path | None, typer.Option(
             help="The float .onnx (default: the model named by the export folder's plan).")] = None,
         plan: Annotated[Path | None, typer.Option(
@@ -64,7 +66,8 @@ def register(app: typer.Typer, console: Console, err_console: Console,
         )  # fmt: skip
         try:
             result = run_devicetest(
-                artifact, device, inputs=inputs, runs=runs, warmup=warmup, samples=samples,
+                artifact, device, inputs=inputs, runs=runs, warmup=warmup,
+                samples=eval_samples if samples is None else samples,
                 model=model, plan=plan, out=out, options=options, seed=seed,
                 min_within_step=min_within_step, max_latency_ms=max_latency_ms,
                 pause_s=debug_pause,

@@ -70,16 +70,18 @@ def layer_sqnr(
     feeds: list[Mapping[str, np.ndarray]],
     tensors: Collection[str] | None = None,
     on_sample: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
+    reference: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-tensor SQNR (dB) of the simulated forward against float, errors propagated, over
     `feeds`; worst first. Also the graph outputs. `on_sample(float_values, simulated_values)`
-    sees each feed's outputs and tapped tensors (so a caller needs no second forward)."""
+    sees each feed's outputs and tapped tensors (so a caller needs no second forward);
+    `reference` is a float forward tapping at least these tensors (shared between plans)."""
     names = list(tensors) if tensors is not None else [
         t.name for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
         and t.name not in graph.input_names
     ]  # fmt: skip
     names = [n for n in names if n not in graph.output_names]
-    ref = Interpreter(graph, taps=names)
+    ref = reference if reference is not None else Interpreter(graph, taps=names)
     sim = Simulator(graph, plan, taps=names)
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
