@@ -64,14 +64,17 @@ def register(app: typer.Typer, console: Console, err_console: Console,
             timeout_s=timeout, adb_runner=adb_runner, adb_runner_kind=adb_runner_kind,
             runner_args=tuple(runner_arg or ()),
         )  # fmt: skip
+        from edgeq.evaluation import native_output_to_log
+
         try:
-            result = run_devicetest(
-                artifact, device, inputs=inputs, runs=runs, warmup=warmup,
-                samples=eval_samples if samples is None else samples,
-                model=model, plan=plan, out=out, options=options, seed=seed,
-                min_within_step=min_within_step, max_latency_ms=max_latency_ms,
-                pause_s=debug_pause,
-            )  # fmt: skip
+            with native_output_to_log("devicetest"):  # LiteRT's INFO line: into the log
+                result = run_devicetest(
+                    artifact, device, inputs=inputs, runs=runs, warmup=warmup,
+                    samples=eval_samples if samples is None else samples,
+                    model=model, plan=plan, out=out, options=options, seed=seed,
+                    min_within_step=min_within_step, max_latency_ms=max_latency_ms,
+                    pause_s=debug_pause,
+                )  # fmt: skip
         except EdgeqError as exc:
             raise fail(exc) from None
         report = result.report
