@@ -16,6 +16,7 @@ from .base import (
     sample_files,
 )
 from .images import ImageFolder, PreprocessSpec
+from .labels import LABELS_FILE
 from .sources import IterableSource, NpyFolder, NpzFolder
 from .text import TextSource, roles_for_inputs
 from .validate import require_static
@@ -47,7 +48,8 @@ def folder_kind(folder: Path) -> str:
     groups: dict[str, list[Path]] = {}
     for path in sample_files(folder):
         groups.setdefault(_KIND_OF_SUFFIX.get(path.suffix.lower(), "other"), []).append(path)
-    other = groups.pop("other", [])
+    # the labels file beside the samples (calibration/labels.py) is expected, not a stray file
+    other = [p for p in groups.pop("other", []) if p.name != LABELS_FILE]
     if not groups:
         found = _describe({"other": other}) if other else "nothing"
         raise CalibrationDataError(

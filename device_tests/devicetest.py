@@ -105,12 +105,14 @@ def _model_from_plan(plan: Any, folder: Path) -> Path:
     fix = "pass --model MODEL.onnx (the float model the plan was made from)"
     if not name:
         raise InputError("the plan does not name its model file", fix)
-    for cand in (folder / name, folder.parent / name, Path.cwd() / name):
+    recorded = [Path(info["path"])] if info.get("path") else []  # absolute, since edgeq 0.1
+    for cand in (*recorded, folder / name, folder.parent / name, Path.cwd() / name):
         if cand.is_file():
             if info.get("sha256") and file_sha256(cand) != info["sha256"]:
                 raise InputError(f"'{cand}' is not the model the plan was made from (sha256)", fix)
             return cand
-    raise InputError(f"the plan's model '{name}' is not beside '{folder}'", fix)
+    where = f"at '{info['path']}' nor " if info.get("path") else ""
+    raise InputError(f"the plan's model '{name}' is neither {where}beside '{folder}'", fix)
 
 
 # ---------------------------------------------------------------- io mapping and feeds

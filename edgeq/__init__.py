@@ -4,8 +4,10 @@ The public API, for scripts that do what the CLI does::
 
     import edgeq
     graph = edgeq.load_model("rec.onnx")                      # Graph
-    run = edgeq.calibrate("rec.onnx", "calib/", "onnx")       # CalibrationRun (.plan, .graph)
+    run = edgeq.calibrate("rec.onnx", "calib/", "onnx")       # CalibrationRun (.plan, .report)
     result = edgeq.export("rec.onnx", "onnx", "out/", calib="calib/")   # ExportResult
+    result.passed, result.verdict.line(), result.report["task"]          # the verdict, metrics
+    many = edgeq.export("rec.onnx", ["onnx", "rpi"], "out/", calib="calib/")  # MultiExportResult
     plan = edgeq.QuantPlan.load("out/plan")
 
 Names resolve lazily, so `import edgeq` does not import JAX until something needs it.
@@ -29,6 +31,7 @@ _API: dict[str, tuple[str, str]] = {
     "CalibrationRun": ("edgeq.pipeline", "CalibrationRun"),
     "export": ("edgeq.export", "export_model"),
     "ExportResult": ("edgeq.export", "ExportResult"),
+    "MultiExportResult": ("edgeq.export", "MultiExportResult"),
     "QuantPlan": ("edgeq.quant.plan", "QuantPlan"),
     "Recipe": ("edgeq.quant.recipe", "Recipe"),
     "TargetProfile": ("edgeq.targets", "TargetProfile"),
@@ -38,7 +41,7 @@ _API: dict[str, tuple[str, str]] = {
 
 if TYPE_CHECKING:
     from edgeq.errors import EdgeqError
-    from edgeq.export import ExportResult
+    from edgeq.export import ExportResult, MultiExportResult
     from edgeq.export import export_model as export
     from edgeq.ir.graph import Graph
     from edgeq.ir.interpreter import Interpreter
@@ -70,6 +73,7 @@ __all__ = [
     "ExportResult",
     "Graph",
     "Interpreter",
+    "MultiExportResult",
     "QuantPlan",
     "Recipe",
     "TargetProfile",

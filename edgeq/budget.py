@@ -11,7 +11,10 @@ A budget is `METRIC=NUMBER`:
 | `cosine` | floor of the mean cosine similarity to float (e.g. 0.99) | quant ≥ NUMBER |
 | `sqnr` | floor of the SQNR against float, in dB (e.g. 20) | quant ≥ NUMBER |
 | `cer`, `wer` | allowed increase over float, in percentage points (e.g. 1.0) | quant − float ≤ NUMBER |
-| `top1`, `top5`, `map`, `agreement`, `iou` | allowed drop from float, in percentage points | float − quant ≤ NUMBER |
+| `top1`, `top5`, `map`, `agreement`, `iou`, `nn` | allowed drop from float, in percentage points | float − quant ≤ NUMBER |
+
+A user metric (`--metric module:function`) is registered under its function's name with
+`register_metric` (higher is better unless the function says `lower_is_better = True`).
 
 Metric values are given in the metric's natural unit: cosine in [-1, 1], SQNR in dB, and the
 others in percent (CER 1.5 means 1.5%).
@@ -36,7 +39,16 @@ METRICS: dict[str, Kind] = {
     "map": "max_drop",
     "agreement": "max_drop",
     "iou": "max_drop",
+    "nn": "max_drop",
 }
+
+
+def register_metric(name: str, kind: Kind) -> None:
+    """Make `name` a budget metric (a user metric hook); its kind says how loss is counted."""
+    if name in METRICS and METRICS[name] != kind:
+        raise InputError(f"metric '{name}' is already a {METRICS[name]} metric",
+                         "give the user metric another name")  # fmt: skip
+    METRICS[name] = kind
 
 
 @dataclass(frozen=True)
@@ -95,4 +107,4 @@ def parse_budget(spec: str) -> LossBudget:
     return LossBudget(metric.strip().lower(), value)
 
 
-__all__ = ["METRICS", "LossBudget", "parse_budget"]
+__all__ = ["METRICS", "LossBudget", "parse_budget", "register_metric"]

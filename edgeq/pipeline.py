@@ -110,7 +110,20 @@ class CalibrationRun:
     graph: Graph
     plan: QuantPlan
     calib_names: list[str]
-    report_names: list[str]
+    report_names: list[str]  # the evaluation samples (held out unless the data is too small)
+    held_out: bool = True
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The per-layer SQNR report (`edgeq report`), as stored in the plan."""
+        return self.plan.report
+
+
+def held_out_count(total: int, eval_samples: int) -> int:
+    """How many of `total` samples to hold out for evaluation: `eval_samples`, but never more
+    than a quarter of the data (calibration keeps at least three quarters); 0 when fewer than
+    4 samples exist (then evaluation can only reuse calibration samples, and reports say so)."""
+    return max(0, min(eval_samples, total // 4))
 
 
 def calibrate_model(
@@ -124,20 +137,32 @@ def calibrate_model(
     samples: int | None = 256,
     seed: int = 0,
     batch_size: int = 8,
-    report_samples: int = 8,
+    eval_samples: int = 8,
     preprocess: Any = None,
     tokenizer: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     devices: int | None = None,
     diagnose: bool = False,
+    layer_report: bool = True,
+    graph: Graph | None = None,
+    shared: Any = None,
+    report_samples: int | None = None,
 ) -> CalibrationRun:
     """Calibrate `model` on `calib` (a path `--calib` accepts, or an iterable of feed dicts)
-    for `target`. `progress(stage, done, total)` is called as work advances. `devices`: how
-    many of JAX's devices the batches are split over (None: all; the batch size is rounded
-    up to a multiple). `diagnose`: add each tensor's own contribution to the output error,
-    with its causes, to the report (`edgeq.quant.diagnose`; a few seconds more)."""
+    for `target`. `progress(stage, done, total)` is called as work advances.
+
+    `eval_samples` are held out of the calibration data for evaluation (at most a quarter of
+    it, see `held_out_count`; 0: calibrate on everything); with `layer_report` their per-layer
+    SQNR goes into `plan.report`. `graph` (already prepared for this target) and `shared`
+    (`edgeq.multi_target.SharedStatistics`) let one calibration serve several targets.
+    `report_samples` is the former name of `eval_samples`. `devices`: how many of JAX's
+    devices the batches are split over (None: all; the batch size is rounded up to a
+    multiple). `diagnose`: add each tensor's own contribution to the output error, with its
+    causes, to the report (`edgeq.quant.diagnose`; a few seconds more)."""
     from edgeq.calibration import batches, disjoint, open_source, subset
 
+    if report_samples is not None:
+        eval_samples = report_samples
     phases = PhaseTimer()
     recipe = recipe or Recipe()
     if recipe.max_loss:
@@ -148,7 +173,9 @@ def calibrate_model(
     model = Path(model)
     run_on = calibration_devices(devices)
     batch_size = shard_batch_size(batch_size, len(run_on))
-    graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target, recipe)
+    if graph is None:
+        graph = prepare_for_quantization(load_model(model), input_shapes, input_values, target,
+                                         recipe)  # fmt: skip
     require_support(graph, target)  # an op the target cannot run fails here, before data
     phases.done("load and prepare")
     spec = make_spec(graph, recipe, profile)  # an impossible recipe fails here, before data
@@ -160,31 +187,41 @@ def calibrate_model(
         spec = make_spec(graph, recipe, profile)
         phases.done("activation-aware scaling")
     total = len(source)
-    n_calib = min(samples or total, total)
-    n_report = min(report_samples, max(total - n_calib, 0))
-    if n_report:
-        calib_names, report_names = disjoint(source, n_calib, n_report, seed)
+    n_eval = held_out_count(total, eval_samples)
+    n_calib = min(samples or total, total - n_eval)
+    if n_eval:
+        calib_names, report_names = disjoint(source, n_calib, n_eval, seed)
     else:
         calib_names, report_names = subset(source, n_calib, seed), []
-    if not report_names and report_samples:
-        report_names = calib_names[:report_samples]  # no held-out data: say so in the plan
+    held_out = bool(report_names)
+    if not report_names and eval_samples:
+        report_names = calib_names[:eval_samples]  # too little data to hold any out: say so
     observers = spec.observers()
     # the per-layer report's program needs no numbers (the plan comes as arguments): compile it
     # in a worker thread while the statistics step compiles and the data streams
-    ahead = _compile_report_ahead(graph, SimLayout.of_spec(spec, graph), len(report_names))
+    ahead = _compile_report_ahead(
+        graph, SimLayout.of_spec(spec, graph), len(report_names) if layer_report else 0
+    )
 
     def tick(n: int) -> None:
         if progress is not None:
             tick.done += n  # type: ignore[attr-defined]
-            progress("calibrate", tick.done, len(calib_names))  # type: ignore[attr-defined]
+            progress("collecting statistics", tick.done, len(calib_names))  # type: ignore[attr-defined]
 
     tick.done = 0  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
     token_mask = find_token_mask(graph) if recipe.mask_handling else None
     exact = integer_derived(graph)
-    result = collect_statistics(graph, {n: (n, o) for n, o in observers.items()}, stream, tick,
-                                token_mask=token_mask, unmasked=exact, devices=run_on)  # fmt: skip
+
+    def collect(stats: Mapping[str, tuple[str, Any]]) -> Any:
+        stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
+        return collect_statistics(graph, stats, stream, tick, token_mask=token_mask,
+                                  unmasked=exact, devices=run_on)  # fmt: skip
+
+    if shared is not None:
+        result = shared.collect(graph, observers, calib_names, collect)
+    else:
+        result = collect({n: (n, o) for n, o in observers.items()})
     phases.add("compile statistics step", result.compile_seconds)
     phases.done("stream calibration data", minus=result.compile_seconds)
     mask_path = sorted(exact & set(observers))
@@ -217,7 +254,7 @@ def calibrate_model(
     plan = finalize_plan(
         graph, spec, result.states,
         model={
-            "file": model.name, "sha256": file_sha256(model),
+            "file": model.name, "path": str(model.resolve()), "sha256": file_sha256(model),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "input_values": dict(input_values or {}),
         },
@@ -243,17 +280,17 @@ def calibrate_model(
         refine_feeds = [validate(source.load(n), graph.inputs, n) for n in names]
         plan = refine_ranges(
             graph, plan, refine_feeds, top_k=recipe.refine_top,
-            progress=(lambda d, t: progress("refine", d, t)) if progress else None,
+            progress=(lambda d, t: progress("refining ranges", d, t)) if progress else None,
         )  # fmt: skip
         phases.done("refine")
-    if report_names:
+    if report_names and layer_report:
         feeds = [source.load(n) for n in report_names]
         feeds = [validate(f, graph.inputs, n) for f, n in zip(feeds, report_names, strict=True)]
         if progress is not None:
-            progress("report", 0, len(feeds))
+            progress("per-layer error report", 0, len(feeds))
         plan.report = {
             "samples": len(feeds),
-            "held_out": bool(set(report_names).isdisjoint(calib_names)),
+            "held_out": held_out,
             "layers": layer_sqnr(graph, plan, feeds, programs=_report_programs(ahead)),
         }
         phases.done("per-layer report")
@@ -267,7 +304,7 @@ def calibrate_model(
         plan.report["diagnosis"] = diagnose_plan(graph, plan, few).to_dict()
         phases.done("diagnose")
     plan.calibration["phases"] = phases.seconds
-    return CalibrationRun(graph, plan, calib_names, report_names)
+    return CalibrationRun(graph, plan, calib_names, report_names, held_out)
 
 
 def _compile_report_ahead(graph: Graph, layout: SimLayout,
@@ -292,6 +329,8 @@ def _report_programs(ahead: tuple[SimLayout, list[str], Future[Any], Future[Any]
     except Exception as exc:  # a fallback, never fatal: the report compiles again and says why
         log.warning("report programs compiled ahead failed (%s); compiling them again", exc)
         return None
+
+
 def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe, source: Any,
                        names: Sequence[str], token_mask: str | None,
                        progress: Callable[[str, int, int], None] | None) -> QuantPlan:  # fmt: skip

@@ -1,18 +1,26 @@
-"""`make demo`: the main job on the default example model, with its accuracy/latency table.
+"""`make demo`: the README's first-use path on the default model, then the JAX-vs-onnxruntime
+table for every example model.
 
-At this stage (foundation) the job is: load each real model, fix its shapes, fold/canonicalize
-it, run it with edgeq's JAX interpreter on real inputs and compare with onnxruntime float32,
-plus the task metric on the default model (PP-OCRv4 rec: character error rate on rendered
-English text lines). As the exporters land this grows into: the default model exported to
-every target, with accuracy and latency per artifact.
+It runs the commands the README teaches, as a user would type them:
+
+    edgeq example ppocr-rec -o WORK
+    edgeq export WORK/rec.onnx --calib WORK/calib --eval WORK/eval --preprocess WORK/preprocess.toml \
+        --input-shape x=1,3,48,320 --target onnx --target qnn --target rpi --target ane --target mlx \
+        -o WORK/out --allow-loss
+
+i.e. one calibration for five targets, each artifact checked on its runtime, with the task
+metric (CER against the labels), a PASS/FAIL verdict per target and one comparison report
+(`WORK/out/export_report.html`). `--allow-loss` lets the demo go on past a FAIL; the verdicts
+are printed as they are.
 """
 
 from __future__ import annotations
 
-import logging
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,107 +28,39 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import interleaved_ms, median_ms
+from benchmarks.common import median_ms
 from edgeq import Interpreter, load_model, prepare
 from edgeq.summary import summarize
-from examples.models import CASES, DEFAULT_CASE
-from examples.ocr import character_error_rate, ctc_greedy_decode, rec_preprocess, rec_samples
+from examples.models import CASES
 
 console = Console()
-
-
-def default_model_accuracy(n_lines: int = 32) -> Table:
-    case = CASES[DEFAULT_CASE]
-    path = case.model_path()
-    graph = prepare(load_model(path), case.input_shapes)
-    interp = Interpreter(graph)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    samples = rec_samples(n_lines, split="eval")
-    refs = [s.text for s in samples]
-    ours, theirs = [], []
-    for s in samples:
-        x = rec_preprocess(s.image)
-        ours.append(ctc_greedy_decode(interp({"x": x})[graph.output_names[0]]))
-        theirs.append(ctc_greedy_decode(sess.run(None, {"x": x})[0]))
-    table = Table(title=f"{case.description}: {n_lines} rendered English text lines (eval split)")
-    for col in ("runtime", "CER", "exact lines", "example"):
-        table.add_column(col)
-    for name, preds in (("edgeq JAX (float)", ours), ("onnxruntime (float)", theirs)):
-        exact = sum(p == r for p, r in zip(preds, refs, strict=True))
-        table.add_row(name, f"{character_error_rate(preds, refs):.2%}", f"{exact}/{n_lines}",
-                      f"{refs[0]!r} → {preds[0]!r}")  # fmt: skip
-    return table
-
-
 DEMO_TARGETS = ("onnx", "qnn", "rpi", "ane", "mlx")
 
 
-def export_table(targets: tuple[str, ...] = DEMO_TARGETS, n_calib: int = 32,
-                 n_lines: int = 50) -> Table:  # fmt: skip
-    """Export the default model to every target (W8A8 where the target runs integer
-    activations, its default weight-only plan otherwise) and check each artifact on its runtime:
-    CER of float, of the simulator and of the artifact, latency against the float artifact of
-    the same runtime, size against float."""
-    from edgeq.errors import EdgeqError
-    from edgeq.export import export_model
-    from edgeq.exporters import ExportOptions, get_exporter
-    from edgeq.ir.interpreter import Interpreter
-    from edgeq.pipeline import graph_for_plan
-    from edgeq.quant.plan import QuantPlan
-    from edgeq.quant.simulate import Simulator
-    from edgeq.targets import load_target
+def edgeq_cli() -> str:
+    """The `edgeq` script of this environment."""
+    script = Path(sys.executable).parent / "edgeq"
+    return str(script) if script.exists() else shutil.which("edgeq") or "edgeq"
 
-    case = CASES[DEFAULT_CASE]
-    calib = case.make_feeds(n_calib, "calib")
-    samples = rec_samples(n_lines, split="eval")
-    refs = [s.text for s in samples]
-    feeds = [{"x": rec_preprocess(s.image)} for s in samples]
 
-    def cer(run) -> str:  # type: ignore[no-untyped-def]
-        preds = [ctc_greedy_decode(next(iter(run(f).values()))) for f in feeds]
-        return f"{character_error_rate(preds, refs):.2%}"
-
-    table = Table(title=f"{case.description} exported to each target ({n_calib} calibration "
-                        f"lines; CER on {n_lines} held-out rendered lines)")  # fmt: skip
-    for col in ("target", "format", "plan", "size", "CER float", "CER sim.", "CER artifact",
-                "ms q / float"):  # fmt: skip
-        table.add_column(col)
-    float_cer = None
-    for target in targets:
+def first_use(work: Path, targets: tuple[str, ...] = DEMO_TARGETS) -> int:
+    """The README path on the default model; returns the export's exit code."""
+    cmds = [
+        [edgeq_cli(), "example", "ppocr-rec", "-o", str(work)],
+        [edgeq_cli(), "export", str(work / "rec.onnx"), "--calib", str(work / "calib"),
+         "--eval", str(work / "eval"), "--preprocess", str(work / "preprocess.toml"),
+         "--input-shape", "x=1,3,48,320", *[x for t in targets for x in ("--target", t)],
+         "-o", str(work / "out"), "--allow-loss"],
+    ]  # fmt: skip
+    code = 0
+    for cmd in cmds:
+        console.print(f"[bold]$ {' '.join(['edgeq', *cmd[1:]])}[/]", highlight=False)
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                res = export_model(case.model_path(), target, Path(tmp) / "out", calib=calib,
-                                   input_shapes=case.input_shapes, samples=n_calib,
-                                   eval_samples=0, runs=1)  # fmt: skip
-            except EdgeqError as exc:
-                table.add_row(target, "not exported", str(exc)[:60], "", "", "", "", "")
-                continue
-            plan = QuantPlan.load(res.out / "plan")
-            graph = graph_for_plan(case.model_path(), plan)
-            float_cer = float_cer or cer(Interpreter(graph))
-            exporter = get_exporter(load_target(target).exporter)
-            runner = exporter.open(res.artifact)
-            float_dir = Path(tmp) / "float"
-            float_dir.mkdir()
-            baseline = exporter.export(graph, None, load_target(target),
-                                       float_dir / res.artifact.name, ExportOptions())  # fmt: skip
-            float_runner = exporter.open(baseline.path)
-            lat = interleaved_ms({"q": partial(runner, feeds[0]),
-                                  "f": partial(float_runner, feeds[0])}, 20)  # fmt: skip
-            kinds = {
-                r: sorted({t.dtype for t in plan.quantized(r)}) for r in ("weight", "activation")
-            }
-            table.add_row(
-                target, res.report["artifact"]["format"],
-                f"w{'/'.join(k.removeprefix('u').removeprefix('int') for k in kinds['weight'])} "
-                f"a{'/'.join(k.removeprefix('u').removeprefix('int') for k in kinds['activation']) or 'f'}",
-                f"{res.report['artifact']['size_ratio']:.2f}x", float_cer,
-                cer(Simulator(graph, plan)), cer(runner),
-                f"{lat['q']:.1f} / {lat['f']:.1f}",
-            )  # fmt: skip
-        logging.getLogger(__name__).info("%s done in %.1fs", target, time.perf_counter() - t0)
-    return table
+        code = subprocess.run(cmd).returncode
+        console.print(f"[dim]({time.perf_counter() - t0:.0f} s, exit {code})[/]")
+        if code:
+            return code
+    return code
 
 
 def parity_table(work: Path) -> Table:
@@ -155,14 +95,15 @@ def parity_table(work: Path) -> Table:
 
 
 def main() -> None:
-    work = Path(tempfile.gettempdir()) / "edgeq-models"
-    work.mkdir(parents=True, exist_ok=True)
-    with console.status("default model: PP-OCRv4 rec on rendered text lines..."):
-        console.print(default_model_accuracy())
-    with console.status("exporting the default model to every target and checking each..."):
-        console.print(export_table())
+    work = Path(tempfile.mkdtemp(prefix="edgeq-demo-")) / "work"
+    code = first_use(work)
+    if code:
+        raise SystemExit(code)
+    console.print(f"reports: {work / 'out' / 'export_report.html'} (and one per target)")
+    models = Path(tempfile.gettempdir()) / "edgeq-models"
+    models.mkdir(parents=True, exist_ok=True)
     with console.status("all example models: JAX vs onnxruntime..."):
-        console.print(parity_table(work))
+        console.print(parity_table(models))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class ModelCase:
 # ---- OCR -------------------------------------------------------------------------------------
 def _rapidocr(kind: str) -> Callable[[Path], Path]:
     def locate(_: Path) -> Path:
-        from examples.ocr import rapidocr_model_path
+        from .ocr import rapidocr_model_path
 
         return rapidocr_model_path(kind)  # type: ignore[arg-type]
 
@@ -47,19 +47,19 @@ def _rapidocr(kind: str) -> Callable[[Path], Path]:
 
 
 def _rec_feeds(n: int, split: str) -> list[Feeds]:
-    from examples.ocr import rec_preprocess, rec_samples
+    from .ocr import rec_preprocess, rec_samples
 
     return [{"x": rec_preprocess(s.image)} for s in rec_samples(n, split=split)]  # type: ignore[arg-type]
 
 
 def _cls_feeds(n: int, split: str) -> list[Feeds]:
-    from examples.ocr import cls_preprocess, cls_samples
+    from .ocr import cls_preprocess, cls_samples
 
     return [{"x": cls_preprocess(s.image)} for s in cls_samples(n, split=split)]  # type: ignore[arg-type]
 
 
 def _det_feeds(n: int, split: str) -> list[Feeds]:
-    from examples.ocr import det_pages, det_preprocess
+    from .ocr import det_pages, det_preprocess
 
     return [{"x": det_preprocess(p.image)} for p in det_pages(n, split=split)]  # type: ignore[arg-type]
 
@@ -67,7 +67,7 @@ def _det_feeds(n: int, split: str) -> list[Feeds]:
 # ---- VAD -------------------------------------------------------------------------------------
 def _silero(name: str) -> Callable[[Path], Path]:
     def locate(_: Path) -> Path:
-        from examples.audio import silero_model_path
+        from .audio import silero_model_path
 
         return silero_model_path(name)
 
@@ -78,7 +78,7 @@ def _vad_stream_feeds(n: int, split: str) -> list[Feeds]:
     """Real streaming steps: speech windows with the state onnxruntime carried to them."""
     import onnxruntime as ort
 
-    from examples.audio import initial_state, load_speech_16k, silero_model_path, vad_chunks
+    from .audio import initial_state, load_speech_16k, silero_model_path, vad_chunks
 
     sess = ort.InferenceSession(str(silero_model_path("op15")), providers=["CPUExecutionProvider"])
     windows = list(vad_chunks(load_speech_16k()))
@@ -98,7 +98,7 @@ VAD_SEQ_FRAMES = 64
 
 
 def _vad_seq_feeds(n: int, split: str) -> list[Feeds]:
-    from examples.audio import load_speech_16k, vad_windows
+    from .audio import load_speech_16k, vad_windows
 
     windows = vad_windows(load_speech_16k())
     blocks = [
@@ -112,7 +112,7 @@ def _vad_seq_feeds(n: int, split: str) -> list[Feeds]:
 
 # ---- MiniLM ----------------------------------------------------------------------------------
 def _minilm_locate(work_dir: Path) -> Path:
-    from examples.minilm_onnx import write_minilm_onnx
+    from .minilm_onnx import write_minilm_onnx
 
     path = work_dir / "all-MiniLM-L6-v2.onnx"
     if not path.exists():
@@ -122,7 +122,7 @@ def _minilm_locate(work_dir: Path) -> Path:
 
 def minilm_feeds(sentences: list[str], seq: int = MINILM_SEQ) -> list[Feeds]:
     """One feed per sentence, padded to the fixed sequence length."""
-    from examples.minilm_onnx import encode, minilm_model_dir
+    from .minilm_onnx import encode, minilm_model_dir
 
     tokenizer = minilm_model_dir() / "tokenizer.json"
     feeds = []
@@ -133,7 +133,7 @@ def minilm_feeds(sentences: list[str], seq: int = MINILM_SEQ) -> list[Feeds]:
 
 
 def _minilm_feeds(n: int, split: str) -> list[Feeds]:
-    from examples.text import english_sentences
+    from .text import english_sentences
 
     return minilm_feeds(english_sentences(n, split=split))  # type: ignore[arg-type]
 

@@ -33,8 +33,10 @@ import numpy as np
 import onnx
 from PIL import Image, ImageDraw
 
-from examples.fonts import LoadedFont, load_font
-from examples.text import Split, text_lines
+from edgeq import metrics
+
+from .fonts import LoadedFont, load_font
+from .text import Split, text_lines
 
 ModelName = Literal["det", "rec", "cls"]
 
@@ -54,7 +56,7 @@ DET_STD = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLS_LABELS = ("0", "180")
-CTC_BLANK = "blank"
+CTC_BLANK = metrics.CTC_BLANK
 
 LINE_HEIGHT = 48
 LINE_FONT_SIZES = (28, 36)  # inclusive range drawn per line when font_size is None
@@ -101,7 +103,7 @@ def rec_charset(model_path: Path | None = None) -> tuple[str, ...]:
     meta = {p.key: p.value for p in model.metadata_props}
     if "character" not in meta:
         raise KeyError(f"{path} has no 'character' metadata")
-    return (CTC_BLANK, *meta["character"].splitlines(), " ")
+    return metrics.charset_from_lines(meta["character"].splitlines(), None)
 
 
 # ---------------------------------------------------------------- image helpers
@@ -203,43 +205,19 @@ def det_preprocess(
 
 
 def ctc_greedy_decode(probs: np.ndarray, charset: Sequence[str] | None = None) -> str:
-    """Greedy CTC decode of rec output [T, C] or [1, T, C]: argmax, merge repeats, drop blank."""
-    chars = rec_charset() if charset is None else charset
-    scores = np.asarray(probs)
-    if scores.ndim == 3:
-        if scores.shape[0] != 1:
-            raise ValueError(f"expected batch 1, got {scores.shape}")
-        scores = scores[0]
-    if scores.ndim != 2 or scores.shape[1] != len(chars):
-        raise ValueError(f"expected [T, {len(chars)}] scores, got {scores.shape}")
-    best = scores.argmax(axis=1)
-    keep = np.ones(best.shape, dtype=bool)
-    keep[1:] = best[1:] != best[:-1]
-    keep &= best != 0
-    return "".join(chars[i] for i in best[keep])
+    """Greedy CTC decode of rec output [T, C] or [1, T, C] with the rec model's alphabet
+    (`edgeq.metrics.ctc_greedy_decode`, which the export report uses too)."""
+    return str(metrics.ctc_greedy_decode(probs, rec_charset() if charset is None else charset))
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        current = [i]
-        for j, cb in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+edit_distance = metrics.edit_distance
 
 
 def character_error_rate(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Total edit distance over total reference characters."""
-    if len(preds) != len(refs):
-        raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
-    total = sum(len(r) for r in refs)
-    if total == 0:
+    """Total edit distance over total reference characters (references must not be empty)."""
+    if len(preds) == len(refs) and sum(len(r) for r in refs) == 0:
         raise ValueError("references are empty")
-    return sum(edit_distance(p, r) for p, r in zip(preds, refs, strict=True)) / total
+    return metrics.character_error_rate(preds, refs)
 
 
 def cls_accuracy(probs: Sequence[np.ndarray], labels: Sequence[int]) -> float:

@@ -139,9 +139,40 @@ class TargetProfile:
         )
 
 
+# the one order targets are listed in everywhere (CLI choices, help, tables, reports):
+# generic CPU runtimes first, then phones and boards, then Apple
+TARGET_ORDER = ("onnx", "qnn", "rpi", "tflm", "ane", "mlx")
+
+
+def ordered_targets(names: list[str] | tuple[str, ...]) -> list[str]:
+    """`names` in the canonical order (profiles added later come after, by name)."""
+    rank = {n: i for i, n in enumerate(TARGET_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
 def available_targets() -> list[str]:
     files = resources.files(__name__).iterdir()
-    return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
+    return ordered_targets(
+        [f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml")]
+    )
+
+
+def target_defaults(profile: TargetProfile) -> dict[str, str]:
+    """What `edgeq export --target T` does with no other flag, in the flags' own words."""
+    q = profile.quant
+    act = "0 (float)" if q.default_act_bits == 0 else str(q.default_act_bits)
+    gran4 = q.default_granularity_4bit + (
+        f" {q.default_block_size}" if q.default_granularity_4bit == "per_block" else ""
+    )
+    budgets = (profile.raw.get("budgets") or {}).get("max_loss", [])
+    return {
+        "bits": "8" + (f" (4: {q.w4}, {gran4})" if q.w4 else " (4 refused)"),
+        "act_bits": act + (f" (16: {q.act16})" if q.act16 else ""),
+        "granularity": q.default_granularity
+        + (f" {q.default_block_size}" if q.default_granularity == "per_block" else ""),
+        "observer": "minmax",
+        "max_loss": ", ".join(budgets),
+    }
 
 
 @cache

@@ -19,6 +19,7 @@ PACKAGES = {
     "calibration": "edgeq.calibration",
     "targets": "edgeq.targets",
     "device_tests": "edgeq.device_tests",
+    "examples": "edgeq.examples",
 }
 CORE = ("edgeq.ir", "edgeq.quant", "edgeq.algorithms")
 # what a room may import from edgeq (besides itself); `edgeq` alone is the package's

@@ -247,7 +247,9 @@ def test_cli_export_cls_for_qnn_and_check(cls_calib: Path, cls_model: Path, tmp_
     assert rep["artifact"]["checks"]["qnn"]["htp_ready"]
     assert rep["artifact"]["size_ratio"] < 0.6  # int8 weights (the classifier is tiny)
     assert {p.name for p in out.iterdir()} == {"model.onnx", "plan", "export_report.json",
-                                               "export_report.md"}  # fmt: skip
+                                               "export_report.md", "export_report.html",
+                                               "export.log"}  # fmt: skip
+    assert rep["verdict"]["status"] == "PASS" and rep["task"]["name"] == "classify"
     check = runner.invoke(app, ["check", str(out / "model.onnx"), "--target", "qnn"])
     assert check.exit_code == 0 and "every node can run on the QNN HTP" in check.output
     float_check = runner.invoke(app, ["check", str(cls_model), "--target", "qnn"])

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from edgeq import __version__
 from edgeq.cli import guard
+from edgeq.cli.targets import Target, defaults_epilog, target_names
 from edgeq.errors import EdgeqError, InputError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+ONNX, QNN = Target("onnx"), Target("qnn")
 
 InputShapes = Annotated[
     list[str] | None,
@@ -278,9 +280,7 @@ def calibrate(
             help="Calibration data: folder of .npy/.npz/images, or a .txt with --tokenizer.",
         ),
     ],
-    target: Annotated[
-        str, typer.Option("--target", help="Target profile: ane, mlx, qnn, onnx, rpi, tflm.")
-    ] = "onnx",
+    target: Annotated[Target, typer.Option("--target", help="Target profile.")] = ONNX,
     out: Annotated[Path, typer.Option("-o", "--out", help="Plan folder to write.")] = Path("plan"),
     bits: Bits = None,
     act_bits: ActBits = None,
@@ -306,12 +306,17 @@ def calibrate(
     ] = 256,
     seed: Annotated[int, typer.Option(help="Seed for the subset.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples per compiled step.")] = 8,
-    report_samples: Annotated[
-        int, typer.Option(help="Held-out samples for the per-layer SQNR report.")
+    eval_samples: Annotated[
+        int,
+        typer.Option(
+            help="Evaluation samples held out of --calib for the per-layer SQNR "
+            "report (at most a quarter of the data; 0: none)."
+        ),
     ] = 8,
     devices: Devices = None,
     force: Force = False,
     diagnose: Diagnose = False,
+    report_samples: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Calibrate MODEL once for a target and write the QuantPlan (plan.json + plan.npz)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
@@ -325,14 +330,16 @@ def calibrate(
         recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine,
                                  max_loss=max_loss, bpw=bpw, method=method,
                                  weight_format=weight_format)  # fmt: skip
+        target_name = target_names(target)[0]
         with _progress_bar() as progress:
             run_ = calibrate_model(
-                model, calib, target, recipe,
+                model, calib, target_name, recipe,
                 input_shapes=parse_input_shapes(input_shape or []),
                 input_values=parse_input_values(input_value or []),
                 samples=calib_samples, seed=seed, batch_size=batch_size,
-                report_samples=report_samples, preprocess=preprocess, tokenizer=tokenizer,
-                progress=progress, devices=devices, diagnose=diagnose,
+                eval_samples=eval_samples if report_samples is None else report_samples,
+                preprocess=preprocess, tokenizer=tokenizer, progress=progress,
+                devices=devices, diagnose=diagnose,
             )  # fmt: skip
         run_.plan.save(out, force=force)
     except EdgeqError as exc:
@@ -342,7 +349,7 @@ def calibrate(
     for t in plan.tensors.values():
         key = f"{t.role} {t.dtype}" + (f" {t.granularity}" if t.role == "weight" else "")
         counts[key] = counts.get(key, 0) + 1
-    table = Table(title=f"plan for {model.name} → {target}  ({out})")
+    table = Table(title=f"plan for {model.name} → {target_name}  ({out})")
     table.add_column("tensors")
     table.add_column("count", justify="right")
     for key, n in sorted(counts.items()):
@@ -361,6 +368,9 @@ def _print_outputs(plan) -> None:  # type: ignore[no-untyped-def]
     for r in rows:
         console.print(f"output {r['tensor']}: SQNR {r['sqnr_db']:.1f} dB vs float "
                       f"({plan.report['samples']} {'held-out' if plan.report.get('held_out') else 'calibration'} samples)")  # fmt: skip
+    if rows and not plan.report.get("held_out"):
+        console.print("[yellow]note:[/] the calibration data is too small to hold samples out "
+                      "(fewer than 4): the report uses calibration samples", highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -382,9 +392,7 @@ def report(
 
     render_diagnosis(console, plan.report.get("diagnosis"), top)
     if not rows:
-        console.print(
-            "[yellow]this plan has no SQNR report (calibrated with --report-samples 0)[/]"
-        )
+        console.print("[yellow]this plan has no SQNR report (calibrated with --eval-samples 0)[/]")
         return
     table = Table(
         title=f"per-layer SQNR vs float (errors propagated), worst {min(top, len(rows))} of {len(rows)}"
@@ -409,15 +417,39 @@ def report(
     _print_outputs(plan)
 
 
-@app.command()
+@app.command(epilog=defaults_epilog())
 def export(
     model: Annotated[Path, typer.Argument(help="The .onnx model.")],
     target: Annotated[
-        str, typer.Option("--target", help="Target profile: onnx, qnn, rpi, tflm, ane, mlx.")
-    ] = "onnx",
+        list[Target] | None,
+        typer.Option(
+            "--target",
+            help="Target profile; repeat it to export several targets "
+            "from one calibration (one comparison report).",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out"),
     calib: Annotated[
-        str | None, typer.Option("--calib", help="Calibration (and evaluation) data.")
+        str | None,
+        typer.Option(
+            "--calib",
+            help="Calibration data (evaluation samples are held out of it unless --eval is given).",
+        ),
+    ] = None,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="Evaluation data (same kinds as --calib); a "
+            "labels.json beside its samples gives the task metric labels.",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labels file (.json {sample: label} or name<TAB>label); "
+            "default: labels.json in the evaluation folder."
+        ),
     ] = None,
     plan_dir: Annotated[
         Path | None, typer.Option("--plan", help="Use a plan from `edgeq calibrate`.")
@@ -428,93 +460,213 @@ def export(
     block_size: BlockSize = None,
     observer: ObserverName = None,
     refine: Refine = None,
-    max_loss: MaxLoss = None,
     bpw: Bpw = None,
     method: Method = None,
     weight_format: WeightFormat = None,
     recipe_file: RecipeFile = None,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
-    preprocess: Annotated[Path | None, typer.Option(help="Image preprocessing spec.")] = None,
+    preprocess: Annotated[
+        Path | None,
+        typer.Option(help="Image preprocessing spec (TOML/JSON; README lists the keys)."),
+    ] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json for text data.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 256,
-    eval_samples: Annotated[int, typer.Option(help="Held-out samples for the report.")] = 8,
+    eval_samples: Annotated[
+        int, typer.Option(help="Evaluation samples (held out of --calib: at most a quarter).")
+    ] = 32,
     diagnose: Diagnose = False,
     seed: Annotated[int, typer.Option(help="Seed for the subsets.")] = 0,
+    task: Annotated[
+        str, typer.Option(help="Task metric: auto, ctc, classify, embed, mask, detect, generic.")
+    ] = "auto",
+    charset: Annotated[
+        Path | None,
+        typer.Option(
+            help="ctc: character list, one per line (default: the model's `character` metadata)."
+        ),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="User metric module:function (outputs, labels) -> "
+            "number, higher is better; leads the report."
+        ),
+    ] = None,
+    max_loss: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Budget METRIC=NUMBER (cer=1.0, top1=1.0, cosine=0.99, ...; repeatable) "
+            "for the verdict; default: the target's. A cosine/sqnr budget also steers 4-bit "
+            "mixed precision (layers stay at 8 bits until it passes)."
+        ),
+    ] = None,
+    allow_loss: Annotated[
+        bool,
+        typer.Option(help="Exit 0 even when the verdict is FAIL (the artifact is always written)."),
+    ] = False,
     allow_fallback: Annotated[
         bool, typer.Option(help="qnn: write the model even if some nodes would leave the HTP.")
     ] = False,
-    runs: Annotated[int, typer.Option(help="Timed runs for the latency comparison.")] = 20,
+    runs: Annotated[
+        int, typer.Option(help="At most this many timed runs for the latency comparison.")
+    ] = 20,
+    latency_seconds: Annotated[
+        float, typer.Option(help="Time budget for the latency comparison, per target.")
+    ] = 3.0,
     force: Force = False,
     allow_model_mismatch: Annotated[bool, typer.Option(
         help="Apply a --plan made for another model file (same shapes) instead of refusing it.",
     )] = False,
 ) -> None:  # fmt: skip
-    """Quantize MODEL for a target (or use --plan), write the artifact, and check it on its
-    runtime against float and the simulator (size, accuracy, latency)."""
+    """Quantize MODEL for one or more targets (or use --plan), write each artifact, check it on
+    its runtime against float and the simulator, and end with a verdict: PASS/FAIL of the task
+    metric against the loss budget (exit 1 on FAIL unless --allow-loss)."""
     from edgeq.cli.specs import parse_input_shapes, parse_input_values
     from edgeq.export import export_model
     from edgeq.exporters import ExportOptions
     from edgeq.quant.recipe import Recipe, recipe_from_cli
 
+    names = target_names(target or [ONNX])
     try:
         base = Recipe.load(recipe_file) if recipe_file else None
         recipe = recipe_from_cli(bits, act_bits, granularity, block_size, observer, base, refine,
-                                 max_loss=max_loss, bpw=bpw, method=method,
+                                 max_loss=_search_loss(max_loss or []), bpw=bpw, method=method,
                                  weight_format=weight_format)  # fmt: skip
         with _progress_bar() as progress:
             result = export_model(
-                model, target, out, plan_dir=plan_dir, calib=calib, recipe=recipe,
+                model, names if len(names) > 1 else names[0], out, plan_dir=plan_dir,
+                calib=calib, eval_data=eval_data, labels=labels, recipe=recipe,
                 input_shapes=parse_input_shapes(input_shape or []),
                 input_values=parse_input_values(input_value or []),
                 samples=calib_samples, seed=seed, eval_samples=eval_samples,
-                preprocess=preprocess, tokenizer=tokenizer,
-                options=ExportOptions(allow_fallback=allow_fallback), runs=runs, progress=progress,
+                preprocess=preprocess, tokenizer=tokenizer, task=task, charset=charset,
+                metrics=metric or (), max_loss=max_loss or (),
+                options=ExportOptions(allow_fallback=allow_fallback), runs=runs,
+                latency_seconds=latency_seconds, progress=progress,
                 force=force, allow_model_mismatch=allow_model_mismatch, diagnose=diagnose,
             )  # fmt: skip
     except EdgeqError as exc:
         raise _fail(exc) from None
-    _print_export_report(result.report, result.artifact)
+    results = getattr(result, "results", None) or {names[0]: result}
+    for res in results.values():
+        _print_export_report(res.report, res.artifact)
+    if len(results) > 1:
+        _print_comparison(result.report, out)
+    else:
+        console.print(f"report: {out / 'export_report.html'}", highlight=False)
+    failed = [t for t, r in results.items() if not r.passed]
+    for t, res in results.items():
+        v = res.report["verdict"]
+        color = {"PASS": "green", "FAIL": "red"}.get(v["status"], "yellow")
+        prefix = f"{t}: " if len(results) > 1 else ""
+        console.print(f"[bold {color}]{prefix}{_esc(v['line'])}[/]", highlight=False)
+    if failed and allow_loss:
+        console.print("[yellow]--allow-loss: exit 0 although the verdict is not PASS[/]")
+    elif failed:
+        raise typer.Exit(code=1)
+
+
+def _search_loss(budgets: list[str]) -> str | None:
+    """The --max-loss budget the 4-bit mixed-precision search steers by: the first one it can
+    measure itself (cosine, sqnr), else the first (the search then keeps its default rule)."""
+    from edgeq.algorithms.mixed_precision import OUTPUT_METRICS
+
+    for b in budgets:
+        if b.split("=", 1)[0].strip().lower() in OUTPUT_METRICS:
+            return b
+    return budgets[0] if budgets else None
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _print_export_report(rep: dict, artifact: Path) -> None:  # type: ignore[type-arg]
     a = rep["artifact"]
-    console.print(f"wrote {artifact} ({a['bytes'] / 1e6:.2f} MB, {a['size_ratio']:.3f}x float)")
+    console.print(f"wrote {artifact} ({a['bytes'] / 1e6:.2f} MB, {a['size_ratio']:.3f}x float; "
+                  f"plan {rep.get('recipe', {}).get('label', '')})", highlight=False)  # fmt: skip
+    ev = rep["evaluation"]
+    if ev.get("note"):
+        console.print(f"[yellow]note:[/] {_esc(ev['note'])}", highlight=False)
+    task = rep.get("task") or {}
+    if task.get("metrics"):
+        sim = {(m["name"], m["against"]): m for m in task.get("simulator_metrics", [])}
+        kind = "held-out" if ev.get("held_out") else "calibration"
+        table = Table(
+            title=f"{rep['target']}: task '{task['name']}' on {ev['samples']} {kind} samples"
+        )
+        for col in ("metric", "float", "simulator", "artifact"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        from edgeq.export import _fmt_metric
+
+        for m in task["metrics"]:
+            s = sim.get((m["name"], m["against"]))
+            table.add_row(m["title"], _fmt_metric(m, "float"),
+                          _fmt_metric(s, "quant") if s else "—", _fmt_metric(m, "quant"))  # fmt: skip
+        console.print(table)
     if "outputs" in rep:
-        ev = rep["evaluation"]
-        table = Table(title=f"{rep['target']} artifact on {ev['samples']} "
-                            f"{'held-out' if ev.get('held_out') else 'calibration'} samples")  # fmt: skip
-        for col in ("output", "within 1 step of simulator", "SQNR vs float", "simulator SQNR"):
-            table.add_column(col, justify="left" if col == "output" else "right")
         for name, row in rep["outputs"].items():
             vs = row.get("vs_simulator", {})
-            table.add_row(name, f"{vs.get('within_one_step', float('nan')):.2%}",
-                          f"{row['vs_float']['sqnr_db']:.1f} dB",
-                          f"{row.get('simulator_vs_float', {}).get('sqnr_db', float('nan')):.1f} dB")  # fmt: skip
-        console.print(table)
-    if "latency" in rep:
-        lat = rep["latency"]
-        console.print(f"latency ({lat['runtime']}): {lat['quantized']['p50_ms']:.2f} ms vs float "
-                      f"{lat['float']['p50_ms']:.2f} ms ({lat['speedup']:.2f}x)")  # fmt: skip
+            console.print(f"  output {name}: {vs.get('within_one_step', float('nan')):.2%} within "
+                          f"1 step of the simulator, SQNR vs float {row['vs_float']['sqnr_db']:.1f} dB",
+                          highlight=False)  # fmt: skip
+    lat = rep.get("latency")
+    if lat and "skipped" in lat:
+        console.print(f"  latency: {lat['skipped']}", highlight=False)
+    elif lat:
+        console.print(f"  latency ({lat['runtime']}, {lat['runs']} runs): {lat['quantized']['p50_ms']:.2f} ms "
+                      f"vs float {lat['float']['p50_ms']:.2f} ms ({lat['speedup']:.2f}x)", highlight=False)  # fmt: skip
     w = rep.get("weights", {})
     if "bits_per_weight" in w:
         mixed = w.get("mixed_precision", {})
         kept = mixed.get("eight_bit", [])
-        console.print(f"weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from "
+        console.print(f"  weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from "
                       f"the artifact); {len(kept)} layer(s) kept at 8 bits" if mixed else
-                      f"weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from the artifact)")  # fmt: skip
+                      f"  weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from the artifact)")  # fmt: skip
         for row in kept[:8]:
             console.print(
-                f"  8-bit {row['node'] or row['weight']}: {row['reason']}", highlight=False
+                f"    8-bit {row['node'] or row['weight']}: {row['reason']}", highlight=False
             )
-    for note in a.get("notes", [])[:10]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for note in a.get("notes", [])[:5]:
+        console.print(f"  [yellow]note:[/] {_esc(note)}", highlight=False)
+    if len(a.get("notes", [])) > 5:
+        console.print(f"  ({len(a['notes']) - 5} more notes in export_report.md)")
+
+
+def _print_comparison(summary: dict, out: Path) -> None:  # type: ignore[type-arg]
+    from edgeq.export import _fmt_metric
+
+    table = Table(title=f"{summary['model']['file']}: one calibration, {len(summary['targets'])} targets "
+                        f"({summary['seconds']:.0f} s)")  # fmt: skip
+    for col in (
+        "target",
+        "plan",
+        "size vs float",
+        "task metric (artifact / float)",
+        "latency vs float",
+        "verdict",
+    ):
+        table.add_column(col)
+    for r in summary["targets"]:
+        m = r["metric"]
+        metric = f"{m['name']} {_fmt_metric(m, 'quant')} / {_fmt_metric(m, 'float')}" if m else "—"
+        lat = f"{r['speedup']:.2f}x" if r.get("speedup") else "not measured"
+        color = "green" if r["verdict"] == "PASS" else "red"
+        table.add_row(r["target"], r["plan"], f"{r['size_ratio']:.3f}x", metric, lat,
+                      f"[{color}]{r['verdict']}[/]")  # fmt: skip
+    console.print(table)
+    console.print(f"comparison report: {out / 'export_report.html'}", highlight=False)
 
 
 @app.command()
 def check(
     model: Annotated[Path, typer.Argument(help="An .onnx model (QDQ or float).")],
-    target: Annotated[str, typer.Option("--target", help="Target to check against.")] = "qnn",
+    target: Annotated[
+        Target, typer.Option("--target", help="Target to check against (qnn).")
+    ] = QNN,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     input_shape: InputShapes = None,
     input_value: InputValues = None,
@@ -524,6 +676,7 @@ def check(
     from edgeq.ir.onnx_io import parse_model_bytes
     from edgeq.targets import load_target
 
+    target = target_names(target)[0]
     try:
         profile = load_target(target)
         if target != "qnn":
@@ -585,19 +738,56 @@ def version() -> None:
     console.print(__version__)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"edgeq {__version__}")
+        raise typer.Exit()
+
+
+class _QuietThirdParty(logging.Filter):
+    """Without --verbose: edgeq's warnings and everyone's errors reach the terminal; library
+    and runtime chatter (coremltools' "Failed to load _MLModelProxy", LiteRT's INFO line) stays
+    in the log (each export keeps it in export.log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        return record.name.startswith("edgeq") and record.levelno >= logging.WARNING
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the log on stderr: edgeq's steps and what libraries and "
+        "runtimes print (kept in export.log otherwise), and tracebacks.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the edgeq version and exit.", callback=_show_version,
+        is_eager=True)] = False,
+) -> None:  # fmt: skip
     """Compiled programs are cached in ~/.cache/edgeq/xla (EDGEQ_CACHE_DIR=DIR moves it,
     EDGEQ_CACHE_DIR=off turns it off): a second run of the same model skips XLA compile."""
     guard.set_verbose(verbose)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if not verbose:
+        handler.addFilter(_QuietThirdParty())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._edgeq_cli = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_edgeq_cli", False)]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     from edgeq.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
 
 
 # Commands that live in their own modules (each defines `register(app)`).
-for _module in ("edgeq.cli.bundle", "edgeq.cli.devicetest"):
+for _module in (
+    "edgeq.cli.bundle",
+    "edgeq.cli.devicetest",
+    "edgeq.cli.targets",
+    "edgeq.cli.example",
+):
     importlib.import_module(_module).register(app, console, err_console, _fail)
 
 # every command: one-line errors (exit 2), signals clean up and exit 128+N (edgeq.cli.guard)

@@ -26,7 +26,9 @@ def register(app: typer.Typer, console: Console, err_console: Console,
             help="Folder of .npz/.npy samples (or one .npz); random inputs if absent.")] = None,
         runs: Annotated[int, typer.Option(help="Timed runs (after warm-up).")] = 50,
         warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 5,
-        samples: Annotated[int, typer.Option(help="Samples compared with the simulator.")] = 4,
+        eval_samples: Annotated[int, typer.Option(
+            help="Evaluation samples compared with the simulator and float.")] = 4,
+        samples: Annotated[int | None, typer.Option(hidden=True)] = None,
         model: Annotated[Path | None, typer.Option(
             help="The float .onnx (default: the model named by the export folder's plan).")] = None,
         plan: Annotated[Path | None, typer.Option(
@@ -68,13 +70,17 @@ def register(app: typer.Typer, console: Console, err_console: Console,
             timeout_s=timeout, adb_runner=adb_runner, adb_runner_kind=adb_runner_kind,
             runner_args=tuple(runner_arg or ()),
         )  # fmt: skip
+        from edgeq.evaluation import native_output_to_log
+
         try:
-            result = run_devicetest(
-                artifact, device, inputs=inputs, runs=runs, warmup=warmup, samples=samples,
-                model=model, plan=plan, out=out, options=options, seed=seed,
-                min_within_step=min_within_step, max_latency_ms=max_latency_ms,
-                pause_s=debug_pause, force=force, allow_model_mismatch=allow_model_mismatch,
-            )  # fmt: skip
+            with native_output_to_log("devicetest"):  # LiteRT's INFO line: into the log
+                result = run_devicetest(
+                    artifact, device, inputs=inputs, runs=runs, warmup=warmup,
+                    samples=eval_samples if samples is None else samples,
+                    model=model, plan=plan, out=out, options=options, seed=seed,
+                    min_within_step=min_within_step, max_latency_ms=max_latency_ms,
+                    pause_s=debug_pause, force=force, allow_model_mismatch=allow_model_mismatch,
+                )  # fmt: skip
         except EdgeqError as exc:
             raise fail(exc) from None
         report = result.report

@@ -368,8 +368,10 @@ def _residual_16bit(spec: PlanSpec, graph: Graph, rules: QuantRules) -> None:
         names = [(residual.outputs[0], "residual stream into a LayerNorm")]
         for i in residual.inputs:
             p = producers.get(i)
-            if p is not None and p.op_type == "Add" and any(
-                j in consts and consts[j].ndim == 1 for j in p.inputs
+            if (
+                p is not None
+                and p.op_type == "Add"
+                and any(j in consts and consts[j].ndim == 1 for j in p.inputs)
             ):
                 names.append((i, "linear-layer output added to the residual stream"))
         for name, why in names:

@@ -8,7 +8,7 @@ runtime reproduces this.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,17 +238,23 @@ def layer_sqnr(
     feeds: list[Mapping[str, np.ndarray]],
     tensors: Collection[str] | None = None,
     programs: ReportPrograms | None = None,
+    on_sample: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
+    reference: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-tensor SQNR (dB) of the simulated forward against float, errors propagated, over
     `feeds`; worst first. Also the graph outputs.
 
     Runs `ReportPrograms` (two sums per tensor leave the device); `programs` compiled ahead of
     time (e.g. from the PlanSpec while calibration runs) are used when their layout admits this
-    plan, otherwise they are compiled here."""
+    plan, otherwise they are compiled here. `on_sample(float_values, simulated_values)` sees
+    each feed's outputs and tapped tensors (so a caller needs no second forward); `reference`
+    is a float forward tapping at least these tensors (shared between plans); either one runs
+    the report sample by sample through the general Simulator."""
     layout = SimLayout.of_plan(plan, graph)
-    if layout is None:
-        watch = report_tensors(plan, graph) if tensors is None else list(tensors)
-        return _layer_sqnr_general(graph, plan, feeds, watch)
+    if layout is None or on_sample is not None or reference is not None:
+        watch = report_tensors(plan, graph) if tensors is None else [
+            *graph.output_names, *(n for n in tensors if n not in graph.output_names)]  # fmt: skip
+        return _layer_sqnr_general(graph, plan, feeds, watch, on_sample, reference)
     if programs is None or tensors is not None or not programs.layout.admits(plan, graph):
         watch = layout.watch(graph)
         if tensors is not None:
@@ -272,14 +278,20 @@ def report_tensors(plan: QuantPlan, graph: Graph) -> list[str]:
     return [*graph.output_names, *acts]
 
 
-def _layer_sqnr_general(graph: Graph, plan: QuantPlan, feeds: list[Mapping[str, np.ndarray]],
-                        watch: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+def _layer_sqnr_general(
+    graph: Graph, plan: QuantPlan, feeds: list[Mapping[str, np.ndarray]], watch: list[str],
+    on_sample: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
+    reference: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """The same report through the general Simulator (plans with per-axis activations)."""
     taps = [n for n in watch if n not in graph.output_names]
-    ref, sim = Interpreter(graph, taps=taps), Simulator(graph, plan, taps=taps)
+    ref = reference if reference is not None else Interpreter(graph, taps=taps)
+    sim = Simulator(graph, plan, taps=taps)
     sums: dict[str, tuple[float, float]] = {}
     for feed in feeds:
         a, b = ref(feed), sim(feed)
+        if on_sample is not None:
+            on_sample(a, b)
         for n in watch:
             x = np.asarray(a[n], np.float64)
             if not np.issubdtype(np.asarray(a[n]).dtype, np.floating):

@@ -282,5 +282,11 @@ def stored_bits(op: Any) -> int:
     return total
 
 
-__all__ = ["EXPECTED_MIL", "MIL_FUSIONS", "check_ops", "check_weights", "stored_bits",
-           "weight_storage"]
+__all__ = [
+    "EXPECTED_MIL",
+    "MIL_FUSIONS",
+    "check_ops",
+    "check_weights",
+    "stored_bits",
+    "weight_storage",
+]
