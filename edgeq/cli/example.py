@@ -43,8 +43,10 @@ def register(app: typer.Typer, console: Console, err_console: Console,
         key = name.value if isinstance(name, Enum) else str(name)
         try:
             written = write_example(key, out, calib_samples, eval_samples)
-        except (ExampleFolderError, ValueError) as exc:
+        except ExampleFolderError as exc:
             raise fail(InputError(str(exc), "pass -o with a new or empty folder")) from None
+        except ValueError as exc:
+            raise fail(InputError(str(exc), "see `edgeq example --help` for names and counts")) from None
         except FileNotFoundError as exc:
             raise fail(
                 EdgeqError(

@@ -44,7 +44,7 @@ TENSOR_KEYS: dict[str, tuple[type, ...]] = {
     "narrow": (bool,), "symmetric": (bool,), "scale": _NUMBER, "zero_point": _NUMBER,
 }  # fmt: skip
 TENSOR_REQUIRED = ("name", "role", "dtype")
-_ARRAY_KEY = re.compile(r"t(\d+)\.(scale|zero_point|values)")
+_ARRAY_KEY = re.compile(r"t(\d+)\.(scale|zero_point|values|lut)")
 _FIX = "re-create the plan with `edgeq calibrate` (a plan is not meant to be edited by hand)"
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
@@ -123,7 +123,7 @@ def _check_model_info(model: Mapping[str, Any], source: str) -> None:
 
 
 def check_array_keys(keys: list[str], n_tensors: int, source: str) -> None:
-    """plan.npz holds only t<i>.scale / .zero_point / .values of existing tensors."""
+    """plan.npz holds only t<i>.scale / .zero_point / .values / .lut of existing tensors."""
     for key in keys:
         m = _ARRAY_KEY.fullmatch(key)
         if m is None or int(m.group(1)) >= n_tensors:
@@ -151,7 +151,7 @@ def param_shape(values_shape: tuple[int, ...], axis: int | None, block: int | No
     if block is None:
         return (values_shape[axis],)
     shape = list(values_shape)
-    shape[axis] = values_shape[axis] // block
+    shape[axis] = -(-values_shape[axis] // block)  # a partial last block has its own scale
     return tuple(shape)
 
 
@@ -167,6 +167,9 @@ def check_tensor(t: TensorQuant, where: str = "the plan") -> None:
     if t.dtype not in QDTYPES:
         raise PlanError(f"{name} has dtype '{t.dtype}', not an integer type", _FIX)
     q = QDTYPES[t.dtype].with_narrow(t.narrow)
+    if t.lut is not None:
+        _check_lut(t, name, q.bits)
+        return
     if t.scale is None or t.zero_point is None:
         raise PlanError(f"{name} is quantized but has no scale or zero point", _FIX)
     scale, zp = np.asarray(t.scale), np.asarray(t.zero_point)
@@ -205,14 +208,30 @@ def check_tensor(t: TensorQuant, where: str = "the plan") -> None:
                         f"[{q.qmin}, {q.qmax}] (they would wrap)", _FIX)  # fmt: skip
     if t.axis is not None and not -values.ndim <= t.axis < max(values.ndim, 1):
         raise PlanError(f"{name}: axis {t.axis} does not exist in shape {values.shape}", _FIX)
-    if t.block is not None and t.axis is not None and values.shape[t.axis] % t.block:
-        raise PlanError(f"{name}: dim {values.shape[t.axis]} is not a multiple of block "
-                        f"{t.block}", _FIX)  # fmt: skip
     want = param_shape(values.shape, t.axis, t.block)
     if scale.shape != want and not (t.axis is None and scale.size == 1):
         raise PlanError(f"{name}: scale shape {scale.shape} does not fit values of shape "
                         f"{values.shape} (axis {t.axis}, block {t.block}; expected {want})",
                         _FIX)  # fmt: skip
+
+
+def _check_lut(t: TensorQuant, name: str, bits: int) -> None:
+    """A palettized weight: finite tables of 2^bits entries, one per group along each weight
+    dim (dividing it), and indices that exist in them."""
+    if t.role != "weight" or t.values is None:
+        raise PlanError(f"{name} has a look-up table but is not a weight with indices", _FIX)
+    lut, idx = np.asarray(t.lut), np.asarray(t.values)
+    if lut.dtype.kind != "f" or not np.isfinite(lut).all():
+        raise PlanError(f"{name}: look-up table is not finite floats", _FIX)
+    if lut.ndim != idx.ndim + 1 or lut.shape[-1] != 1 << bits or any(
+        g < 1 or d % g for g, d in zip(lut.shape[:-1], idx.shape, strict=False)
+    ):
+        raise PlanError(f"{name}: look-up table shape {lut.shape} does not fit indices of shape "
+                        f"{idx.shape} at {bits} bits", _FIX)  # fmt: skip
+    bad = _int_range(idx, 0, (1 << bits) - 1)
+    if bad is not None:
+        raise PlanError(f"{name}: indices span {list(bad)}, outside the table's "
+                        f"{1 << bits} entries", _FIX)  # fmt: skip
 
 
 def check_numbers(plan: QuantPlan, where: str = "the plan") -> None:
