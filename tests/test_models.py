@@ -14,7 +14,7 @@ from examples.models import CASES
 # sigmoid map sits at the fp32 noise floor: against a float64 evaluation of the same graph,
 # both onnxruntime and edgeq deviate by ~1e-4 (see benchmarks/results/foundation.md), so its
 # bound here is 2e-4; every other model must be within 1e-4.
-TOLERANCE = {"ppocr-det": 2e-4}
+TOLERANCE = {"ppocr-det": 2e-4, "ppocrv5-det": 2e-4}  # deep float32 conv stacks: summation order
 N_SAMPLES = {"ppocr-det": 2, "silero-vad-seq": 2}
 
 
