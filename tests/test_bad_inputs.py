@@ -275,6 +275,15 @@ CASES: list[tuple[str, str]] = [
     (f"export {M} --target tflm --plan {{plan}} -o {{root}}", "not empty"),
     (f"export {M} --target tflm --plan {{plan}} -o {{readonly}}", "cannot write"),
     (f"export {M} --target tflm --plan {{plan}} -o {{plan}}", "holds an edgeq plan"),
+    # several targets: one output folder, refused whole before any work
+    (f"export {M} --target onnx --target rpi --calib {CAL} -o {{root}}", "not empty"),
+    (f"export {M} --target onnx --target rpi --calib {CAL} -o {{plan}}", "holds an edgeq plan"),
+    (f"export {M} --target onnx --target rpi --calib {CAL} -o {{a_file}}", "is a file"),
+    (f"export {M} --target onnx --target tflm --plan {{plan}} -o {{root}}/e1", "one target's plan"),
+    # usage errors (click's): one line too, not a boxed usage text
+    (f"export {M} --target nope -o {{root}}/e1", "is not one of"),
+    (f"export {M} --no-such-option", "No such option"),
+    ("no-such-command", "No such command"),
     # bundle / verify / keygen
     ("bundle {fake_tflite} -o {root}/b1", "not a valid one"),
     ("bundle {a_file} -o {root}/b1", "not a .tflite"),
