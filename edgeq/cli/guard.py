@@ -22,6 +22,9 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from edgeq import interrupts
+from edgeq.errors import EdgeqError
+
 try:  # typer ≥ 0.2x carries its own click
     from typer._click import exceptions as _click_errors
 except ImportError:  # pragma: no cover - older typer on click
@@ -29,9 +32,6 @@ except ImportError:  # pragma: no cover - older typer on click
 UsageError = _click_errors.UsageError
 # `edgeq` with no arguments shows the help (click ≥ 8.2 raises it as a usage error)
 NoArgsIsHelp: type[BaseException] = getattr(_click_errors, "NoArgsIsHelpError", type(None))  # type: ignore[assignment]
-
-from edgeq import interrupts
-from edgeq.errors import EdgeqError
 
 log = logging.getLogger("edgeq.cli")
 EXIT_ERROR = 2

@@ -83,6 +83,8 @@ def check_json(meta: Any, source: str) -> None:
     if meta.get("rounding", "half_even") not in ROUNDINGS:
         raise PlanError(f"{source}: rounding '{meta['rounding']}' is not one of {ROUNDINGS}", _FIX)
     _check_model_info(meta.get("model", {}), source)
+    _check_calibration(meta.get("calibration", {}), source)
+    _check_report(meta.get("report", {}), source)
     names: set[str] = set()
     for i, t in enumerate(meta["tensors"]):
         where = f"{source} tensor #{i}"
@@ -120,6 +122,37 @@ def _check_model_info(model: Mapping[str, Any], source: str) -> None:
         isinstance(v, _NUMBER) and not isinstance(v, bool) for v in values.values()
     ):
         raise PlanError(f"{source}: model.input_values must map inputs to numbers", _FIX)
+
+
+def _check_calibration(calibration: Mapping[str, Any], source: str) -> None:
+    """The parts of plan.calibration that a --plan export computes with (AWQ factors folded
+    into the graph again) are numbers like scales; the parts only shown (mixed precision,
+    weight algorithms) must at least have the shape the report reads."""
+    awq = calibration.get("awq", {})
+    if not isinstance(awq, dict) or not isinstance(awq.get("scales", {}), dict):
+        raise PlanError(f"{source}: calibration.awq must be an object with a 'scales' object",
+                        _FIX)  # fmt: skip
+    for tensor, factors in awq.get("scales", {}).items():
+        ok = isinstance(factors, list) and factors and all(
+            isinstance(v, _NUMBER) and not isinstance(v, bool) for v in factors)  # fmt: skip
+        arr = np.asarray(factors, np.float64) if ok else np.zeros(0)
+        if not ok or not np.isfinite(arr).all() or arr.min() < FLOAT32_TINY or arr.max() > 1e30:
+            raise PlanError(f"{source}: the AWQ factors of '{tensor}' must be a non-empty list "
+                            "of finite positive numbers", _FIX)  # fmt: skip
+    for key in ("mixed_precision", "weights"):
+        if not isinstance(calibration.get(key, {}), dict):
+            raise PlanError(f"{source}: calibration.{key} is not an object", _FIX)
+
+
+def _check_report(report: Mapping[str, Any], source: str) -> None:
+    """plan.report is shown by `edgeq report`: layer rows and the diagnosis must be objects."""
+    layers = report.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(r, dict) for r in layers):
+        raise PlanError(f"{source}: report.layers must be a list of objects", _FIX)
+    diagnosis = report.get("diagnosis") or {}
+    rows = diagnosis.get("rows", []) if isinstance(diagnosis, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PlanError(f"{source}: report.diagnosis must be an object with a list of rows", _FIX)
 
 
 def check_array_keys(keys: list[str], n_tensors: int, source: str) -> None:
@@ -223,8 +256,10 @@ def _check_lut(t: TensorQuant, name: str, bits: int) -> None:
     lut, idx = np.asarray(t.lut), np.asarray(t.values)
     if lut.dtype.kind != "f" or not np.isfinite(lut).all():
         raise PlanError(f"{name}: look-up table is not finite floats", _FIX)
-    if lut.ndim != idx.ndim + 1 or lut.shape[-1] != 1 << bits or any(
-        g < 1 or d % g for g, d in zip(lut.shape[:-1], idx.shape, strict=False)
+    if (
+        lut.ndim != idx.ndim + 1
+        or lut.shape[-1] != 1 << bits
+        or any(g < 1 or d % g for g, d in zip(lut.shape[:-1], idx.shape, strict=False))
     ):
         raise PlanError(f"{name}: look-up table shape {lut.shape} does not fit indices of shape "
                         f"{idx.shape} at {bits} bits", _FIX)  # fmt: skip
