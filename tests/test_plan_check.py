@@ -195,3 +195,25 @@ def test_report_parts_of_a_plan_have_their_shape(made: dict[str, Path], tmp_path
     result = CLI.invoke(app, ["report", str(plan)])
     assert result.exit_code == 2 and "re-create the plan" in result.output, result.output
     assert "unexpected" not in result.output
+
+
+def test_a_look_up_table_only_on_a_target_that_reads_it(made: dict[str, Path], tmp_path: Path) -> None:  # fmt: skip
+    """A table added to an affine weight of an onnx plan would be ignored by the exporter
+    (which reads scales): refused on load, and at the exporter boundary."""
+    plan = QuantPlan.load(made["plan"])
+    weight = _tensor(plan, "weight")
+    bits = weight.qdtype.bits
+    shape = (*(1,) * np.ndim(weight.values), 1 << bits)
+    lut = np.linspace(-1, 1, 1 << bits, dtype=np.float32).reshape(shape)
+    with_scale = replace(weight, lut=lut)
+    indices = (weight.values.astype(np.int64) - weight.qdtype.qmin).astype(np.int32)  # type: ignore[union-attr]
+    only_lut = replace(weight, lut=lut, scale=None, zero_point=None, values=indices)
+    with pytest.raises(PlanError, match="both a look-up table and a scale"):
+        check_tensor(with_scale)
+    check_tensor(only_lut)  # a well-formed table: the tensor alone is fine
+    bad = replace(plan, tensors={**plan.tensors, weight.name: only_lut})
+    with pytest.raises(PlanError, match="target 'onnx' has no palettized weights"):
+        check_numbers(bad)
+    bad.save(tmp_path / "p")
+    result = CLI.invoke(app, ["report", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "no palettized weights" in result.output, result.output

@@ -201,6 +201,8 @@ def check_tensor(t: TensorQuant, where: str = "the plan") -> None:
         raise PlanError(f"{name} has dtype '{t.dtype}', not an integer type", _FIX)
     q = QDTYPES[t.dtype].with_narrow(t.narrow)
     if t.lut is not None:
+        if t.scale is not None or t.zero_point is not None:
+            raise PlanError(f"{name} has both a look-up table and a scale", _FIX)
         _check_lut(t, name, q.bits)
         return
     if t.scale is None or t.zero_point is None:
@@ -272,6 +274,13 @@ def _check_lut(t: TensorQuant, name: str, bits: int) -> None:
 def check_numbers(plan: QuantPlan, where: str = "the plan") -> None:
     for t in plan.tensors.values():
         check_tensor(t, where)
+    luts = [t.name for t in plan.tensors.values() if t.lut is not None]
+    if luts:  # only targets with palettized weights read the table (others would read scales)
+        from edgeq.targets import available_targets, load_target
+
+        if plan.target not in available_targets() or not load_target(plan.target).quant.weight_lut:
+            raise PlanError(f"{where}: tensor '{luts[0]}' has a look-up table, but target "
+                            f"'{plan.target}' has no palettized weights", _FIX)  # fmt: skip
 
 
 def check_against_graph(plan: QuantPlan, graph: Graph, fingerprint: str | None = None) -> None:
