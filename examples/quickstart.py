@@ -70,7 +70,7 @@ class ExampleFolderError(ValueError):
     """The output folder holds files that `edgeq example` did not write."""
 
 
-def write_example(name: str, out: str | Path, calib: int = 64, evaluation: int = 32) -> list[Path]:
+def write_example(name: str, out: str | Path, calib: int = 64, evaluation: int = 256) -> list[Path]:
     """Write example `name` into `out`: a new or empty folder, or one an earlier run wrote (its
     marker lists what it wrote; only those entries are replaced). Returns the paths written."""
     if name not in EXAMPLES:
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", default="ppocr-rec", choices=list(EXAMPLES))
     parser.add_argument("out", nargs="?", default="work")
     parser.add_argument("--calib-samples", type=int, default=64)
-    parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument("--eval-samples", type=int, default=256)
     args = parser.parse_args(argv)
     for path in write_example(args.name, args.out, args.calib_samples, args.eval_samples):
         print(f"wrote {path}")

@@ -65,7 +65,7 @@ def test_readme_first_use_path_runs_as_written(first_use: dict[str, Any]) -> Non
     for target in ("onnx", "rpi"):
         rep = json.loads((out / target / "export_report.json").read_text())
         ev, lead = rep["evaluation"], rep["task"]["metrics"][0]
-        assert ev["held_out"] and ev["samples"] == 32 and ev["labels"]
+        assert ev["held_out"] and ev["samples"] == 256 and ev["labels"]
         assert (rep["task"]["name"], lead["name"], lead["against"]) == ("ctc", "cer", "labels")
         assert rep["verdict"]["status"] == "PASS" and lead["quant"] - lead["float"] <= 1.0
         assert (out / target / "export_report.html").is_file() and (out / target / "plan").is_dir()

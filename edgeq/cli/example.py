@@ -29,7 +29,7 @@ def register(app: typer.Typer, console: Console, err_console: Console,
         out: Annotated[Path, typer.Option("-o", "--out", help="Folder to write (new, empty, or "
                                           "written by an earlier `edgeq example`).")] = DEFAULT_OUT,
         calib_samples: Annotated[int, typer.Option(help="Calibration samples to write.")] = 64,
-        eval_samples: Annotated[int, typer.Option(help="Evaluation samples (with labels) to write.")] = 32,
+        eval_samples: Annotated[int, typer.Option(help="Evaluation samples (with labels) to write.")] = 256,
     ) -> None:  # fmt: skip
         """Write a real model file plus calibration and labelled evaluation data: ppocr-rec
         (text recognizer, rendered text lines), ppocr-cls (direction classifier), minilm
