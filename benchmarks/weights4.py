@@ -29,6 +29,7 @@ weight).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import traceback
@@ -438,7 +439,16 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=200)
     ap.add_argument("--group", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="defaults and peers only")
+    ap.add_argument("--out", default="weights4", help="results name (run models in parallel)")
+    ap.add_argument("--merge", default="", help="NAME,NAME: join earlier results into --out")
     args = ap.parse_args()
+    if args.merge:  # one table from runs made in parallel (one model each)
+        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        data = {"machine": parts[0]["machine"], "args": "; ".join(p["args"] for p in parts),
+                "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+                "results": [r for p in parts for r in p["results"]]}  # fmt: skip
+        write_results(args.out, data, markdown(data))
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="edgeq-weights4-") as tmp:
         for m in args.models.split(","):
@@ -446,9 +456,10 @@ def main() -> None:
                             args.group, Path(tmp), args.quick)  # fmt: skip
             plot(res)
             results.append(res)
-            data = {"machine": machine(), "args": " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+            data = {"machine": machine(), "args": " ".join(f"--{k} {v}" for k, v in vars(args).items()
+                                                           if k not in ("out", "merge")),
                     "peak_rss_mb": peak_rss_mb(), "results": results}  # fmt: skip
-            write_results("weights4", data, markdown(data))
+            write_results(args.out, data, markdown(data))
 
 
 if __name__ == "__main__":
