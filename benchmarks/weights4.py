@@ -265,7 +265,7 @@ def edgeq_row(case: Any, model_path: Path, target: str, recipe: Recipe, calib: l
     return {
         "metric": metric(outs), "bpw": w["bits_per_weight"],
         "eight_bit_layers": len(mixed.get("eight_bit", [])),
-        "seconds": {"calibrate_total": round(calib_s, 1), "phases": plan.calibration.get("phases"),
+        "seconds": {"calibrate_total": round(calib_s, 1), "calibration": plan.calibration.get("seconds"), "phases": plan.calibration.get("phases"),
                     "gptq_forward": secs.get("layerwise_forward"), "gptq_hessian": secs.get("layerwise_hessian"),
                     "gptq_solve": secs.get("layerwise_solve"), "rtn": secs.get("rtn"),
                     "mixed_precision": mixed.get("seconds"), "export_and_check": round(export_s, 1)},
