@@ -46,7 +46,9 @@ def register(app: typer.Typer, console: Console, err_console: Console,
         except ExampleFolderError as exc:
             raise fail(InputError(str(exc), "pass -o with a new or empty folder")) from None
         except ValueError as exc:
-            raise fail(InputError(str(exc), "see `edgeq example --help` for names and counts")) from None
+            raise fail(
+                InputError(str(exc), "see `edgeq example --help` for names and counts")
+            ) from None
         except FileNotFoundError as exc:
             raise fail(
                 EdgeqError(

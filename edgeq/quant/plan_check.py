@@ -223,8 +223,10 @@ def _check_lut(t: TensorQuant, name: str, bits: int) -> None:
     lut, idx = np.asarray(t.lut), np.asarray(t.values)
     if lut.dtype.kind != "f" or not np.isfinite(lut).all():
         raise PlanError(f"{name}: look-up table is not finite floats", _FIX)
-    if lut.ndim != idx.ndim + 1 or lut.shape[-1] != 1 << bits or any(
-        g < 1 or d % g for g, d in zip(lut.shape[:-1], idx.shape, strict=False)
+    if (
+        lut.ndim != idx.ndim + 1
+        or lut.shape[-1] != 1 << bits
+        or any(g < 1 or d % g for g, d in zip(lut.shape[:-1], idx.shape, strict=False))
     ):
         raise PlanError(f"{name}: look-up table shape {lut.shape} does not fit indices of shape "
                         f"{idx.shape} at {bits} bits", _FIX)  # fmt: skip
