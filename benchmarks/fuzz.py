@@ -108,8 +108,8 @@ def build_workspace(root: Path) -> dict[str, Path]:
     steps = [
         ["calibrate", str(w["small"]), "--calib", str(w["calib"]), "--target", "tflm",
          "--report-samples", "0", "-o", str(root / "plan")],
-        ["export", str(w["small"]), "--plan", str(root / "plan"), "--target", "tflm", "-o",
-         str(root / "exp")],
+        ["export", str(w["small"]), "--plan", str(root / "plan"), "--target", "tflm",
+         "--calib", str(w["calib"]), "-o", str(root / "exp")],
         ["keygen", "-o", str(root / "key.pem")],
         ["bundle", str(root / "exp" / "model.tflite"), "-o", str(root / "fw"), "--sign",
          str(root / "key.pem")],

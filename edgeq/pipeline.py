@@ -202,6 +202,17 @@ def calibrate_model(
     ahead = _compile_report_ahead(
         graph, SimLayout.of_spec(spec, graph), len(report_names) if layer_report else 0
     )
+    token_mask = find_token_mask(graph) if recipe.mask_handling else None
+    exact = integer_derived(graph)
+    rare_names: list[str] = []
+    rare_program = None
+    if recipe.rare_values and recipe.base.act_observer is None and calib_names:
+        # min-max ranges that rare values set are cut after the min-max pass (a second, short
+        # pass of tail counts); its program takes the ranges as arguments: compile it now
+        rare_names = [n for n, o in observers.items() if o.name == "minmax" and n not in exact
+                      and n not in graph.output_names]  # fmt: skip
+        few = min(len(calib_names), recipe.rare_values_samples, batch_size)
+        rare_program = _compile_ahead(_tail_counts_program, graph, rare_names, few, token_mask)
 
     def tick(n: int) -> None:
         if progress is not None:
@@ -210,8 +221,6 @@ def calibrate_model(
 
     tick.done = 0  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    token_mask = find_token_mask(graph) if recipe.mask_handling else None
-    exact = integer_derived(graph)
 
     def collect(stats: Mapping[str, tuple[str, Any]]) -> Any:
         stream = (feeds for _, feeds in batches(source, calib_names, graph.inputs, batch_size))
@@ -239,17 +248,16 @@ def calibrate_model(
             result.states[n] = observers[n].merge(result.states[n], extremes.states[n])
         phases.done("mask extremes")
     rare: dict[str, Any] = {}
-    if recipe.rare_values and recipe.base.act_observer is None and calib_names:
+    if rare_names:
         # min-max ranges that rare values set are cut (edgeq.algorithms.rare_values)
         from edgeq.algorithms.rare_values import cut_rare_values
 
-        names = [n for n, o in observers.items() if o.name == "minmax" and n not in exact
-                 and n not in graph.output_names]  # fmt: skip
-        few = calib_names[: recipe.rare_values_samples]
-        stream = (feeds for _, feeds in batches(source, few, graph.inputs, batch_size))
+        few_names = calib_names[: recipe.rare_values_samples]
+        stream = (feeds for _, feeds in batches(source, few_names, graph.inputs, batch_size))
         result.states, rare = cut_rare_values(
-            graph, result.states, names, stream, token_mask=token_mask
-        )
+            graph, result.states, rare_names, stream, token_mask=token_mask,
+            program=_ahead_result(rare_program, "rare-value tail counts"),
+        )  # fmt: skip
         phases.done("cut rare values")
     plan = finalize_plan(
         graph, spec, result.states,
@@ -317,6 +325,33 @@ def _compile_report_ahead(graph: Graph, layout: SimLayout,
     energies = pool.submit(compile_energies, graph, layout, samples)
     pool.shutdown(wait=False)
     return layout, layout.watch(graph), taps, energies
+
+
+def _tail_counts_program(graph: Graph, names: list[str], samples: int,
+                         token_mask: str | None) -> Any:  # fmt: skip
+    from edgeq.algorithms.rare_values import compile_tail_counts
+    from edgeq.quant.simulate import _batch_specs
+
+    return compile_tail_counts(graph, names, _batch_specs(graph, samples), token_mask)
+
+
+def _compile_ahead(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """`fn(*args)` in a worker thread (XLA compiles outside the GIL)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="edgeq-compile")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _ahead_result(future: Future[Any] | None, what: str) -> Any:
+    """What a worker compiled, or None (the caller compiles its own) if that failed."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:  # a fallback, never fatal
+        log.warning("%s compiled ahead failed (%s); compiling again", what, exc)
+        return None
 
 
 def _report_programs(ahead: tuple[SimLayout, list[str], Future[Any], Future[Any]] | None) -> Any:

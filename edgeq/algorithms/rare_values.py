@@ -88,30 +88,26 @@ def clip_rare_values(ranges: Mapping[str, tuple[float, float]], counts: Mapping[
     return out
 
 
-__all__ = ["FRACTIONS", "TAIL", "TailCounts", "clip_rare_values"]
+__all__ = [
+    "FRACTIONS",
+    "TAIL",
+    "TailCounts",
+    "clip_rare_values",
+    "compile_tail_counts",
+    "cut_rare_values",
+    "tail_counts_program",
+]
 
 
-def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batches: Any,
-                    tail: float = TAIL, token_mask: str | None = None,
-                    ) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
-    """The second calibration pass: tail counts for the min-max `states` of `names` over
-    `batches` (one jitted, vmapped forward; the thresholds are inputs, so one compile), then
-    their min/max cut (`clip_rare_values`). Returns (states, facts for the plan)."""
-    import time
-
-    import jax
-
+def tail_counts_program(graph: Any, keys: list[str], token_mask: str | None = None) -> Any:
+    """jitted (counts, batch, his, los) -> counts: the tail counts of `keys` over one batch.
+    The thresholds are arguments, so the program needs no range: it can be compiled from the
+    plan spec while the min-max pass runs (`compile_tail_counts`)."""
     from edgeq.ir.interpreter import evaluate
+    from edgeq.ir.jit import jit
     from edgeq.quant.calibrate import _mask_padding
 
-    t0 = time.perf_counter()
-    ranges = {n: (float(states[n]["min"]), float(states[n]["max"])) for n in names
-              if np.isfinite(states[n]["min"]) and np.isfinite(states[n]["max"])}  # fmt: skip
-    keys = sorted(ranges)
-    if not keys:
-        return states, {"tensors": 0}
     seq = int(graph.info(token_mask).shape[-1]) if token_mask else 0
-    f = jnp.asarray(FRACTIONS, jnp.float32)[None, :]
 
     def forward(feed: Any) -> dict[str, Any]:
         env = evaluate(graph, feed)
@@ -120,8 +116,10 @@ def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batc
         real = jnp.reshape(feed[token_mask] != 0, (-1,))
         return {n: _mask_padding(env[n], real, seq) for n in keys}
 
-    @jax.jit
     def step(counts: dict[str, Any], batch: Any, his: Any, los: Any) -> dict[str, Any]:
+        import jax
+
+        f = jnp.asarray(FRACTIONS, jnp.float32)[None, :]
         values = jax.vmap(forward)(batch)
         out = {}
         for i, n in enumerate(keys):
@@ -132,19 +130,80 @@ def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batc
                       "valid": counts[n]["valid"] + jnp.sum(jnp.isfinite(x), dtype=jnp.float32)}  # fmt: skip
         return out
 
-    his = np.array([max(ranges[n][1], 0.0) for n in keys], np.float32)
-    los = np.array([min(ranges[n][0], 0.0) for n in keys], np.float32)
+    return jit(step)
+
+
+def _count_specs(keys: list[str]) -> tuple[dict[str, Any], Any]:
+    import jax
+
+    vec = jax.ShapeDtypeStruct((len(FRACTIONS),), np.float32)
+    counts = {n: {"above": vec, "below": vec, "valid": jax.ShapeDtypeStruct((), np.float32)}
+              for n in keys}  # fmt: skip
+    return counts, jax.ShapeDtypeStruct((len(keys),), np.float32)
+
+
+def compile_tail_counts(graph: Any, keys: list[str], batch: Mapping[str, Any],
+                        token_mask: str | None = None) -> Any:  # fmt: skip
+    """`tail_counts_program` compiled for batches shaped like `batch` (ShapeDtypeStructs);
+    thread-safe, so it can compile while the min-max pass streams."""
+    import jax
+
+    counts, bounds = _count_specs(keys)
+    with jax.enable_x64(True):
+        compiled = tail_counts_program(graph, keys, token_mask).lower(
+            counts, dict(batch), bounds, bounds).compile()  # fmt: skip
+    shapes = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in batch.items()}
+    return CompiledTailCounts(compiled, shapes)
+
+
+@dataclass(frozen=True)
+class CompiledTailCounts:
+    """A compiled tail-count step and the batch shapes it takes."""
+
+    step: Any
+    shapes: dict[str, tuple[tuple[int, ...], Any]]
+
+    def fits(self, batch: Mapping[str, np.ndarray]) -> bool:
+        return self.shapes == {k: (v.shape, v.dtype) for k, v in batch.items()}
+
+
+def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batches: Any,
+                    tail: float = TAIL, token_mask: str | None = None, program: Any = None,
+                    ) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
+    """The second calibration pass: tail counts for the min-max `states` of `names` over
+    `batches` (one jitted, vmapped forward; the thresholds are inputs, so one compile), then
+    their min/max cut (`clip_rare_values`). `program`: `compile_tail_counts` of the same
+    `names` (compiled ahead), used for batches of its shape. Returns (states, facts for the
+    plan)."""
+    import time
+
+    import jax
+
+    t0 = time.perf_counter()
+    ranges = {n: (float(states[n]["min"]), float(states[n]["max"])) for n in names
+              if np.isfinite(states[n]["min"]) and np.isfinite(states[n]["max"])}  # fmt: skip
+    if not ranges:
+        return states, {"tensors": 0}
+    keys = list(names)  # every name keeps its slot (a program compiled ahead has them all)
+    his = np.array([max(ranges[n][1], 0.0) if n in ranges else 0.0 for n in keys], np.float32)
+    los = np.array([min(ranges[n][0], 0.0) if n in ranges else 0.0 for n in keys], np.float32)
     zero = np.zeros(len(FRACTIONS), np.float32)
     counts: dict[str, Any] = {
         n: {"above": zero, "below": zero, "valid": np.float32(0)} for n in keys
     }
+    general = None
     samples = 0
     with jax.enable_x64(True):
         for batch in batches:
             batch = {k: np.asarray(v) for k, v in batch.items()}
+            if program is not None and program.fits(batch):
+                step = program.step
+            else:
+                general = general or tail_counts_program(graph, keys, token_mask)
+                step = general
             counts = step(counts, batch, his, los)
             samples += len(next(iter(batch.values())))
-    host = {n: {k: np.asarray(v) for k, v in c.items()} for n, c in counts.items()}
+    host = {n: {k: np.asarray(v) for k, v in counts[n].items()} for n in ranges}
     cut = clip_rare_values(ranges, host, tail)
     out = dict(states)
     changed = 0
@@ -152,5 +211,5 @@ def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batc
         if (lo, hi) != ranges[n]:
             changed += 1
             out[n] = {**states[n], "min": np.float32(lo), "max": np.float32(hi)}
-    return out, {"tensors": len(keys), "cut": changed, "samples": samples, "tail": tail,
+    return out, {"tensors": len(ranges), "cut": changed, "samples": samples, "tail": tail,
                  "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip

@@ -177,8 +177,12 @@ class ReportPrograms:
 def float_taps_program(graph: Graph, watch: Sequence[str]) -> Any:
     """jitted batch -> {tensor: values [B, ...]} of the float forward."""
 
+    def one(feed: Mapping[str, Any]) -> dict[str, Any]:
+        env = evaluate(graph, feed)  # traced once: every watched tensor comes from this env
+        return {n: env[n] for n in watch}
+
     def taps(batch: Mapping[str, Any]) -> dict[str, Any]:
-        return jax.vmap(lambda f: {n: evaluate(graph, f)[n] for n in watch})(batch)
+        return jax.vmap(one)(batch)
 
     return jit(taps)
 
