@@ -466,6 +466,8 @@ def _case(index: int, kind: str, w: dict[str, Path], case_seed: int) -> Case:
             str(p),
             "--target",
             "tflm",
+            "--calib",  # measured: a tampered plan that passes the checks gets a verdict
+            str(w["calib"]),
             "-o",
             str(d / "out"),
         ]

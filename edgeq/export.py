@@ -447,6 +447,9 @@ def _external_eval(data: Any, graph: Graph, n: int, seed: int, preprocess: Any, 
 def _attach_labels(ev: _Evaluation, labels: Any, data: Any) -> None:
     from edgeq.calibration.labels import find_labels, labels_for, read_labels
 
+    if labels is not None and not ev.names:  # never ignore a file the user named
+        raise InputError(f"--labels '{labels}' given, but there is no evaluation data to label",
+                         "pass --eval DATA (or --calib DATA with --plan)")  # fmt: skip
     path = Path(labels) if labels is not None else find_labels(data)
     if path is None or not ev.names:
         return

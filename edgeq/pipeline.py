@@ -471,6 +471,10 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
     scales = plan.calibration.get("awq", {}).get("scales")
     if scales:  # the AWQ factors the plan was made with, folded again
         from edgeq.algorithms.awq import refold
+        from edgeq.quant.plan_check import PlanError
 
-        graph = refold(graph, scales)
+        try:
+            graph = refold(graph, scales)
+        except ValueError as exc:  # a plan made for another graph, or edited
+            raise PlanError(str(exc), "use the plan made for this model, or calibrate it") from None
     return graph

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeq.outputs import OutputKind, owned_entries, write_output
+
 PREPROCESS_OCR = """\
 # How an image file becomes the model input (see README "Preprocessing images").
 # PP-OCR recognizer/classifier (RapidOCR's resize_norm_img): keep the aspect ratio at height
@@ -59,7 +61,9 @@ EXAMPLES = {
 }  # fmt: skip
 
 
-MARKER = ".edgeq-example"
+# the folder is an edgeq output (edgeq.outputs): built beside it and moved into place whole; a
+# rerun replaces only the entries the earlier run wrote (a user's export in `out/` stays)
+EXAMPLE_OUTPUT = OutputKind("example", "an edgeq example folder")
 
 
 class ExampleFolderError(ValueError):
@@ -67,8 +71,8 @@ class ExampleFolderError(ValueError):
 
 
 def write_example(name: str, out: str | Path, calib: int = 64, evaluation: int = 32) -> list[Path]:
-    """Write example `name` into `out`: a new or empty folder, or one an earlier run wrote (it
-    holds a `.edgeq-example` marker; its files are replaced). Returns the paths written."""
+    """Write example `name` into `out`: a new or empty folder, or one an earlier run wrote (its
+    marker lists what it wrote; only those entries are replaced). Returns the paths written."""
     if name not in EXAMPLES:
         raise ValueError(f"unknown example '{name}' (known: {', '.join(EXAMPLES)})")
     if calib < 1 or evaluation < 1:
@@ -76,13 +80,18 @@ def write_example(name: str, out: str | Path, calib: int = 64, evaluation: int =
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExampleFolderError(f"'{out}' is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.is_dir() and any(out.iterdir()) and owned_entries(out, EXAMPLE_OUTPUT) is None:
         raise ExampleFolderError(f"'{out}' already holds files that `edgeq example` did not write")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(f"{name}\n")
-    if name == "minilm":
-        return _write_minilm(out, calib, evaluation)
-    return _write_ocr(name, out, calib, evaluation)
+    written: list[Path] = []
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        paths = (_write_minilm(tmp, calib, evaluation) if name == "minilm"
+                 else _write_ocr(name, tmp, calib, evaluation))  # fmt: skip
+        written[:] = [out / p.relative_to(tmp) for p in paths]
+
+    write_output(out, EXAMPLE_OUTPUT, write)
+    return written
 
 
 def _image_folder(folder: Path, images: Sequence[object], labels: Sequence[object]) -> Path:

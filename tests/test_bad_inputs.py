@@ -275,6 +275,32 @@ CASES: list[tuple[str, str]] = [
     (f"export {M} --target tflm --plan {{plan}} -o {{root}}", "not empty"),
     (f"export {M} --target tflm --plan {{plan}} -o {{readonly}}", "cannot write"),
     (f"export {M} --target tflm --plan {{plan}} -o {{plan}}", "holds an edgeq plan"),
+    # several targets: one output folder, refused whole before any work
+    (f"export {M} --target onnx --target rpi --calib {CAL} -o {{root}}", "not empty"),
+    (f"export {M} --target onnx --target rpi --calib {CAL} -o {{plan}}", "holds an edgeq plan"),
+    (f"export {M} --target onnx --target rpi --calib {CAL} -o {{a_file}}", "is a file"),
+    (f"export {M} --target onnx --target tflm --plan {{plan}} -o {{root}}/e1", "one target's plan"),
+    # options of the merged commands (#13, #15, #16)
+    (
+        f"export {M} --target tflm --plan {{plan}} --labels {{a_file}} -o {{root}}/e1",
+        "no evaluation data",
+    ),
+    (
+        f"export {M} --target tflm --plan {{plan}} --max-loss nope=1 -o {{root}}/e1",
+        "unknown budget metric",
+    ),
+    (
+        f"export {M} --target tflm --plan {{plan}} --metric os:nope -o {{root}}/e1",
+        "has no function",
+    ),
+    (f"calibrate {M} --calib {CAL} --weight-format nope -o {{root}}/p1", "affine or lut"),
+    (f"calibrate {M} --calib {CAL} --bpw 100 -o {{root}}/p1", "bits per weight"),
+    (f"calibrate {M} --calib {CAL} --method nope -o {{root}}/p1", "unknown weights algorithm"),
+    (f"calibrate {M} --calib {CAL} --devices 999 -o {{root}}/p1", "--devices 999"),
+    # usage errors (click's): one line too, not a boxed usage text
+    (f"export {M} --target nope -o {{root}}/e1", "is not one of"),
+    (f"export {M} --no-such-option", "No such option"),
+    ("no-such-command", "No such command"),
     # bundle / verify / keygen
     ("bundle {fake_tflite} -o {root}/b1", "not a valid one"),
     ("bundle {a_file} -o {root}/b1", "not a .tflite"),

@@ -216,3 +216,41 @@ def test_a_failed_replacement_leaves_the_old_output(tmp_path: Path, monkeypatch:
     assert {p.name: p.read_text() for p in out.iterdir() if p.name != MARKER} == {
         "a": "old a", "b": "old b"}  # fmt: skip
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_edgeq_example_replaces_only_what_it_wrote(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`edgeq example -o DIR`: a user's folder is refused untouched; a rerun replaces the
+    example's own entries and keeps what the user added (the export its next command writes
+    into DIR/out, notes); a failure half-way leaves nothing (no folder, no temp folder)."""
+    from edgeq.examples import quickstart
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.txt").write_text("mine")
+    code, out = cli("example", "ppocr-cls", "--calib-samples", "1", "--eval-samples", "1",
+                    "-o", str(user))  # fmt: skip
+    assert code == 2 and "did not write" in one_error(out)
+    assert os.listdir(user) == ["thesis.txt"]
+
+    ex = tmp_path / "ex"
+    for _ in range(2):
+        code, out = cli("example", "ppocr-cls", "--calib-samples", "1", "--eval-samples", "1",
+                        "-o", str(ex))  # fmt: skip
+        assert code == 0, out
+        (ex / "out").mkdir(exist_ok=True)
+        (ex / "out" / "report.md").write_text("the user's export")
+        (ex / "notes.txt").write_text("mine")
+    assert (ex / "out" / "report.md").read_text() == "the user's export"
+    assert (ex / "notes.txt").read_text() == "mine"
+    assert "notes.txt" not in json.loads((ex / MARKER).read_text())["entries"]
+    assert len(os.listdir(ex / "calib")) == 2  # one image + labels.json, written again
+
+    def broken(name: str, out: Path, calib: int, evaluation: int) -> list[Path]:
+        (out / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("the data writer failed")
+
+    monkeypatch.setattr(quickstart, "_write_ocr", broken)
+    with pytest.raises(RuntimeError):
+        quickstart.write_example("ppocr-cls", tmp_path / "new", 1, 1)
+    assert sorted(os.listdir(tmp_path)) == ["ex", "mine"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,3 +123,97 @@ def test_the_plan_and_model_of_a_devicetest_must_match(made: dict[str, Path], tm
     result = CLI.invoke(app, ["devicetest", str(exp / "model.onnx"), "--model", str(made["other"]),
                               "--runs", "1", "--samples", "1"])  # fmt: skip
     assert result.exit_code == 2 and "sha256" in result.output, result.output
+
+
+def _tampered(made: dict[str, Path], root: Path, edit: Any) -> Path:
+    """A copy of the real plan with plan.json edited by `edit(meta)`."""
+    import shutil
+
+    shutil.copytree(made["plan"], root)
+    meta = json.loads((root / "plan.json").read_text())
+    edit(meta)
+    (root / "plan.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("factors", [[float("nan")] * 4, [0.0] * 4, [-1.0] * 4, [], "x", [True]])
+def test_awq_factors_in_a_plan_are_numbers_like_scales(made: dict[str, Path], tmp_path: Path,
+                                                       factors: Any) -> None:  # fmt: skip
+    """A --plan export folds the plan's AWQ factors into the graph again: NaN, zero or
+    negative factors (a Relu site with a negative factor is a different function) are refused
+    on load, before anything is built."""
+    plan = _tampered(made, tmp_path / "p",
+                     lambda m: m["calibration"].update(awq={"scales": {"c": factors}}))  # fmt: skip
+    result = CLI.invoke(app, ["export", str(made["model"]), "--plan", str(plan), "--allow-loss",
+                              "--allow-model-mismatch", "-o", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 2 and "AWQ factors of 'c'" in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_awq_factors_must_fit_the_graph(tmp_path: Path) -> None:
+    """Valid factors for a site this graph lacks, or of the wrong length, are a plan error
+    (not an unexpected exception); and factors edited on the right site change the folded
+    graph, so its fingerprint no longer matches: refused without --allow-model-mismatch."""
+    rng = np.random.default_rng(2)
+    model = make_model([helper.make_node("Conv", ["x", "k", "b"], ["c"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["c"], ["r"]),
+                        helper.make_node("Conv", ["r", "k2"], ["y"])],
+                       [("x", F32, [1, 3, 8, 8])], [("y", F32, [1, 4, 8, 8])],
+                       initializers={"k": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32),
+                                     "b": rng.normal(0, 0.1, 4).astype(np.float32),
+                                     "k2": rng.normal(0, 0.3, (4, 4, 1, 1)).astype(np.float32)})  # fmt: skip
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    (tmp_path / "calib").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "calib" / f"s{i}.npy", rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32))
+    made = {"plan": tmp_path / "plan"}
+    assert CLI.invoke(app, ["calibrate", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib"),
+                            "--report-samples", "0", "-o", str(made["plan"])]).exit_code == 0  # fmt: skip
+    cases = {"not_a_site": ({"y": [1.0] * 4}, ["--allow-model-mismatch"], "not in this graph"),
+             "short": ({"r": [1.0] * 3}, ["--allow-model-mismatch"], "records 3 factors"),
+             "edited": ({"r": [2.0, 1.0, 0.5, 1.0]}, [], "fingerprint differs")}  # fmt: skip
+    for name, (scales, flags, words) in cases.items():
+        plan = _tampered(made, tmp_path / name,
+                         lambda m, s=scales: m["calibration"].update(awq={"scales": s}))  # fmt: skip
+        result = CLI.invoke(app, ["export", str(tmp_path / "m.onnx"), "--plan", str(plan),
+                                  "--allow-loss", *flags, "-o", str(tmp_path / f"o_{name}")])  # fmt: skip
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and words in lines[-1], (name, result.output)
+        assert "unexpected" not in result.output and not (tmp_path / f"o_{name}").exists()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["calibration"].update(mixed_precision=[1]),
+    lambda m: m["calibration"].update(weights="gptq"),
+    lambda m: m["report"].update(layers=[1, 2]),
+    lambda m: m["report"].update(diagnosis={"rows": "all"}),
+    lambda m: m["report"].update(diagnosis=[1]),
+], ids=["mixed_precision", "weights", "layers", "diagnosis_rows", "diagnosis_list"])  # fmt: skip
+def test_report_parts_of_a_plan_have_their_shape(made: dict[str, Path], tmp_path: Path,
+                                                 edit: Any) -> None:  # fmt: skip
+    plan = _tampered(made, tmp_path / "p", edit)
+    result = CLI.invoke(app, ["report", str(plan)])
+    assert result.exit_code == 2 and "re-create the plan" in result.output, result.output
+    assert "unexpected" not in result.output
+
+
+def test_a_look_up_table_only_on_a_target_that_reads_it(made: dict[str, Path], tmp_path: Path) -> None:  # fmt: skip
+    """A table added to an affine weight of an onnx plan would be ignored by the exporter
+    (which reads scales): refused on load, and at the exporter boundary."""
+    plan = QuantPlan.load(made["plan"])
+    weight = _tensor(plan, "weight")
+    bits = weight.qdtype.bits
+    shape = (*(1,) * np.ndim(weight.values), 1 << bits)
+    lut = np.linspace(-1, 1, 1 << bits, dtype=np.float32).reshape(shape)
+    with_scale = replace(weight, lut=lut)
+    indices = (weight.values.astype(np.int64) - weight.qdtype.qmin).astype(np.int32)  # type: ignore[union-attr]
+    only_lut = replace(weight, lut=lut, scale=None, zero_point=None, values=indices)
+    with pytest.raises(PlanError, match="both a look-up table and a scale"):
+        check_tensor(with_scale)
+    check_tensor(only_lut)  # a well-formed table: the tensor alone is fine
+    bad = replace(plan, tensors={**plan.tensors, weight.name: only_lut})
+    with pytest.raises(PlanError, match="target 'onnx' has no palettized weights"):
+        check_numbers(bad)
+    bad.save(tmp_path / "p")
+    result = CLI.invoke(app, ["report", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "no palettized weights" in result.output, result.output

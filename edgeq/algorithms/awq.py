@@ -311,6 +311,9 @@ def refold(graph: Graph, scales: Mapping[str, Sequence[float]]) -> Graph:
         site = by_tensor.get(tensor)
         if site is None:
             raise ValueError(f"AWQ site '{tensor}' is not in this graph")
+        if np.shape(s) != (site.channels,):
+            raise ValueError(f"AWQ site '{tensor}' has {site.channels} channels, the plan "
+                             f"records {np.size(s)} factors")  # fmt: skip
         graph = fold_scales(graph, site, np.asarray(s))
     return graph
 

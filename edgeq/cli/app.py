@@ -24,6 +24,7 @@ from edgeq.cli.targets import Target, defaults_epilog, target_names
 from edgeq.errors import EdgeqError, InputError
 
 app = typer.Typer(
+    cls=guard.OneLineUsage,  # usage errors too are one `error:` line
     add_completion=False,
     no_args_is_help=True,
     help="edgeq: quantize a float model once, deploy it to every edge runtime.",

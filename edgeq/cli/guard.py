@@ -20,9 +20,18 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from edgeq import interrupts
 from edgeq.errors import EdgeqError
+
+try:  # typer ≥ 0.2x carries its own click
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as _click_errors  # type: ignore[no-redef]
+UsageError = _click_errors.UsageError
+# `edgeq` with no arguments shows the help (click ≥ 8.2 raises it as a usage error)
+NoArgsIsHelp: type[BaseException] = getattr(_click_errors, "NoArgsIsHelpError", type(None))  # type: ignore[assignment]
 
 log = logging.getLogger("edgeq.cli")
 EXIT_ERROR = 2
@@ -126,6 +135,41 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+def usage_line(exc: Any) -> str:
+    """A click usage error (an unknown option, a value not among the choices, a missing
+    argument) as `error: <what> — <fix>`, not click's boxed usage text."""
+    ctx = exc.ctx
+    where = f"edgeq {ctx.info_name}" if ctx is not None and ctx.parent is not None else "edgeq"
+    what = _first_line(exc.format_message()).replace("Value error, ", "")
+    return f"{what} — see `{where} --help` for the options"
+
+
+class OneLineUsage(TyperGroup):
+    """The app's click group: usage errors of the group and of every command end as one
+    `error:` line with exit 2, like every other error (`Typer(cls=OneLineUsage)`)."""
+
+    err_console = Console(stderr=True)
+
+    def _usage(self, exc: Exception) -> typer.Exit:
+        if isinstance(exc, NoArgsIsHelp):  # `edgeq` alone: the help
+            raise exc
+        self.err_console.print(f"[bold red]error:[/] {escape(usage_line(exc))}", highlight=False,
+                               soft_wrap=True)  # fmt: skip
+        return typer.Exit(EXIT_ERROR)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as exc:
+            raise self._usage(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise self._usage(exc) from None
+
+
 def install(app: typer.Typer, err_console: Console) -> None:
     """Wrap every command registered on `app` (call once, after all commands are added)."""
     for info in app.registered_commands:
@@ -160,4 +204,4 @@ def exit_now(code: int) -> None:
     sys.exit(code)
 
 
-__all__ = ["describe", "error_exit", "exit_now", "guarded", "install", "run_app"]
+__all__ = ["OneLineUsage", "describe", "error_exit", "exit_now", "guarded", "install", "run_app"]

@@ -83,6 +83,8 @@ def check_json(meta: Any, source: str) -> None:
     if meta.get("rounding", "half_even") not in ROUNDINGS:
         raise PlanError(f"{source}: rounding '{meta['rounding']}' is not one of {ROUNDINGS}", _FIX)
     _check_model_info(meta.get("model", {}), source)
+    _check_calibration(meta.get("calibration", {}), source)
+    _check_report(meta.get("report", {}), source)
     names: set[str] = set()
     for i, t in enumerate(meta["tensors"]):
         where = f"{source} tensor #{i}"
@@ -120,6 +122,37 @@ def _check_model_info(model: Mapping[str, Any], source: str) -> None:
         isinstance(v, _NUMBER) and not isinstance(v, bool) for v in values.values()
     ):
         raise PlanError(f"{source}: model.input_values must map inputs to numbers", _FIX)
+
+
+def _check_calibration(calibration: Mapping[str, Any], source: str) -> None:
+    """The parts of plan.calibration that a --plan export computes with (AWQ factors folded
+    into the graph again) are numbers like scales; the parts only shown (mixed precision,
+    weight algorithms) must at least have the shape the report reads."""
+    awq = calibration.get("awq", {})
+    if not isinstance(awq, dict) or not isinstance(awq.get("scales", {}), dict):
+        raise PlanError(f"{source}: calibration.awq must be an object with a 'scales' object",
+                        _FIX)  # fmt: skip
+    for tensor, factors in awq.get("scales", {}).items():
+        ok = isinstance(factors, list) and factors and all(
+            isinstance(v, _NUMBER) and not isinstance(v, bool) for v in factors)  # fmt: skip
+        arr = np.asarray(factors, np.float64) if ok else np.zeros(0)
+        if not ok or not np.isfinite(arr).all() or arr.min() < FLOAT32_TINY or arr.max() > 1e30:
+            raise PlanError(f"{source}: the AWQ factors of '{tensor}' must be a non-empty list "
+                            "of finite positive numbers", _FIX)  # fmt: skip
+    for key in ("mixed_precision", "weights"):
+        if not isinstance(calibration.get(key, {}), dict):
+            raise PlanError(f"{source}: calibration.{key} is not an object", _FIX)
+
+
+def _check_report(report: Mapping[str, Any], source: str) -> None:
+    """plan.report is shown by `edgeq report`: layer rows and the diagnosis must be objects."""
+    layers = report.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(r, dict) for r in layers):
+        raise PlanError(f"{source}: report.layers must be a list of objects", _FIX)
+    diagnosis = report.get("diagnosis") or {}
+    rows = diagnosis.get("rows", []) if isinstance(diagnosis, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PlanError(f"{source}: report.diagnosis must be an object with a list of rows", _FIX)
 
 
 def check_array_keys(keys: list[str], n_tensors: int, source: str) -> None:
@@ -168,6 +201,8 @@ def check_tensor(t: TensorQuant, where: str = "the plan") -> None:
         raise PlanError(f"{name} has dtype '{t.dtype}', not an integer type", _FIX)
     q = QDTYPES[t.dtype].with_narrow(t.narrow)
     if t.lut is not None:
+        if t.scale is not None or t.zero_point is not None:
+            raise PlanError(f"{name} has both a look-up table and a scale", _FIX)
         _check_lut(t, name, q.bits)
         return
     if t.scale is None or t.zero_point is None:
@@ -239,6 +274,13 @@ def _check_lut(t: TensorQuant, name: str, bits: int) -> None:
 def check_numbers(plan: QuantPlan, where: str = "the plan") -> None:
     for t in plan.tensors.values():
         check_tensor(t, where)
+    luts = [t.name for t in plan.tensors.values() if t.lut is not None]
+    if luts:  # only targets with palettized weights read the table (others would read scales)
+        from edgeq.targets import available_targets, load_target
+
+        if plan.target not in available_targets() or not load_target(plan.target).quant.weight_lut:
+            raise PlanError(f"{where}: tensor '{luts[0]}' has a look-up table, but target "
+                            f"'{plan.target}' has no palettized weights", _FIX)  # fmt: skip
 
 
 def check_against_graph(plan: QuantPlan, graph: Graph, fingerprint: str | None = None) -> None:

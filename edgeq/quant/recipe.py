@@ -19,6 +19,7 @@ Granularity = Literal["per_tensor", "per_channel", "per_block"]
 GRANULARITIES = ("per_tensor", "per_channel", "per_block")
 RECIPE_VERSION = 1
 LUT_BITS = (2, 3, 4, 6, 8)
+_VALUE_FIX = "pass a supported value (see `edgeq calibrate --help`) or correct the recipe file"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class LayerConfig:
     weight_format: str | None = None  # "affine" (scale, zero point) | "lut" (palettized)
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except InputError as exc:  # every message names its fix (one `error: what — fix` line)
+            if exc.fix:
+                raise
+            raise InputError(exc.problem, _VALUE_FIX) from None
+
+    def _validate(self) -> None:
         lut = self.weight_format == "lut"
         if self.weight_bits not in (None, 4, 8, 16) and not (lut and self.weight_bits in LUT_BITS):
             raise InputError(f"weight_bits must be 4, 8 or 16 (lut: {', '.join(map(str, LUT_BITS))}), "
@@ -123,6 +132,14 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except InputError as exc:  # every message names its fix (one `error: what — fix` line)
+            if exc.fix:
+                raise
+            raise InputError(exc.problem, _VALUE_FIX) from None
+
+    def _validate(self) -> None:
         for m in self.keep_float:
             Override(m, LayerConfig())  # validates the matcher
         if self.mixed_precision not in ("auto", "off"):
