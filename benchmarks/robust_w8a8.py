@@ -10,12 +10,13 @@ same calibration samples (QDQ, per-channel int8 weights, uint8 activations). Wri
 benchmarks/results/robust_w8a8.{json,md,png}.
 
     .venv/bin/python -m benchmarks.robust_w8a8 [--cases a,b] [--targets onnx,qnn,rpi]
-        [--calib 32] [--skip-ort]
+        [--calib 32] [--skip-ort] [--merge]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import traceback
@@ -127,9 +128,14 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=32)
     parser.add_argument("--skip-ort", action="store_true")
     parser.add_argument("--name", default="robust_w8a8")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of an earlier run that this run does not redo")  # fmt: skip
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgeq-robust-"))
     rows: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    if args.merge and (RESULTS / f"{args.name}.json").exists():
+        kept = json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]
     for case in args.cases.split(","):
         task, c = TASKS[case], CASES[case]
         calib = c.make_feeds(args.calib, "calib")
@@ -161,6 +167,22 @@ def main() -> None:
                              "error": msg, "tuned": TUNED[case], "loss_pts": None})  # fmt: skip
                 traceback.print_exc()
             print(rows[-1], flush=True)
+            _write(args, _merged(kept, rows))  # every row on disk at once: a cut run keeps its rows
+    md = _write(args, _merged(kept, rows))
+    print(md)
+
+
+def _merged(kept: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r["case"], r["method"], r["target"]
+
+    redone = {key(r) for r in rows}
+    order = list(TASKS)
+    out = [r for r in kept if key(r) not in redone] + rows
+    return sorted(out, key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     cols = ["case", "tuned", "method", "target", "metric", "value", "float", "loss_pts", "cosine",
             "goal", "calib_s", "extra", "error"]  # fmt: skip
     md = ("# W8A8 on models the defaults were not tuned on (issue #15)\n\n"
@@ -173,7 +195,7 @@ def main() -> None:
     md += md_table(rows, cols) + f"\n![chart]({args.name}.png)\n"
     write_results(args.name, {"machine": machine(), "rows": rows}, md)
     chart([r for r in rows if r.get("loss_pts") is not None], RESULTS / f"{args.name}.png")
-    print(md)
+    return md
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ weight).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import traceback
@@ -264,7 +265,7 @@ def edgeq_row(case: Any, model_path: Path, target: str, recipe: Recipe, calib: l
     return {
         "metric": metric(outs), "bpw": w["bits_per_weight"],
         "eight_bit_layers": len(mixed.get("eight_bit", [])),
-        "seconds": {"calibrate_total": round(calib_s, 1), "calibration": plan.calibration.get("seconds"),
+        "seconds": {"calibrate_total": round(calib_s, 1), "calibration": plan.calibration.get("seconds"), "phases": plan.calibration.get("phases"),
                     "gptq_forward": secs.get("layerwise_forward"), "gptq_hessian": secs.get("layerwise_hessian"),
                     "gptq_solve": secs.get("layerwise_solve"), "rtn": secs.get("rtn"),
                     "mixed_precision": mixed.get("seconds"), "export_and_check": round(export_s, 1)},
@@ -289,7 +290,13 @@ def float_tables(graph: Graph) -> Callable[[QuantPlan], QuantPlan]:
 
 # ---- one model -------------------------------------------------------------------------------------
 def run_model(
-    name: str, n_calib: int, n_eval: int, group: int, work: Path, quick: bool
+    name: str,
+    n_calib: int,
+    n_eval: int,
+    group: int,
+    work: Path,
+    quick: bool,
+    peers_only: bool = False,
 ) -> dict[str, Any]:
     case = CASES[name]
     model_path = case.model_path(work)
@@ -325,11 +332,11 @@ def run_model(
         return run
 
     d4 = LayerConfig(weight_bits=4)
-    for target in ("onnx", "ane", "mlx"):
+    for target in ("onnx", "ane", "mlx") if not peers_only else ():
         add(f"edgeq --bits 4 --target {target} (defaults)",
             lambda t=target: edgeq_row(case, model_path, t, Recipe(base=d4), calib, evalf, work, metric),
             "edgeq")  # fmt: skip
-    if not quick:
+    if not quick and not peers_only:
         variants = [
             ("edgeq onnx: plain per-channel min-max RTN (old default)",
              Recipe(base=LayerConfig(weight_bits=4, granularity="per_channel", method="rtn",
@@ -347,7 +354,7 @@ def run_model(
         add("edgeq ane: --weight-format lut (4-bit k-means per 16 channels)",
             lambda: edgeq_row(case, model_path, "ane", Recipe(base=LayerConfig(weight_bits=4, weight_format="lut")),
                               calib, evalf, work, metric), "edgeq")  # fmt: skip
-    if name == "minilm":
+    if name == "minilm" and not peers_only:
         add("edgeq --bits 4 --target onnx, embeddings float",
             lambda: edgeq_row(case, model_path, "onnx", Recipe(base=d4), calib, evalf, work, metric,
                               float_tables(graph)), "edgeq")  # fmt: skip
@@ -438,17 +445,28 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=200)
     ap.add_argument("--group", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="defaults and peers only")
+    ap.add_argument("--peers-only", action="store_true", help="only the peers' rows")
+    ap.add_argument("--out", default="weights4", help="results name (run models in parallel)")
+    ap.add_argument("--merge", default="", help="NAME,NAME: join earlier results into --out")
     args = ap.parse_args()
+    if args.merge:  # one table from runs made in parallel (one model each)
+        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        data = {"machine": parts[0]["machine"], "args": "; ".join(p["args"] for p in parts),
+                "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+                "results": [r for p in parts for r in p["results"]]}  # fmt: skip
+        write_results(args.out, data, markdown(data))
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="edgeq-weights4-") as tmp:
         for m in args.models.split(","):
             res = run_model(m, args.calib, args.eval if m == "ppocr-rec" else min(args.eval, 100),
-                            args.group, Path(tmp), args.quick)  # fmt: skip
+                            args.group, Path(tmp), args.quick, args.peers_only)  # fmt: skip
             plot(res)
             results.append(res)
-            data = {"machine": machine(), "args": " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+            data = {"machine": machine(), "args": " ".join(f"--{k} {v}" for k, v in vars(args).items()
+                                                           if k not in ("out", "merge")),
                     "peak_rss_mb": peak_rss_mb(), "results": results}  # fmt: skip
-            write_results("weights4", data, markdown(data))
+            write_results(args.out, data, markdown(data))
 
 
 if __name__ == "__main__":

@@ -317,3 +317,19 @@ def test_awq_folding_leaves_the_float_function_unchanged() -> None:
     ]
     assert {"g", "b", "wq", "wk", "bq", "wo", "wc1", "bc1", "wc2", "wdw"} <= set(changed)
     np.testing.assert_allclose(Interpreter(folded)(feed)["y"], ref, rtol=2e-5, atol=2e-5)
+
+
+def test_gptq_with_per_tensor_weights_and_conv_groups() -> None:
+    """QNN's 4-bit weights are per tensor: GPTQ keeps one scale for the whole weight, also for
+    grouped/depthwise convs (a torch-exported MobileNet block; it crashed reshaping scales)."""
+    path = Path(__file__).parent / "graphs" / "mobilenet.torchscript.op17.onnx"
+    rng = np.random.default_rng(0)
+    feeds = [{"input": rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(12)]
+    run = calibrate_model(path, feeds, "qnn", Recipe(base=LayerConfig(weight_bits=4)),
+                          samples=12, report_samples=0)  # fmt: skip
+    gptq = [t for t in run.plan.tensors.values()
+            if t.role == "weight" and t.provenance.startswith("weight:gptq")]  # fmt: skip
+    per_tensor = [t for t in gptq if t.axis is None]
+    assert gptq and per_tensor and all(np.size(t.scale) == 1 for t in per_tensor)
+    for t in gptq:  # stored integers decode to the plan's weights
+        assert np.isfinite(t.dequantized()).all()

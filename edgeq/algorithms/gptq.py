@@ -218,8 +218,10 @@ def solve_padded(W: np.ndarray, H: np.ndarray, gidx: np.ndarray, n_groups: int, 
     else:
         raise FloatingPointError("gptq: the Hessian stays singular after dampening")
     shape = (*lead, R)
-    return (Q[:nb, :R, :C].reshape(*shape, C), scale[:nb, :R, :n_groups].reshape(*shape, n_groups),
-            zp[:nb, :R, :n_groups].reshape(*shape, n_groups))  # fmt: skip
+    rows = min(R, scale.shape[1])  # 1: one static scale row shared by every row (per tensor)
+    return (Q[:nb, :R, :C].reshape(*shape, C),
+            scale[:nb, :rows, :n_groups].reshape(*lead, rows, n_groups),
+            zp[:nb, :rows, :n_groups].reshape(*lead, rows, n_groups))  # fmt: skip
 
 
 def output_error(w: np.ndarray, w_hat: np.ndarray, H: np.ndarray) -> float:
@@ -276,7 +278,10 @@ def gptq_weight(
             )
         Q, scale, zp = solve_padded(m.reshape(groups, rows, view.cols), np.asarray(hessian), gidx,
                                     n_groups, grid, config, static)  # fmt: skip
-        Q, scale, zp = (a.reshape(view.rows, -1) for a in (Q, scale, zp))
+        Q = Q.reshape(view.rows, -1)
+        # scales per row, or one shared row (per tensor: every group's copy is the same)
+        scale, zp = (a.reshape(view.rows, -1) if a.shape[-2] == rows else a.reshape(-1, a.shape[-1])[:1]
+                     for a in (scale, zp))  # fmt: skip
     else:
         H = np.asarray(hessian).reshape(view.cols, view.cols)
         Q, scale, zp = solve_padded(m, H, gidx, n_groups, grid, config, static)

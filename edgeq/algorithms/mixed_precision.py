@@ -231,6 +231,9 @@ def choose_bits(
             current = error({**low, **{c: high[c] for c in chosen}})
             why += f"; {budget.metric} then {current[budget.metric]:.4g}"
         reasons[n] = why
+    if budget.metric is not None and not budget.passes(current):
+        current, bits_now = _in_context(error, low, high, chosen, names, extra, sizes, cap,
+                                        total_elements, bits_now, budget, base, reasons)  # fmt: skip
     tensors = dict(plan.tensors)
     for n in chosen:
         tensors[n] = replace(alternatives[n], provenance=alternatives[n].provenance + "+mixed_precision",
@@ -270,6 +273,59 @@ def choose_bits(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return result, report
+
+
+def _in_context(
+    error: OutputError,
+    low: Mapping[str, np.ndarray],
+    high: Mapping[str, np.ndarray],
+    chosen: list[str],
+    names: Sequence[str],
+    extra: Mapping[str, float],
+    sizes: Mapping[str, int],
+    cap: float | None,
+    total_elements: int,
+    bits_now: float,
+    budget: Budget,
+    base: Mapping[str, float],
+    reasons: dict[str, str],
+) -> tuple[dict[str, float], float]:
+    """A --max-loss budget still unmet after the one-at-a-time pass: a layer's gain measured
+    alone against the all-4-bit model can be zero or negative (its error cancels another
+    layer's) and changes once those layers are at 8 bits. So, in rounds, the remaining layers'
+    gains are measured again with `chosen` at 8 bits and the best per added bit go to 8 bits
+    until the budget passes, no layer lowers the error any more, or all are at 8 bits.
+    Appends to `chosen`, rewrites `reasons`; returns the final metrics and stored bits."""
+    assert budget.metric is not None
+    current = error({**low, **{c: high[c] for c in chosen}})
+    while not budget.passes(current):
+        fits = [n for n in names if n not in chosen
+                and (cap is None or (bits_now + extra[n]) / total_elements <= cap + 1e-9)]  # fmt: skip
+        if not fits:
+            break
+        context = {**low, **{c: high[c] for c in chosen}}
+        gains = {n: current["noise"] - error({**context, n: high[n]})["noise"] for n in fits}
+        ranked = sorted(
+            (n for n in fits if gains[n] > 0), key=lambda n: -gains[n] / max(extra[n], 1.0)
+        )
+        if not ranked:
+            for n in fits:
+                reasons[n] = (f"8 bits would not lower the output error, measured with "
+                              f"{len(chosen)} other layers at 8 bits")  # fmt: skip
+            break
+        for n in ranked:  # a round: best first, while each step still lowers the error
+            before = current
+            chosen.append(n)
+            bits_now += extra[n]
+            current = error({**low, **{c: high[c] for c in chosen}})
+            share = gains[n] / max(base["noise"], 1e-30)
+            reasons[n] = (f"with {len(chosen) - 1} other layers at 8 bits, restoring it removes "
+                          f"{share:.1%} of the all-4-bit output error ({extra[n] / sizes[n]:+.2f} "
+                          f"bits per weight of this layer); {budget.metric} then "
+                          f"{current[budget.metric]:.4g}")  # fmt: skip
+            if budget.passes(current) or current["noise"] >= before["noise"]:
+                break  # met, or the gains measured this round no longer hold: measure again
+    return current, bits_now
 
 
 __all__ = ["Budget", "OutputError", "Storage", "bits_per_weight", "choose_bits", "weight_bits"]

@@ -295,8 +295,6 @@ def make_spec(
             spec.tensors[out] = t
     if recipe.norm_inputs_16bit:
         _norm_inputs_16bit(spec, graph, consumers, rules)
-        if target.raw.get("residual_16bit") and rules.act16 is not None:
-            _residual_16bit(spec, graph, rules)
     _assign_groups(spec, graph, producers)
     _consumer_clips(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
@@ -347,40 +345,6 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
             spec.tensors[name] = replace(
                 t, dtype=rules.act16, symmetric=rules.act16 == "int16",
                 reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (transformer safety)",
-            )  # fmt: skip
-
-
-def _residual_16bit(spec: PlanSpec, graph: Graph, rules: QuantRules) -> None:
-    """Integer-only targets whose kernels mix 8- and 16-bit tensors only at a price (LiteRT:
-    16x8 kernels leave XNNPACK): only the transformer's residual stream goes to 16 bits, i.e.
-    the residual Add feeding each LayerNorm and the linear-layer outputs (bias Adds) it adds.
-    Trained encoders carry outlier features there (MiniLM: one of 384 channels 100-300x the
-    median) that one 8-bit scale cannot hold. LayerNorm outputs and every MatMul input stay
-    8-bit; the runtime widens an 8-bit input of a 16-bit op exactly (same scale, zero point 0)."""
-    producers = graph.producers()
-    consts = graph.constants
-    for node in graph.nodes:
-        if node.op_type != "LayerNormalization":
-            continue
-        residual = producers.get(node.inputs[0])
-        if residual is None or residual.op_type != "Add":
-            continue
-        names = [(residual.outputs[0], "residual stream into a LayerNorm")]
-        for i in residual.inputs:
-            p = producers.get(i)
-            if (
-                p is not None
-                and p.op_type == "Add"
-                and any(j in consts and consts[j].ndim == 1 for j in p.inputs)
-            ):
-                names.append((i, "linear-layer output added to the residual stream"))
-        for name, why in names:
-            t = spec.tensors.get(name)
-            if t is None or t.role != "activation" or t.fixed is not None or t.dtype == rules.act16:
-                continue
-            spec.tensors[name] = replace(
-                t, dtype=rules.act16, symmetric=rules.act16 == "int16",
-                reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (outlier features)",
             )  # fmt: skip
 
 

@@ -7,11 +7,9 @@ owns (`converter.HANDLERS`) and import their common helpers from here, never fro
 
 from __future__ import annotations
 
-import numpy as np
-
 from edgeq.ir.graph import Node
 
-from .builder import QParams, Tensor
+from .builder import Tensor
 from .converter import Converter, Perm, identity
 
 
@@ -24,17 +22,6 @@ def same_quant(c: Converter, node: Node, a: str, b: str, what: str) -> None:
                      f"has {a}: {qa.scale[0]:.6g}/{qa.zero_point[0]} and {b}: "
                      f"{qb.scale[0] if qb else float('nan'):.6g}/{qb.zero_point[0] if qb else 0}",
                      f"calibrate with target '{c.profile.name}' (it shares these scales)")  # fmt: skip
-
-
-def widen(c: Converter, t: Tensor, dtype: str, name: str) -> Tensor:
-    """An int8 tensor as int16 with the same scale and zero point 0 (exact: q − zp fits), for
-    a 16-bit op that reads an 8-bit tensor; other tensors unchanged."""
-    if t.dtype != "int8" or dtype != "int16" or t.quant is None:
-        return t
-    q = QParams.of(np.asarray(t.quant.scale, np.float32), np.zeros(len(t.quant.scale), np.int64))
-    w = c.m.tensor(f"{name}/int16", t.shape, "int16", q)
-    c.emit("QUANTIZE", [t.index], [w.index], "int16", requantize=True)
-    return w
 
 
 def common_layout(c: Converter, names: list[str], rank: int) -> Perm:

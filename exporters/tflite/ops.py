@@ -19,7 +19,7 @@ from edgeq.ir.graph import Node
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
 from .float_islands import divide_activations, gelu_tanh_island
-from .lowering import common_layout, float_view, reduce_axes, same_quant, widen
+from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
 PAD = fb.Padding
@@ -285,15 +285,13 @@ def matmul(c: Converter, node: Node) -> None:
         data, wtype, wq = _weight(c, node, b, channel_axis, layout, int4=True)
         n = data.shape[0]
         xt = c.get(a)
-        if c.quantized:  # a 16-bit output (residual stream) runs the 16x8 kernel
-            xt = widen(c, xt, c.act_dtype(out_name), a)
         wt = c.m.const(b, data, wtype, wq)
         bt = _bias(c, node, bias_name, xt, wq, n)
         out = c.new(out_name)
         opt = fb.FullyConnectedOptionsT()
         opt.fusedActivationFunction = ACT.NONE
         opt.keepNumDims = len(xt.shape) > 2
-        c.emit("FULLY_CONNECTED", [xt.index, wt.index, bt.index], [out.index], xt.dtype, opt,
+        c.emit("FULLY_CONNECTED", [xt.index, wt.index, bt.index], [out.index], _act_of(c, a), opt,
                weight=wtype, keep_num_dims=opt.keepNumDims)  # fmt: skip
         return
     if gemm:
@@ -346,9 +344,9 @@ def binary(c: Converter, node: Node) -> None:
         if n in c.g.constants:
             ins.append(c.const_operand(n, rank, perm, act))
         elif len(c.shape(n)) == rank:
-            ins.append(widen(c, c.get(n, perm), act, n) if c.quantized else c.get(n, perm))
+            ins.append(c.get(n, perm))
         else:
-            ins.append(widen(c, c.get(n), act, n) if c.quantized else c.get(n))
+            ins.append(c.get(n))
     out = c.new(out_name, perm)
     opt = None
     if opt_cls is not None:

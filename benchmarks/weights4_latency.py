@@ -1,0 +1,80 @@
+"""4-bit against 8-bit on onnxruntime CPU (issue #13): is a 4-bit artifact ever much slower than
+the same target's 8-bit one?
+
+For each model: edgeq `--bits 4` (target defaults: MatMulNBits for MatMul/Gemm, blocked
+DequantizeLinear before float Conv, mixed precision) and `--bits 8` (the target's W8A8 default)
+on the onnx target, and the float model, timed interleaved in one process (median ms, one
+intra-op thread), with the artifacts' sizes. Calibration is small (latency does not depend on it
+beyond which layers mixed precision keeps at 8 bits).
+
+    .venv/bin/python -m benchmarks.weights4_latency [--models ppocr-rec,minilm] [--calib 16]
+
+Results: benchmarks/results/weights4_latency.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import interleaved_ms, machine, md_table, write_results
+from benchmarks.weights4 import float_onnx
+from edgeq.exporters import ExportOptions, get_exporter
+from edgeq.exporters.onnx.qdq import OrtRunner
+from edgeq.ir.onnx_io import load_model
+from edgeq.pipeline import calibrate_model, prepare_for_quantization
+from edgeq.quant.recipe import LayerConfig, Recipe
+from edgeq.targets import load_target
+from examples.models import CASES
+
+
+def run_model(name: str, n_calib: int, rounds: int, work: Path) -> list[dict[str, Any]]:
+    case = CASES[name]
+    model_path = case.model_path(work)
+    calib = case.make_feeds(n_calib, "calib")
+    feed = case.make_feeds(1, "eval")[0]
+    graph = prepare_for_quantization(load_model(model_path), case.input_shapes, case.input_values)
+    paths = {"float": float_onnx(graph, work / f"{name}-float.onnx")}
+    profile = load_target("onnx")
+    exporter = get_exporter(profile.exporter)
+    for label, recipe in (("8-bit (W8A8 default)", Recipe()),
+                          ("4-bit (--bits 4 defaults)", Recipe(base=LayerConfig(weight_bits=4)))):  # fmt: skip
+        run = calibrate_model(model_path, calib, "onnx", recipe, input_shapes=case.input_shapes,
+                              input_values=case.input_values, samples=n_calib, report_samples=0)  # fmt: skip
+        art = exporter.export(run.graph, run.plan, profile, work / f"{name}-{len(paths)}.onnx",
+                              ExportOptions())  # fmt: skip
+        paths[label] = Path(art.path)
+    runners = {k: OrtRunner(p, threads=1) for k, p in paths.items()}
+    ms = interleaved_ms({k: (lambda r=r: r(feed)) for k, r in runners.items()}, rounds)
+    base8 = ms["8-bit (W8A8 default)"]
+    return [{"model": name, "artifact": k, "median_ms": round(v, 2),
+             "vs_8bit": round(base8 / v, 3), "vs_float": round(ms["float"] / v, 3),
+             "size_kb": round(os.path.getsize(paths[k]) / 1024, 1)} for k, v in ms.items()]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default="ppocr-rec,minilm")
+    ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgeq-w4lat-") as tmp:
+        for m in args.models.split(","):
+            rows += run_model(m, args.calib, args.rounds, Path(tmp))
+    load = os.getloadavg()
+    data = {"machine": machine(), "load_average": load, "args": vars(args), "rows": rows}
+    cols = ["model", "artifact", "median_ms", "vs_8bit", "vs_float", "size_kb"]
+    md = ("# 4-bit vs 8-bit ONNX artifacts on onnxruntime CPU (issue #13)\n\n"
+          f"`python -m benchmarks.weights4_latency --models {args.models} --calib {args.calib} "
+          f"--rounds {args.rounds}`; {data['machine']}; load average {load[0]:.1f}. Median ms of "
+          "interleaved runs, one intra-op thread; vs_8bit / vs_float = speed relative to the "
+          "8-bit artifact / the float model (>1 faster).\n\n" + md_table(rows, cols) + "\n")  # fmt: skip
+    write_results("weights4_latency", data, md)
+
+
+if __name__ == "__main__":
+    main()
