@@ -5,8 +5,8 @@ It runs the commands the README teaches, as a user would type them:
 
     edgeq example ppocr-rec -o WORK
     edgeq export WORK/rec.onnx --calib WORK/calib --eval WORK/eval --preprocess WORK/preprocess.toml \
-        --input-shape x=1,3,48,320 --target onnx --target qnn --target rpi --target ane --target mlx \
-        -o WORK/out --allow-loss
+        --input-shape x=1,3,48,320 --eval-samples 256 --target onnx --target qnn --target rpi \
+        --target ane --target mlx -o WORK/out --allow-loss
 
 i.e. one calibration for five targets, each artifact checked on its runtime, with the task
 metric (CER against the labels), a PASS/FAIL verdict per target and one comparison report
@@ -49,7 +49,7 @@ def first_use(work: Path, targets: tuple[str, ...] = DEMO_TARGETS) -> int:
         [edgeq_cli(), "example", "ppocr-rec", "-o", str(work)],
         [edgeq_cli(), "export", str(work / "rec.onnx"), "--calib", str(work / "calib"),
          "--eval", str(work / "eval"), "--preprocess", str(work / "preprocess.toml"),
-         "--input-shape", "x=1,3,48,320", *[x for t in targets for x in ("--target", t)],
+         "--input-shape", "x=1,3,48,320", "--eval-samples", "256", *[x for t in targets for x in ("--target", t)],
          "-o", str(work / "out"), "--allow-loss"],
     ]  # fmt: skip
     code = 0
