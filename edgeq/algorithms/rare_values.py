@@ -6,7 +6,7 @@ recognizer: one calibration line sets a range 3x wider than anything in evaluati
 The percentile observer fixes that but builds a histogram per tensor (a scatter per tensor
 per batch: 2-10x the calibration time). Here, after the min-max pass, a second pass over a
 few calibration samples counts, per tensor, the values beyond fixed fractions of that range
-(`TailCounts`: compare-and-sum reductions, no scatter), and each side of the range is cut to
+(`tail_counts_program`: compare-and-sum reductions, no scatter), and each side of the range is cut to
 the smallest fraction beyond which at most `tail` of the values lie (99.99th percentile on a
 grid of fractions 0.75^k). Graph outputs keep min-max (that is what the user reads).
 
@@ -30,31 +30,6 @@ MAX_VALUES = 1 << 18  # values counted per tensor and batch (a strided subsample
 State = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class TailCounts:
-    """Counts of values above f·hi and below f·lo for each f in `fractions`, and of all valid
-    values (NaN — padding — counts nowhere)."""
-
-    lo: float
-    hi: float
-    fractions: tuple[float, ...] = FRACTIONS
-
-    def init(self) -> State:
-        k = len(self.fractions)
-        return {"above": np.zeros(k, np.float32), "below": np.zeros(k, np.float32),
-                "valid": np.float32(0)}  # fmt: skip
-
-    def update(self, state: State, x: Any) -> State:
-        # one fused compare-and-sum against every threshold (thresholds are traced-in
-        # constants: one kernel shape per tensor shape, no scatter)
-        x = jnp.asarray(x, jnp.float32).reshape(-1, 1)
-        f = jnp.asarray(self.fractions, jnp.float32)[None, :]
-        above = jnp.sum(x > f * jnp.float32(max(self.hi, 0.0)), axis=0, dtype=jnp.float32)
-        below = jnp.sum(x < f * jnp.float32(min(self.lo, 0.0)), axis=0, dtype=jnp.float32)
-        return {"above": state["above"] + above, "below": state["below"] + below,
-                "valid": state["valid"] + jnp.sum(jnp.isfinite(x), dtype=jnp.float32)}  # fmt: skip
-
-
 def _cut(bound: float, counts: np.ndarray, valid: float, fractions: tuple[float, ...],
          tail: float) -> float:  # fmt: skip
     """The smallest f·bound (f from the grid, in order) with at most `tail` of the values
@@ -75,7 +50,7 @@ def _cut(bound: float, counts: np.ndarray, valid: float, fractions: tuple[float,
 def clip_rare_values(ranges: Mapping[str, tuple[float, float]], counts: Mapping[str, State],
                      tail: float = TAIL, fractions: tuple[float, ...] = FRACTIONS
                      ) -> dict[str, tuple[float, float]]:  # fmt: skip
-    """New (lo, hi) per tensor from its min-max range and its `TailCounts` state."""
+    """New (lo, hi) per tensor from its min-max range and its tail counts ({above, below, valid})."""
     out = dict(ranges)
     for name, state in counts.items():
         lo, hi = ranges[name]
@@ -91,7 +66,6 @@ def clip_rare_values(ranges: Mapping[str, tuple[float, float]], counts: Mapping[
 __all__ = [
     "FRACTIONS",
     "TAIL",
-    "TailCounts",
     "clip_rare_values",
     "compile_tail_counts",
     "cut_rare_values",
