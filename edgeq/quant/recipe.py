@@ -22,8 +22,24 @@ LUT_BITS = (2, 3, 4, 6, 8)
 _VALUE_FIX = "pass a supported value (see `edgeq calibrate --help`) or correct the recipe file"
 
 
+class _Validated:
+    """`__post_init__` runs `_validate`; a message without a fix gets the recipe's general one
+    (every error is one `error: what — fix` line)."""
+
+    def _validate(self) -> None:
+        raise NotImplementedError
+
+    def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except InputError as exc:
+            if exc.fix:
+                raise
+            raise InputError(exc.problem, _VALUE_FIX) from None
+
+
 @dataclass(frozen=True)
-class LayerConfig:
+class LayerConfig(_Validated):
     """The per-node settable part of a recipe; None means "inherit"."""
 
     weight_bits: int | None = None
@@ -39,14 +55,6 @@ class LayerConfig:
     method: str | None = None
     awq: bool | None = None  # activation-aware input-channel scaling, where it folds exactly
     weight_format: str | None = None  # "affine" (scale, zero point) | "lut" (palettized)
-
-    def __post_init__(self) -> None:
-        try:
-            self._validate()
-        except InputError as exc:  # every message names its fix (one `error: what — fix` line)
-            if exc.fix:
-                raise
-            raise InputError(exc.problem, _VALUE_FIX) from None
 
     def _validate(self) -> None:
         lut = self.weight_format == "lut"
@@ -108,7 +116,7 @@ class Override:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(_Validated):
     """Global settings, overrides, and nodes kept in float."""
 
     base: LayerConfig = field(default_factory=LayerConfig)
@@ -130,14 +138,6 @@ class Recipe:
     gptq_act_order: bool = True
     gptq_static_groups: bool = False
     version: int = RECIPE_VERSION
-
-    def __post_init__(self) -> None:
-        try:
-            self._validate()
-        except InputError as exc:  # every message names its fix (one `error: what — fix` line)
-            if exc.fix:
-                raise
-            raise InputError(exc.problem, _VALUE_FIX) from None
 
     def _validate(self) -> None:
         for m in self.keep_float:
