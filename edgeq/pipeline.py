@@ -317,13 +317,11 @@ def calibrate_model(
 
 def _compile_report_ahead(graph: Graph, layout: SimLayout,
                           samples: int) -> tuple[SimLayout, list[str], Future[Any], Future[Any]] | None:  # fmt: skip
-    """Compile the report's two programs in worker threads (XLA compiles outside the GIL)."""
+    """Compile the report's two programs in worker threads, at the same time."""
     if samples == 0:
         return None
-    pool = ThreadPoolExecutor(2, thread_name_prefix="edgeq-compile")
-    taps = pool.submit(compile_float_taps, graph, layout, samples)
-    energies = pool.submit(compile_energies, graph, layout, samples)
-    pool.shutdown(wait=False)
+    taps = _compile_ahead(compile_float_taps, graph, layout, samples)
+    energies = _compile_ahead(compile_energies, graph, layout, samples)
     return layout, layout.watch(graph), taps, energies
 
 
@@ -359,11 +357,11 @@ def _report_programs(ahead: tuple[SimLayout, list[str], Future[Any], Future[Any]
     if ahead is None:
         return None
     layout, watch, taps, energies = ahead
-    try:
-        return ReportPrograms(layout, tuple(watch), taps.result(), energies.result())
-    except Exception as exc:  # a fallback, never fatal: the report compiles again and says why
-        log.warning("report programs compiled ahead failed (%s); compiling them again", exc)
+    programs = (_ahead_result(taps, "report float program"),
+                _ahead_result(energies, "report simulator program"))  # fmt: skip
+    if None in programs:
         return None
+    return ReportPrograms(layout, tuple(watch), *programs)
 
 
 def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe, source: Any,
