@@ -149,6 +149,9 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
     }  # fmt: skip
     assert expected and set(expected) == set(stored)
     init_types = {t.name: t.data_type for t in model.graph.initializer}
+    # every stored initializer is read by a node: no float weight left beside its 4-bit codes
+    read = {i for n in model.graph.node for i in n.input}
+    assert set(init_types) <= read, sorted(set(init_types) - read)
     for name, t in expected.items():
         np.testing.assert_array_equal(
             stored[name], t.dequantized().astype(np.float32), err_msg=name

@@ -191,6 +191,9 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
             nodes += [Node("QuantizeLinear", [pre, s, z], [q], g.unique_name(f"{out}_QuantizeLinear")),
                       Node("DequantizeLinear", [q, s, z], [out], g.unique_name(f"{out}_DequantizeLinear"))]  # fmt: skip
     g.nodes = prefix + nodes
+    for name in nbits:  # the float weights MatMulNBits replaced are read by no node now
+        if not any(name in node.inputs for node in g.nodes):
+            g.constants.pop(name, None)
     return g
 
 
