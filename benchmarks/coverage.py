@@ -128,7 +128,9 @@ def run_cell(model: CoverageModel, target: str, bits: int, calib: list[Feeds],
             art = exporter.export(run.graph, run.plan, profile,
                                   Path(tmp) / ("model" + exporter.suffix), ExportOptions())  # fmt: skip
             runner = exporter.open(art.path)
-            rows = evaluate_artifact(run.graph, run.plan, runner, evals)
+            rows = evaluate_artifact(
+                run.graph, run.plan, runner, evals, profile.raw.get("output_dtype")
+            )
         cell["status"] = "ok"
         cell["parity"] = min(r["vs_simulator"]["within_one_step"] for r in rows.values())
         cell["cosine"] = min(r["vs_float"]["cosine"] for r in rows.values())

@@ -505,13 +505,15 @@ def _compare(ctx: Context, feeds: list[dict[str, np.ndarray]],
         return None
     from edgeq.ir.interpreter import Interpreter
     from edgeq.quant.simulate import Simulator
+    from edgeq.targets import load_target
     from edgeq.verify import compare
 
     ref = Interpreter(ctx.graph)
     sim = Simulator(ctx.graph, ctx.plan) if ctx.plan is not None else None
     ref_out = [ref(f) for f in feeds]
     sim_out = [sim(f) for f in feeds] if sim is not None else None
-    return compare(outputs, sim_out, ref_out, ctx.plan, ctx.graph.output_names)
+    output_dtype = load_target(ctx.plan.target).raw.get("output_dtype") if ctx.plan else None
+    return compare(outputs, sim_out, ref_out, ctx.plan, ctx.graph.output_names, output_dtype)
 
 
 def _size(path: Path) -> int:

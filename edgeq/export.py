@@ -120,14 +120,16 @@ def evaluate_artifact(
     plan: QuantPlan | None,
     runner: Runner,
     feeds: Sequence[Mapping[str, np.ndarray]],
+    output_dtype: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run `feeds` through float (JAX), the simulator and the artifact; compare per output."""
+    """Run `feeds` through float (JAX), the simulator and the artifact; compare per output
+    (`output_dtype`: the target profile's, see `edgeq.verify.compare`)."""
     ref = Interpreter(graph)
     sim = Simulator(graph, plan) if plan is not None else None
     art_out = [runner(f) for f in feeds]
     ref_out = [ref(f) for f in feeds]
     sim_out = [sim(f) for f in feeds] if sim is not None else None
-    return compare(art_out, sim_out, ref_out, plan, graph.output_names)
+    return compare(art_out, sim_out, ref_out, plan, graph.output_names, output_dtype)
 
 
 def export_model(
@@ -515,7 +517,8 @@ def _export_one(model: Path, target: str, graph: Graph, plan: QuantPlan, exporte
         layers = weight_errors(graph, plan)
         if ev.feeds:
             _evaluate(report, graph, plan, artifact, baseline, exporter, ev, task_name, charset,
-                      hooks, runs, latency_seconds, progress, layers, reference())  # fmt: skip
+                      hooks, runs, latency_seconds, progress, layers, reference(),
+                      profile.raw.get("output_dtype"))  # fmt: skip
         else:
             report["evaluation"]["skipped"] = ev.note or "no evaluation data"
             report["layers"] = layers
@@ -563,7 +566,8 @@ def _plan_summary(plan: QuantPlan) -> dict[str, Any]:
 def _evaluate(report: dict[str, Any], graph: Graph, plan: QuantPlan, artifact: Artifact,
               baseline: Artifact, exporter: Any, ev: _Evaluation, task_name: str, charset: Any,
               hooks: Sequence[Callable[..., Any]], runs: int, latency_seconds: float,
-              progress: Progress, weight_rows: list[dict[str, Any]], reference: Any) -> None:  # fmt: skip
+              progress: Progress, weight_rows: list[dict[str, Any]], reference: Any,
+              output_dtype: str | None = None) -> None:  # fmt: skip
     progress("simulating the plan (per-layer error)", 0, 1)
     layers = evaluate_layers(graph, plan, ev.feeds, reference)
     act_rows = activation_rows(plan, layers.rows)
@@ -580,7 +584,7 @@ def _evaluate(report: dict[str, Any], graph: Graph, plan: QuantPlan, artifact: A
     float_art = run_artifact(float_runner, ev.feeds[:n_float], "running the float artifact",
                              progress)  # fmt: skip
     report["outputs"] = compare(art_out, layers.simulated, layers.reference, plan,
-                                graph.output_names)  # fmt: skip
+                                graph.output_names, output_dtype)  # fmt: skip
     float_cmp = compare(float_art, None, layers.reference[:n_float], None, graph.output_names)
     for name, row in report["outputs"].items():
         row["float_artifact_vs_float"] = float_cmp[name]["vs_float"]

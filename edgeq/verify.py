@@ -4,6 +4,9 @@ Parity is the fraction of output elements within one quantization step of the si
 step of a quantized output is its plan scale. An output the plan leaves float (weight-only
 plans, float heads) has no step of its own; it gets the step of an 8-bit grid over the
 simulator's output range on the evaluated samples, and the report says so (`step_source`).
+Where the runtime's outputs are themselves a coarser float (a Core ML program computes and
+returns float16), one step of that float at each value is the floor: a float16 output cannot
+come closer to the simulator than its own spacing, whatever grid the range suggests.
 """
 
 from __future__ import annotations
@@ -28,10 +31,16 @@ def output_step(
     return (span / 255.0 if span > 0 else 1e-6), "8-bit grid over the simulator's output range"
 
 
-def within_step(test: np.ndarray, ref: np.ndarray, step: float) -> float:
+def float_spacing(values: np.ndarray, dtype: str) -> np.ndarray:
+    """One step of float `dtype` at each value (the gap to the next representable number
+    away from zero)."""
+    return np.spacing(np.abs(np.asarray(values, np.float64)).astype(dtype)).astype(np.float64)
+
+
+def within_step(test: np.ndarray, ref: np.ndarray, step: float | np.ndarray) -> float:
     """Fraction of elements of `test` within one `step` of `ref` (a hair of slack for float
     rounding: outputs come back as float32, so an exact one-step difference near
-    a large value can read a few ulps over the step)."""
+    a large value can read a few ulps over the step). `step` is a scalar or one per element."""
     test, ref = np.asarray(test, np.float64), np.asarray(ref, np.float64)
     if test.shape != ref.shape:
         raise ValueError(f"shape {test.shape} vs {ref.shape}")
@@ -60,8 +69,11 @@ def compare(
     reference: Sequence[Mapping[str, np.ndarray]],
     plan: QuantPlan | None,
     outputs: Sequence[str],
+    output_dtype: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per output: parity with the simulator and error against float, over all samples."""
+    """Per output: parity with the simulator and error against float, over all samples.
+    `output_dtype`: the float type the runtime computes its outputs in, when coarser than
+    float32 (the target profile's `output_dtype`; "float16" on Core ML)."""
     result: dict[str, dict[str, Any]] = {}
     for name in outputs:
         art = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in artifact])
@@ -74,8 +86,12 @@ def compare(
             sim_list = [np.asarray(o[name]) for o in simulator]
             sim = np.concatenate([s.astype(np.float64).ravel() for s in sim_list])
             step, source = output_step(plan, name, sim_list)
+            tolerance: float | np.ndarray = step
+            if output_dtype is not None and source != "plan scale":
+                tolerance = np.maximum(step, float_spacing(sim, output_dtype))
+                source += f", at least one {output_dtype} step at each value"
             row["vs_simulator"] = {
-                "within_one_step": within_step(art, sim, step),
+                "within_one_step": within_step(art, sim, tolerance),
                 "step": step,
                 "step_source": source,
                 "max_abs": float(np.max(np.abs(sim - art))) if art.size else 0.0,
@@ -87,4 +103,4 @@ def compare(
     return result
 
 
-__all__ = ["compare", "cosine", "output_step", "sqnr_db", "within_step"]
+__all__ = ["compare", "cosine", "float_spacing", "output_step", "sqnr_db", "within_step"]

@@ -58,6 +58,7 @@ E2E = [
     ("mobilenet.dynamo.op18", "tflm"), ("mobilenet.torchscript.op17", "ane"),
     ("audio.torchscript.op17", "tflm"), ("audio.dynamo.op18", "mlx"),
     ("unet.dynamo.op18", "tflm"), ("unet.torchscript.op17", "mlx"),
+    ("unet.torchscript.op17", "ane"),  # float16 outputs: 27.6% "parity" on the 8-bit grid alone
 ]  # fmt: skip
 
 

@@ -185,3 +185,28 @@ def test_labels_from_json_and_tsv(tmp_path: Path) -> None:
     assert tsv == {"a.png": "hello world", "b.png": 7}
     assert labels_for(["b.png", "a.png"], tsv) == ([7, "hello world"], 0)
     assert labels_for(["c.png"], tsv) == (None, 1)  # one missing: the set is unlabelled
+
+
+def test_parity_of_a_float16_output_allows_one_float16_step_at_each_value() -> None:
+    """A Core ML program returns float16: an output near 0.5 with a range of 0.01 has an 8-bit
+    grid step of 0.01/255 ≈ 4e-5, finer than float16's own spacing there (2**-11 ≈ 4.9e-4).
+    The artifact rounded to float16 is as close as float16 can be, so it is within one step;
+    two float16 steps away is not, and without the profile's output dtype the grid alone
+    (wrongly) fails the rounded artifact too."""
+    from edgeq.verify import compare
+
+    rng = np.random.default_rng(0)
+    sim = (0.5 + 0.01 * rng.random(4096)).astype(np.float32)
+    rounded = sim.astype(np.float16).astype(np.float32)
+    assert np.mean(rounded != sim) > 0.9  # the rounding moved nearly every element
+    two_steps = (sim.astype(np.float64) + 2 * 2.0**-11).astype(np.float32)
+
+    def parity(art: np.ndarray, dtype: str | None) -> float:
+        rows = compare([{"y": art}], [{"y": sim}], [{"y": sim}], None, ["y"], dtype)
+        return rows["y"]["vs_simulator"]["within_one_step"]
+
+    assert parity(rounded, "float16") == 1.0
+    assert parity(rounded, None) < 0.5
+    assert parity(two_steps, "float16") == 0.0
+    assert load_target("ane").raw["output_dtype"] == "float16"
+    assert "output_dtype" not in load_target("rpi").raw  # integer outputs have their own step
