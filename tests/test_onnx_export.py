@@ -376,3 +376,33 @@ def test_qnn_keeps_matmul_where_blocks_are_asked_for(
     recipe = Recipe(base=LayerConfig(weight_bits=bits, act_bits=act_bits, granularity=granularity))
     graph = prepare_for_quantization(model_to_graph(model), target="qnn", recipe=recipe)
     assert ("Conv" in [n.op_type for n in graph.nodes]) == rewritten
+
+
+def test_qnn_lstm_whose_sequence_output_nothing_reads_stays_on_the_htp(tmp_path: Path) -> None:
+    """Silero VAD's streaming decoder reads only an LSTM's last state (Y_h). Its `Y` was left
+    named, leading nowhere: float there (the HTP check refused the export as a float output
+    leaving the HTP), a Q/DQ pair that nothing reads here. The exporter omits such optional
+    outputs."""
+    hidden, feat, seq = 8, 6, 5
+    w = RNG.normal(0, 0.4, (1, 4 * hidden, feat)).astype(np.float32)
+    r = RNG.normal(0, 0.4, (1, 4 * hidden, hidden)).astype(np.float32)
+    b = RNG.normal(0, 0.1, (1, 8 * hidden)).astype(np.float32)
+    nodes = [
+        helper.make_node(
+            "LSTM", ["x", "w", "r", "b"], ["y", "y_h"], hidden_size=hidden, name="rnn"
+        ),
+        helper.make_node("Relu", ["y_h"], ["out"], name="relu"),
+    ]
+    model = make_model(nodes, [("x", F32, [seq, 1, feat])], [("out", F32, [1, 1, hidden])],
+                       initializers={"w": w, "r": r, "b": b})  # fmt: skip
+    graph = prepare(model_to_graph(model))
+    feeds = [{"x": RNG.normal(0, 1, (seq, 1, feat)).astype(np.float32)} for _ in range(8)]
+    plan = _plan(graph, feeds, "qnn")
+    art = _export(graph, plan, "qnn", tmp_path)  # raised "would leave the QNN HTP" before
+    written = onnx.load(art.path)
+    lstm = next(n for n in written.graph.node if n.op_type == "LSTM")
+    assert lstm.output[0] == "" and lstm.output[1]
+    assert not blocking(check_qnn(written))
+    y = OrtRunner(art.path)(feeds[0])["out"]
+    ref = np.asarray(Simulator(graph, plan)(feeds[0])["out"])
+    assert within_step(y, ref, float(plan.get("out").scale)) >= 0.99

@@ -124,6 +124,7 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
     """The prepared graph with the plan's quantization written as Q/DQ nodes (opset 21);
     `use_nbits`: 4-bit MatMul weights as com.microsoft MatMulNBits (onnxruntime's kernel)."""
     g = upgrade_opset(graph, TARGET_OPSET)
+    _omit_unread_optional_outputs(g)
     nodes: list[Node] = []
     producers = {out: node for node in g.nodes for out in node.outputs if out}
     renamed_inputs: dict[str, str] = {}
@@ -195,6 +196,30 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
         if not any(name in node.inputs for node in g.nodes):
             g.constants.pop(name, None)
     return g
+
+
+def _omit_unread_optional_outputs(g: Graph) -> None:
+    """Name no tensor that nothing reads where the op lets it be omitted (an LSTM's `Y` when
+    only its last state is used): left named, it is a float tensor (or a Q/DQ pair) that leads
+    nowhere, which the QNN HTP takes for a float output and leaves on the CPU."""
+    read = {i for node in g.nodes for i in node.inputs} | set(g.output_names)
+    for node in g.nodes:
+        if node.domain not in ("", "ai.onnx") or all(o in read for o in node.outputs if o):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, TARGET_OPSET)
+        except onnx.defs.SchemaError:
+            continue
+        optional = onnx.defs.OpSchema.FormalParameterOption.Optional
+        for k, out in enumerate(node.outputs):
+            if (
+                out
+                and out not in read
+                and k < len(schema.outputs)
+                and schema.outputs[k].option == optional
+            ):
+                node.outputs[k] = ""
+                g.value_info.pop(out, None)
 
 
 def build_model(graph: Graph, plan: QuantPlan | None, profile: TargetProfile) -> onnx.ModelProto:
