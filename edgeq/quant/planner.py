@@ -375,23 +375,40 @@ def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:
 def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]]) -> None:
     """A tensor read only by saturating ops (Relu, HardSwish, HardSigmoid, Clip) needs no
     resolution outside their active input region: clipping its range there is exact and
-    buys resolution where it matters (TFLite's fused-ReLU ranges, generalized)."""
-    for name, t in list(spec.tensors.items()):
-        if t.role != "activation" or t.group is not None or name in graph.output_names:
+    buys resolution where it matters (TFLite's fused-ReLU ranges, generalized). A group of
+    tensors sharing one scale qualifies as a whole when its members are joined by
+    pass-through ops (a Conv1d lowered to Conv2d between two Reshapes, then Relu): every
+    member's readers are saturating ops or pass-through ops into the group."""
+    groups: dict[str, list[str]] = {}
+    for name, t in spec.tensors.items():
+        if t.role == "activation":
+            groups.setdefault(t.group or name, []).append(name)
+    for members in groups.values():
+        if any(m in graph.output_names for m in members):
             continue
-        users = consumers.get(name, [])
-        regions = [_active_region(u, graph) for u in users]
-        if not users or any(r is None for r in regions):
+        inside = set(members)
+        regions: list[tuple[float, float] | None] = []
+        ops: set[str] = set()
+        closed = True
+        for m in members:
+            for u in consumers.get(m, []):
+                if u.op_type in PASS_THROUGH and all(o in inside for o in u.outputs if o):
+                    continue
+                regions.append(_active_region(u, graph))
+                ops.add(u.op_type)
+            closed = closed and bool(consumers.get(m))
+        if not closed or not regions or any(r is None for r in regions):
             continue
         lo = min(r[0] for r in regions)  # type: ignore[index]
         hi = max(r[1] for r in regions)  # type: ignore[index]
-        ops = sorted({u.op_type for u in users})
-        spec.tensors[name] = replace(
-            t,
-            clip=(lo, hi),
-            reason=(t.reason + "; " if t.reason else "")
-            + f"range clipped to {'/'.join(ops)} active input region",
-        )
+        for m in members:
+            t = spec.tensors[m]
+            spec.tensors[m] = replace(
+                t,
+                clip=(lo, hi),
+                reason=(t.reason + "; " if t.reason else "")
+                + f"range clipped to {'/'.join(sorted(ops))} active input region",
+            )
 
 
 def _check_node(node: Node, eff: _Effective, target: TargetProfile) -> None:
@@ -798,7 +815,8 @@ def _group_ranges(spec: PlanSpec, observers: Mapping[str, Observer],
         floors = [spec.tensors[n].masked_floor for n in names if spec.tensors[n].masked_floor]
         if floors:
             lo = min(lo, hi - max(floors))  # type: ignore[type-var]
-        if len(names) == 1 and t.clip is not None:
+        clips = {spec.tensors[n].clip for n in by_root[root]}
+        if len(clips) == 1 and t.clip is not None:  # every member clipped alike (above)
             lo, hi = max(lo, t.clip[0]), min(hi, t.clip[1])
         ranges[root] = (float(lo), float(hi))
     return ranges

@@ -108,6 +108,24 @@ def divide_activations(c: Converter, node: Node) -> None:
     float_result(c, node, res, perm, "Div of two activations")
 
 
+# int8 builtins whose LiteRT 2.3 kernels do not compute the quantized op (measured against
+# round(f(x) / s) + z on random convolution outputs, XNNPACK and reference kernels alike):
+# SQRT is no exact table (43% of outputs on the exact step, the rest one step off; in silero
+# VAD's STFT magnitude those flips grew through the recurrence to 60% parity), and NEG negates
+# the stored integers, ignoring both zero points (every output off by z_in + z_out steps).
+INEXACT_INT8 = {"Sqrt": "SQRT", "Neg": "NEG"}
+
+
+def unary_island(c: Converter, node: Node, x: str) -> None:
+    """An op of `INEXACT_INT8` on an int8 tensor, in float32 between DEQUANTIZE and QUANTIZE."""
+    builtin = INEXACT_INT8["Sqrt" if node.op_type == "Pow" else node.op_type]
+    perm, _ = c.any_layout(x)
+    xf = float_view(c, x, perm)
+    res = c.m.tensor(f"{node.outputs[0]}/{builtin.lower()}", list(xf.shape), "float32")
+    c.emit(builtin, [xf.index], [res.index], "float32")
+    float_result(c, node, res, perm, f"{node.op_type} (LiteRT's int8 {builtin} is inexact)")
+
+
 def _planned(c: Converter, name: str) -> np.ndarray:
     """A constant as the simulator uses it: the plan's dequantized values where it is planned."""
     t = c.tq(name)

@@ -18,7 +18,7 @@ from edgeq.ir.graph import Node
 
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
-from .float_islands import divide_activations, gelu_tanh_island
+from .float_islands import INEXACT_INT8, divide_activations, gelu_tanh_island, unary_island
 from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
@@ -417,6 +417,9 @@ def unary(c: Converter, node: Node) -> None:
     if node.op_type == "Relu" and _try_fuse(c, node, ACT.RELU):
         return
     if node.op_type == "HardSwish" and _hard_swish_lowered(c, node):
+        return
+    if node.op_type in INEXACT_INT8 and c.quantized:
+        unary_island(c, node, x)
         return
     micro = c.profile.raw.get("micro_kernels")
     if node.op_type == "Gelu" and micro is not None and "GELU" not in micro:
@@ -1103,14 +1106,18 @@ def where(c: Converter, node: Node) -> None:
 
 @handles("Pow")
 def power(c: Converter, node: Node) -> None:
-    """x ** 2 → MUL(x, x) (silero VAD's STFT magnitude), x ** 0.5 → SQRT; one rounding onto
-    the output's encoding, as the simulator. Other exponents have no TFLite int8 kernel."""
+    """x ** 2 → MUL(x, x) (silero VAD's STFT magnitude), x ** 0.5 → SQRT (in float32 on an
+    int8 model: see `unary_island`); one rounding onto the output's encoding, as the simulator.
+    Other exponents have no TFLite int8 kernel."""
     x, e = node.inputs[0], node.inputs[1]
     arr = c.g.constants.get(e)
     value = float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
     if value not in (2.0, 0.5):
         raise c.fail(node, f"Pow with exponent {value if value is not None else 'a tensor'} has no "
                      "TFLite kernel (int8 POW does not exist)", "use x*x or Sqrt")  # fmt: skip
+    if value == 0.5 and c.quantized:
+        unary_island(c, node, x)
+        return
     perm, xt = c.any_layout(x)
     out = c.new(node.outputs[0], perm)
     if value == 2.0:

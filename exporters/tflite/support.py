@@ -25,7 +25,8 @@ EMITS: dict[str, tuple[str, ...]] = {
     "Upsample": ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"),
     "Reshape": ("RESHAPE",), "Flatten": ("RESHAPE",), "Squeeze": ("RESHAPE",), "Unsqueeze": ("RESHAPE",),
     "Transpose": ("TRANSPOSE",), "Concat": ("CONCATENATION",), "Slice": ("STRIDED_SLICE",),
-    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2", "MIRROR_PAD"), "Pow": ("MUL", "SQRT"),
+    "Gather": ("GATHER",), "Split": ("SPLIT_V",), "Identity": (), "Pad": ("PADV2", "MIRROR_PAD"), "Pow": ("MUL", "DEQUANTIZE", "SQRT", "QUANTIZE"),
+    "Sqrt": ("DEQUANTIZE", "SQRT", "QUANTIZE"), "Neg": ("DEQUANTIZE", "NEG", "QUANTIZE"),
     "Where": ("SELECT_V2",), "Equal": ("EQUAL",), "Less": ("LESS",), "Greater": ("GREATER",),
     "GreaterOrEqual": ("GREATER_EQUAL",), "LessOrEqual": ("LESS_EQUAL",),
     "And": ("LOGICAL_AND",), "Or": ("LOGICAL_OR",), "Not": ("LOGICAL_NOT",),
@@ -39,12 +40,12 @@ EMITS: dict[str, tuple[str, ...]] = {
     "GRU": ("DEQUANTIZE", "STRIDED_SLICE", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "LOGISTIC",
             "TANH", "CONCATENATION", "RESHAPE", "QUANTIZE"),
 }  # fmt: skip
-DECOMPOSED = {"Pow": "x**2 as MUL(x, x), x**0.5 as SQRT (other exponents refused)",
+DECOMPOSED = {"Pow": "x**2 as MUL(x, x), x**0.5 as SQRT in float32 (other exponents refused)",
               "HardSigmoid": "MUL + ADD (int8 saturation clips to [0, 1])",
               "Div": "MUL by the int8 reciprocal of a constant; two activations divide as a float island",
               "Clip": "MAXIMUM/MINIMUM where it is no RELU/RELU6",
               "BatchNormalization": "1x1 DEPTHWISE_CONV_2D"}  # fmt: skip
-FLOAT_ISLANDS = {"LayerNormalization", "ReduceL2", "LSTM", "GRU"}
+FLOAT_ISLANDS = {"LayerNormalization", "ReduceL2", "LSTM", "GRU", "Sqrt", "Neg"}
 
 
 def builtins_for(op: str, profile: Any = None) -> tuple[str, ...]:
