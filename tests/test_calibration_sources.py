@@ -458,3 +458,46 @@ def test_open_source_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         open_source(images, [vi("x", (1, 3, "h", "w"))], preprocess={"height": 4, "width": 4})
     with pytest.raises(CalibrationDataError, match=r"single \.npy file"):
         open_source(others / "a.npy", X)
+
+
+# ---------------------------------------------------------------- loading ahead
+
+
+def test_ordered_map_keeps_order_bounds_lookahead_and_raises_in_place() -> None:
+    import threading
+    import time
+
+    from edgeq.calibration.base import ordered_map
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def slow(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.002 * (7 - i % 7))  # later items often finish first
+        if i == 13:
+            raise CalibrationDataError("sample 13 is broken", "fix it")
+        return i * i
+
+    got = []
+    with pytest.raises(CalibrationDataError, match="13"):
+        for k, v in enumerate(ordered_map(slow, range(40), workers=3)):
+            got.append(v)
+            assert max(started) <= k + 2 * 3  # at most 2 x workers ahead of the consumer
+    assert got == [i * i for i in range(13)]  # everything before the bad item, in order
+    assert list(ordered_map(lambda i: -i, range(5), workers=0)) == [0, -1, -2, -3, -4]
+
+
+def test_image_folder_streams_the_same_samples_as_loading_one_by_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (6, 9, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i:02d}.png"
+        )
+    src = ImageFolder(tmp_path, PreprocessSpec(height=4, width=8), "x")  # type: ignore[call-arg]
+    names = src.names()[::-1][:9]
+    streamed = list(src.iter_samples(names))
+    assert [n for n, _ in streamed] == names
+    for name, feed in streamed:
+        np.testing.assert_array_equal(feed["x"], src.load(name)["x"])
