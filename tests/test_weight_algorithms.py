@@ -264,6 +264,17 @@ def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path
     bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
     assert len(stored) == 5
     assert bpw == pytest.approx(run.plan.calibration["mixed_precision"]["bpw"], rel=0.02)
+    # Core ML: the 8-bit layers are iOS16 constexpr_affine_dequantize, whose data are
+    # attributes (they counted 0 bits, and MiniLM's 4.92 bits per weight read as 3.97)
+    run = _calibrate(path, "ane", Recipe(base=base, bpw=6.5))
+    assert run.plan.calibration["mixed_precision"]["eight_bit"]
+    coreml = get_exporter("coreml")
+    art = coreml.export(run.graph, run.plan, load_target("ane"), tmp_path / "b.mlpackage",
+                        ExportOptions())  # fmt: skip
+    stored = coreml.weight_storage(art.path, run.graph)
+    assert len(stored) == 5 and all(r["bits"] >= 4 * r["elements"] for r in stored.values())
+    bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
+    assert bpw == pytest.approx(run.plan.calibration["mixed_precision"]["bpw"], rel=0.02)
 
 
 def _awq_graph():  # type: ignore[no-untyped-def]

@@ -272,7 +272,11 @@ def stored_bits(op: Any) -> int:
     """Bits of every constant a weight op stores (a const's value, or a constexpr's inputs)."""
     from edgeq.exporters.coreml.evaluate import _DTYPES, _tensor_type
 
-    values = [v for k, v in op.attributes.items() if k == "val"]
+    # a const keeps its tensor in `val`; iOS16's constexpr_affine_dequantize keeps
+    # quantized_data, scale and zero_point as attributes (its `axis` and `name` are no data);
+    # iOS18's constexpr ops bind theirs as input values
+    values = [v for k, v in op.attributes.items()
+              if k in ("val", "quantized_data", "scale", "zero_point")]  # fmt: skip
     values += [arg.arguments[0].value for arg in op.inputs.values()
                if arg.arguments[0].WhichOneof("binding") == "value"]  # fmt: skip
     total = 0
