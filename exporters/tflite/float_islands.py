@@ -1,5 +1,6 @@
-"""TFLite lowerings for ops without an int8 kernel: Cast of integer (mask) tensors, Expand,
-ReduceL2, and Div of an activation by an activation (registered into `converter.HANDLERS`).
+"""TFLite lowerings for ops without an int8 kernel that reproduces the simulator: Cast of
+integer (mask) tensors, Expand, ReduceL2, Div of an activation by an activation, and MatMul
+of two activations (registered into `converter.HANDLERS`).
 
 Where LiteRT has no integer kernel the op runs as a small float32 island: DEQUANTIZE its
 quantized inputs, compute in float32, QUANTIZE onto the plan's output encoding. That is
@@ -106,6 +107,40 @@ def divide_activations(c: Converter, node: Node) -> None:
     opt = fb.DivOptionsT()
     c.emit("DIV", [t.index for t in ins], [res.index], "float32", opt)
     float_result(c, node, res, perm, "Div of two activations")
+
+
+def matmul_activations(c: Converter, node: Node) -> None:
+    """MatMul of two activations (attention's Q·Kᵀ and P·V) as float32 BATCH_MATMUL between
+    DEQUANTIZE and QUANTIZE. LiteRT's int8 BATCH_MATMUL requantizes with gemmlowp's two
+    roundings (a rounding doubling high multiply, then a rounding right shift): the result is
+    off the exactly rounded product by up to 2^-(shift+1) of a step, so ~0.2-0.4% of MiniLM's
+    attention outputs land one step away from the simulator. The reference kernels always run
+    it; XNNPACK takes the op only when the second operand's zero point is 0 (its own rounding
+    is exact), so which rounding a file gets depends on the plan. A step that far upstream of
+    a 6-layer encoder decides the outputs (the parity check found the artifact 10% within one
+    step of the simulator on MiniLM). In float32 both kernel sets compute what the simulator
+    computes (float product of the dequantized operands, then one rounding). A float model
+    gets the same BATCH_MATMUL without the DEQUANTIZE/QUANTIZE."""
+    a, b = node.inputs[0], node.inputs[1]
+    rank = len(c.shape(node.outputs[0]))
+    ins, adj = [], [False, False]
+    for k, name in enumerate((a, b)):
+        if name in c.g.constants:
+            ins.append(c.m.const(name, _planned(c, name), "float32"))
+            continue
+        r = len(c.shape(name))
+        swapped = (*identity(r)[:-2], r - 1, r - 2)
+        if r >= 2 and identity(r) not in c.layouts(name) and swapped in c.layouts(name):
+            ins.append(float_view(c, name, swapped))  # already transposed: the kernel reads it so
+            adj[k] = True
+        else:
+            ins.append(float_view(c, name, identity(r)))
+    res = c.m.tensor(f"{node.outputs[0]}/matmul", list(c.shape(node.outputs[0])), "float32")
+    opt = fb.BatchMatMulOptionsT()
+    opt.adjX, opt.adjY = adj
+    c.emit("BATCH_MATMUL", [t.index for t in ins], [res.index], "float32", opt)
+    float_result(c, node, res, identity(rank), "MatMul of two activations",
+                 "LiteRT's int8 BATCH_MATMUL rounds twice")  # fmt: skip
 
 
 def _planned(c: Converter, name: str) -> np.ndarray:

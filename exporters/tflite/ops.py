@@ -18,7 +18,7 @@ from edgeq.ir.graph import Node
 
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
-from .float_islands import divide_activations, gelu_tanh_island
+from .float_islands import divide_activations, gelu_tanh_island, matmul_activations
 from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
@@ -296,27 +296,7 @@ def matmul(c: Converter, node: Node) -> None:
         return
     if gemm:
         raise c.fail(node, "Gemm without a constant 2-D weight is not lowered", "use MatMul")
-    rank = len(c.shape(node.outputs[0]))
-    ins, adj = [], [False, False]
-    for k, name in enumerate((a, b)):
-        if name in c.g.constants:
-            ins.append(
-                c.const_operand(
-                    name, len(c.g.constants[name].shape), identity(c.g.constants[name].ndim)
-                )
-            )
-            continue
-        r = len(c.shape(name))
-        swapped = (*identity(r)[:-2], r - 1, r - 2)
-        if r >= 2 and identity(r) not in c.layouts(name) and swapped in c.layouts(name):
-            ins.append(c.get(name, swapped))  # already transposed: let the kernel read it so
-            adj[k] = True
-        else:
-            ins.append(c.get(name))
-    out = c.new(node.outputs[0], identity(rank))
-    opt = fb.BatchMatMulOptionsT()
-    opt.adjX, opt.adjY = adj
-    c.emit("BATCH_MATMUL", [t.index for t in ins], [out.index], ins[0].dtype, opt)
+    matmul_activations(c, node)
 
 
 # ---- elementwise ----------------------------------------------------------------------------

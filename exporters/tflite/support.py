@@ -16,7 +16,7 @@ from .ops import _BINARY, _REDUCE, _UNARY
 EMITS: dict[str, tuple[str, ...]] = {
     "Conv": ("CONV_2D", "DEPTHWISE_CONV_2D", "PAD"),
     "ConvTranspose": ("TRANSPOSE_CONV",),
-    "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL"), "Gemm": ("FULLY_CONNECTED",),
+    "MatMul": ("FULLY_CONNECTED", "DEQUANTIZE", "BATCH_MATMUL", "QUANTIZE"), "Gemm": ("FULLY_CONNECTED",),
     "Div": ("MUL", "DEQUANTIZE", "DIV", "QUANTIZE"),
     "HardSigmoid": ("MUL", "ADD"), "HardSwish": ("HARD_SWISH", "MUL", "ADD"),
     "Clip": ("RELU6", "RELU", "RELU_N1_TO_1", "MAXIMUM", "MINIMUM", "QUANTIZE"),
