@@ -187,6 +187,59 @@ def test_quantized_sum_runs_in_float(encoder, tmp_path: Path) -> None:  # type: 
             assert np.max(np.abs(got - want)) <= step * 0.01, (resolver, got, want)
 
 
+# ---- attention: activation x activation MatMul, residual sums ------------------------------------
+HEADS, TOKENS, HEAD_DIM = 4, 64, 32
+
+
+def _attention() -> onnx.ModelProto:
+    """Q·Kᵀ, Softmax, P·V with MiniLM-like ranges: scores spanning tens, a value tensor that is
+    not centred (its int8 zero point is not 0, as MiniLM's are)."""
+    shape = [1, HEADS, TOKENS, HEAD_DIM]
+    nodes = [
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["p", "v"], ["y"], name="context"),
+    ]
+    return make_model(nodes, [("q", F32, shape), ("kt", F32, [1, HEADS, HEAD_DIM, TOKENS]),
+                              ("v", F32, shape)], [("y", F32, shape)])  # fmt: skip
+
+
+def _attention_feeds(n: int, seed: int) -> list[Feeds]:
+    rng = np.random.default_rng(seed)
+    return [{"q": rng.normal(0, 1.2, (1, HEADS, TOKENS, HEAD_DIM)).astype(np.float32),
+             "kt": rng.normal(0, 1.2, (1, HEADS, HEAD_DIM, TOKENS)).astype(np.float32),
+             "v": rng.normal(-0.4, 1.0, (1, HEADS, TOKENS, HEAD_DIM)).astype(np.float32)}
+            for _ in range(n)]  # fmt: skip
+
+
+def test_activation_matmul_reproduces_the_simulator(tmp_path: Path) -> None:
+    """LiteRT's int8 BATCH_MATMUL requantizes with two roundings (gemmlowp's rounding doubling
+    high multiply, then a rounding shift), up to 2^-(shift+1) of a step off the exact
+    product: ~0.4% of P·V's outputs were one step from the simulator on both kernel sets
+    (XNNPACK leaves the op to them when V's zero point is not 0). A one-step difference is
+    within the usual parity tolerance, but a deep encoder amplifies it (MiniLM: 10% of the
+    outputs within one step), so the attention products must equal the simulator's integers.
+    They run in float32 between DEQUANTIZE and QUANTIZE, which both kernel sets compute as
+    the simulator does."""
+    graph = prepare_for_quantization(model_to_graph(_attention()))
+    plan = _plan(graph, _attention_feeds(8, 1))
+    assert int(np.asarray(plan.tensors["v"].zero_point)) != 0  # the case XNNPACK does not take
+    path = _export(graph, plan, tmp_path / "attn.tflite")
+    sim = Simulator(graph, plan)
+    step = float(plan.tensors["y"].scale)
+    feeds = _attention_feeds(4, 2)
+    want = np.concatenate([np.asarray(sim(f)["y"]).ravel() for f in feeds])
+    for xnn in (True, False):
+        run = get_exporter("tflite").open(path, use_xnnpack=xnn)
+        got = np.concatenate([run(f)["y"].ravel() for f in feeds])
+        differ = float(np.mean(np.abs(got - want) > step / 2))
+        # float32 sums in another order may still land a rare exact product on the other
+        # side of a rounding tie (~1e-5 of the elements); the double rounding moved 4e-3
+        assert differ <= 2e-4, ("xnnpack" if xnn else "reference", differ)
+    assert [types for name, _, types in _ops(path) if name == "BATCH_MATMUL"] == [
+        ["float32", "float32"]] * 2  # fmt: skip
+
+
 # ---- INT4 weights ----------------------------------------------------------------------------
 def test_pack_int4_low_nibble_first() -> None:
     # elements (1, -2, 7): byte 0 = 0x1 | (0xE << 4) = 0xE1; byte 1 = 0x7 (high nibble 0)

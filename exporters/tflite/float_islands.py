@@ -86,27 +86,31 @@ def reduce_l2(c: Converter, node: Node) -> None:
 def divide_activations(c: Converter, node: Node) -> None:
     """Div of two activations (mean pooling by the token count, L2 normalize): LiteRT's DIV
     has no int8 kernel, so it divides in float32."""
+    float_elementwise(c, node, "DIV", fb.DivOptionsT(), "Div of two activations")
+
+
+def float_elementwise(c: Converter, node: Node, op: str, options: Any, what: str,
+                      why: str = "no int8 TFLite kernel") -> None:  # fmt: skip
+    """A binary elementwise op in float32: quantized inputs DEQUANTIZEd, constants as the
+    simulator uses them, the result QUANTIZEd onto the plan's encoding (or left float where
+    the plan keeps it float)."""
     names = [i for i in node.inputs if i]
     rank = len(c.shape(node.outputs[0]))
     perm = common_layout(c, names, rank)
     ins = []
     for n in names:
         if n in c.g.constants:
-            t = c.tq(n)
-            arr = c.g.constants[n].astype(np.float32)
-            if t is not None and t.is_quantized and t.values is not None:
-                arr = t.dequantized().astype(np.float32)  # the simulator's value
+            arr = _planned(c, n)
             if arr.ndim == rank:
                 arr = arr.transpose(perm)
             ins.append(c.m.const(n, arr, "float32"))
         else:
             p = perm if len(c.shape(n)) == rank else identity(len(c.shape(n)))
             ins.append(float_view(c, n, p))
-    res = c.m.tensor(f"{node.outputs[0]}/div", [c.shape(node.outputs[0])[i] for i in perm],
+    res = c.m.tensor(f"{node.outputs[0]}/{op.lower()}", [c.shape(node.outputs[0])[i] for i in perm],
                      "float32")  # fmt: skip
-    opt = fb.DivOptionsT()
-    c.emit("DIV", [t.index for t in ins], [res.index], "float32", opt)
-    float_result(c, node, res, perm, "Div of two activations")
+    c.emit(op, [t.index for t in ins], [res.index], "float32", options)
+    float_result(c, node, res, perm, what, why)
 
 
 def matmul_activations(c: Converter, node: Node) -> None:

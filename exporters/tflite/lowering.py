@@ -67,6 +67,10 @@ def float_result(c: Converter, node: Node, cur: Tensor, perm: Perm, what: str,
     if not c.quantized:
         c.alias(y, cur, perm)
         return
+    if c.planned_float(y):  # the plan keeps it float (a residual sum): no QUANTIZE
+        c.alias(y, cur, perm)
+        c.notes.append(f"{node}: {what} stays float32 (the plan keeps {y} float)")
+        return
     out = c.new(y, perm)
     c.emit("QUANTIZE", [cur.index], [out.index], "float32")
     c.notes.append(f"{node}: {what} runs in float32 between DEQUANTIZE and QUANTIZE ({why})")

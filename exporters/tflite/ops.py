@@ -18,7 +18,12 @@ from edgeq.ir.graph import Node
 
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
-from .float_islands import divide_activations, gelu_tanh_island, matmul_activations
+from .float_islands import (
+    divide_activations,
+    float_elementwise,
+    gelu_tanh_island,
+    matmul_activations,
+)
 from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
@@ -311,6 +316,10 @@ def binary(c: Converter, node: Node) -> None:
     rank = len(c.shape(out_name))
     names = [i for i in node.inputs if i]
     op, opt_cls = _BINARY[node.op_type]
+    if c.quantized and any(c.planned_float(n) for n in (out_name, *names)):
+        float_elementwise(c, node, op, opt_cls() if opt_cls else None, node.op_type,
+                          "the plan keeps the residual sum float")  # fmt: skip
+        return
     if node.op_type == "Div" and c.quantized:
         if names[1] not in c.g.constants:
             divide_activations(c, node)
@@ -848,9 +857,7 @@ def layer_norm(c: Converter, node: Node) -> None:
     xt = c.get(x)
     shape = list(xt.shape)
     if c.quantized:
-        f = c.m.tensor(f"{y}/x_float", shape, "float32")
-        c.emit("DEQUANTIZE", [xt.index], [f.index], xt.dtype)
-        xt = f
+        xt = float_view(c, x, identity(rank))  # a residual sum the plan keeps float: as is
         c.notes.append(f"{node}: LayerNormalization runs in float32 between DEQUANTIZE and "
                        "QUANTIZE (no integer kernel)")  # fmt: skip
     keep = [*shape[:-1], 1]
