@@ -21,7 +21,7 @@ from .converter import NHWC, Converter, handles, identity
 from .float_islands import (
     divide_activations,
     float_elementwise,
-    gelu_tanh_island,
+    gelu_island,
     matmul_activations,
 )
 from .lowering import common_layout, float_view, reduce_axes, same_quant
@@ -409,7 +409,7 @@ def unary(c: Converter, node: Node) -> None:
         return
     micro = c.profile.raw.get("micro_kernels")
     if node.op_type == "Gelu" and micro is not None and "GELU" not in micro:
-        gelu_tanh_island(c, node)
+        gelu_island(c, node)
         return
     if c.quantized and node.op_type in FIXED:
         q = c.qparams(y)

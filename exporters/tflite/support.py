@@ -50,7 +50,8 @@ FLOAT_ISLANDS = {"LayerNormalization", "ReduceL2", "LSTM", "GRU"}
 def builtins_for(op: str, profile: Any = None) -> tuple[str, ...]:
     micro = profile.raw.get("micro_kernels") if profile is not None else None
     if op == "Gelu" and micro is not None and "GELU" not in micro:
-        return ("DEQUANTIZE", "MUL", "ADD", "TANH", "QUANTIZE")  # float island, tanh form
+        # float island: the erf form (MAXIMUM/MINIMUM/DIV), the tanh form (TANH)
+        return ("DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "DIV", "TANH", "QUANTIZE")
     if op in EMITS:
         return EMITS[op]
     for table in (_UNARY, _REDUCE):
