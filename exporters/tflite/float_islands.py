@@ -119,8 +119,8 @@ def matmul_activations(c: Converter, node: Node) -> None:
     roundings (a rounding doubling high multiply, then a rounding right shift): the result is
     off the exactly rounded product by up to 2^-(shift+1) of a step, so ~0.2-0.4% of MiniLM's
     attention outputs land one step away from the simulator. The reference kernels always run
-    it; XNNPACK takes the op only when the second operand's zero point is 0 (its own rounding
-    is exact), so which rounding a file gets depends on the plan. A step that far upstream of
+    it; under XNNPACK, MiniLM's Q·Kᵀ (K's zero point 0) rounded once and P·V (V's zero point
+    24) twice, so which rounding a file gets depends on the plan. A step that far upstream of
     a 6-layer encoder decides the outputs (the parity check found the artifact 10% within one
     step of the simulator on MiniLM). In float32 both kernel sets compute what the simulator
     computes (float product of the dequantized operands, then one rounding). A float model
