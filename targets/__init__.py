@@ -77,6 +77,10 @@ class QuantRules:
     # onnxruntime CPU: float keeps the integer MatMuls fusable and is more accurate)
     high_precision: str = "int16"
     fuse_bias_add: bool = False  # MatMul + Add(const) is one op with an int32 bias
+    # the residual sum into a LayerNorm stays float where the runtime's LayerNorm is a float
+    # island anyway (TFLite): one float ADD of the two dequantized branches instead of an
+    # 8-bit requantization of the sum onto a grid as coarse as its outlier channels
+    float_residual: bool = False
     shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
     fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
 

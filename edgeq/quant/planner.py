@@ -295,6 +295,8 @@ def make_spec(
             spec.tensors[out] = t
     if recipe.norm_inputs_16bit:
         _norm_inputs_16bit(spec, graph, consumers, rules)
+    if rules.float_residual:
+        _float_residual_sums(spec, graph, consumers)
     _assign_groups(spec, graph, producers)
     _consumer_clips(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
@@ -346,6 +348,32 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
                 t, dtype=rules.act16, symmetric=rules.act16 == "int16",
                 reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (transformer safety)",
             )  # fmt: skip
+
+
+RESIDUAL_READERS = ("LayerNormalization", "Add")
+
+
+def _float_residual_sums(spec: PlanSpec, graph: Graph,
+                         consumers: Mapping[str, list[Node]]) -> None:  # fmt: skip
+    """Targets whose LayerNorm is a float island (`float_residual`): the Add of two
+    activations that feeds a LayerNorm stays float, when everything that reads it (the
+    LayerNorm, the next residual Add of a pre-norm block) runs on float inputs too."""
+    producers = graph.producers()
+    for node in graph.nodes:
+        if node.op_type != "LayerNormalization":
+            continue
+        x = node.inputs[0]
+        add = producers.get(x)
+        t = spec.tensors.get(x)
+        if add is None or add.op_type != "Add" or t is None or t.role != "activation":
+            continue
+        if any(not i or i in graph.constants for i in add.inputs):
+            continue
+        if any(c.op_type not in RESIDUAL_READERS for c in consumers.get(x, [])):
+            continue
+        spec.tensors[x] = TensorSpec(x, "float", node=add.name,
+                                     reason="residual sum into a LayerNorm kept float (the "
+                                     "LayerNorm runs in float32 on this target)")  # fmt: skip
 
 
 def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:

@@ -24,6 +24,7 @@ import numpy as np
 from edgeq.errors import EdgeqError, UnsupportedOpError
 from edgeq.ir.graph import Graph, Node
 from edgeq.quant.plan import QuantPlan, TensorQuant
+from edgeq.quant.planner import RESIDUAL_READERS
 from edgeq.targets import TargetProfile
 
 from .builder import FlatModel, QParams, Tensor, op_version
@@ -94,14 +95,25 @@ class Converter:
         if not self.is_float(name):
             info = self.g.info(name)
             return "bool" if info is not None and np.dtype(info.dtype) == np.bool_ else "int32"
-        if self.plan is None:
+        if self.plan is None or self.planned_float(name):
             return "float32"
         return self._act_quant(name)[0]
 
     def qparams(self, name: str) -> QParams | None:
-        if self.plan is None or not self.is_float(name):
+        if self.plan is None or not self.is_float(name) or self.planned_float(name):
             return None
         return self._act_quant(name)[1]
+
+    def planned_float(self, name: str) -> bool:
+        """A float activation the plan keeps float on purpose (a residual sum into a float
+        LayerNorm: `float_residual`); only float-island lowerings read or write it."""
+        t = self.tq(name)
+        if t is None or t.role != "float" or not self.is_float(name):
+            return False
+        maker = self.producers.get(name)
+        readers = self.consumers.get(name, [])
+        return (maker is not None and maker.op_type == "Add"
+                and all(n.op_type in RESIDUAL_READERS for n in readers))  # fmt: skip
 
     def _act_quant(self, name: str) -> tuple[str, QParams]:
         t = self.tq(name)

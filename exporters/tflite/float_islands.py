@@ -1,5 +1,6 @@
-"""TFLite lowerings for ops without an int8 kernel: Cast of integer (mask) tensors, Expand,
-ReduceL2, and Div of an activation by an activation (registered into `converter.HANDLERS`).
+"""TFLite lowerings for ops without an int8 kernel that reproduces the simulator: Cast of
+integer (mask) tensors, Expand, ReduceL2, Div of an activation by an activation, and MatMul
+of two activations (registered into `converter.HANDLERS`).
 
 Where LiteRT has no integer kernel the op runs as a small float32 island: DEQUANTIZE its
 quantized inputs, compute in float32, QUANTIZE onto the plan's output encoding. That is
@@ -85,27 +86,65 @@ def reduce_l2(c: Converter, node: Node) -> None:
 def divide_activations(c: Converter, node: Node) -> None:
     """Div of two activations (mean pooling by the token count, L2 normalize): LiteRT's DIV
     has no int8 kernel, so it divides in float32."""
+    float_elementwise(c, node, "DIV", fb.DivOptionsT(), "Div of two activations")
+
+
+def float_elementwise(c: Converter, node: Node, op: str, options: Any, what: str,
+                      why: str = "no int8 TFLite kernel") -> None:  # fmt: skip
+    """A binary elementwise op in float32: quantized inputs DEQUANTIZEd, constants as the
+    simulator uses them, the result QUANTIZEd onto the plan's encoding (or left float where
+    the plan keeps it float)."""
     names = [i for i in node.inputs if i]
     rank = len(c.shape(node.outputs[0]))
     perm = common_layout(c, names, rank)
     ins = []
     for n in names:
         if n in c.g.constants:
-            t = c.tq(n)
-            arr = c.g.constants[n].astype(np.float32)
-            if t is not None and t.is_quantized and t.values is not None:
-                arr = t.dequantized().astype(np.float32)  # the simulator's value
+            arr = _planned(c, n)
             if arr.ndim == rank:
                 arr = arr.transpose(perm)
             ins.append(c.m.const(n, arr, "float32"))
         else:
             p = perm if len(c.shape(n)) == rank else identity(len(c.shape(n)))
             ins.append(float_view(c, n, p))
-    res = c.m.tensor(f"{node.outputs[0]}/div", [c.shape(node.outputs[0])[i] for i in perm],
+    res = c.m.tensor(f"{node.outputs[0]}/{op.lower()}", [c.shape(node.outputs[0])[i] for i in perm],
                      "float32")  # fmt: skip
-    opt = fb.DivOptionsT()
-    c.emit("DIV", [t.index for t in ins], [res.index], "float32", opt)
-    float_result(c, node, res, perm, "Div of two activations")
+    c.emit(op, [t.index for t in ins], [res.index], "float32", options)
+    float_result(c, node, res, perm, what, why)
+
+
+def matmul_activations(c: Converter, node: Node) -> None:
+    """MatMul of two activations (attention's Q·Kᵀ and P·V) as float32 BATCH_MATMUL between
+    DEQUANTIZE and QUANTIZE. LiteRT's int8 BATCH_MATMUL requantizes with gemmlowp's two
+    roundings (a rounding doubling high multiply, then a rounding right shift): the result is
+    off the exactly rounded product by up to 2^-(shift+1) of a step, so ~0.2-0.4% of MiniLM's
+    attention outputs land one step away from the simulator. The reference kernels always run
+    it; under XNNPACK, MiniLM's Q·Kᵀ (K's zero point 0) rounded once and P·V (V's zero point
+    24) twice, so which rounding a file gets depends on the plan. A step that far upstream of
+    a 6-layer encoder decides the outputs (the parity check found the artifact 10% within one
+    step of the simulator on MiniLM). In float32 both kernel sets compute what the simulator
+    computes (float product of the dequantized operands, then one rounding). A float model
+    gets the same BATCH_MATMUL without the DEQUANTIZE/QUANTIZE."""
+    a, b = node.inputs[0], node.inputs[1]
+    rank = len(c.shape(node.outputs[0]))
+    ins, adj = [], [False, False]
+    for k, name in enumerate((a, b)):
+        if name in c.g.constants:
+            ins.append(c.m.const(name, _planned(c, name), "float32"))
+            continue
+        r = len(c.shape(name))
+        swapped = (*identity(r)[:-2], r - 1, r - 2)
+        if r >= 2 and identity(r) not in c.layouts(name) and swapped in c.layouts(name):
+            ins.append(float_view(c, name, swapped))  # already transposed: the kernel reads it so
+            adj[k] = True
+        else:
+            ins.append(float_view(c, name, identity(r)))
+    res = c.m.tensor(f"{node.outputs[0]}/matmul", list(c.shape(node.outputs[0])), "float32")
+    opt = fb.BatchMatMulOptionsT()
+    opt.adjX, opt.adjY = adj
+    c.emit("BATCH_MATMUL", [t.index for t in ins], [res.index], "float32", opt)
+    float_result(c, node, res, identity(rank), "MatMul of two activations",
+                 "LiteRT's int8 BATCH_MATMUL rounds twice")  # fmt: skip
 
 
 # int8 builtins whose LiteRT 2.3 kernels do not compute the quantized op (measured against
@@ -123,7 +162,7 @@ def unary_island(c: Converter, node: Node, x: str) -> None:
     xf = float_view(c, x, perm)
     res = c.m.tensor(f"{node.outputs[0]}/{builtin.lower()}", list(xf.shape), "float32")
     c.emit(builtin, [xf.index], [res.index], "float32")
-    float_result(c, node, res, perm, f"{node.op_type} (LiteRT's int8 {builtin} is inexact)")
+    float_result(c, node, res, perm, node.op_type, f"LiteRT's int8 {builtin} is inexact")
 
 
 def _planned(c: Converter, name: str) -> np.ndarray:
@@ -297,28 +336,58 @@ def recurrent(c: Converter, node: Node) -> None:
         float_result(c, sub, results[k], identity(len(c.shape(out))), f"{node.op_type} (unrolled)")
 
 
-def gelu_tanh_island(c: Converter, node: Node) -> None:
+# erf(z) ≈ z·P(z²)/Q(z²) on z clamped to [-4, 4]: the float32 rational approximation XLA
+# evaluates for the simulator's erf (within 5e-7 of it on a dense grid over [-6, 6])
+ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+         -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+         -1.60960333262415e-02)  # fmt: skip
+ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+         -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
+
+
+def gelu_island(c: Converter, node: Node) -> None:
     """GELU where the runtime has no GELU kernel (TFLite Micro): float32 between DEQUANTIZE and
-    QUANTIZE as 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with MUL, ADD and TANH. For an erf
-    GELU this is the tanh approximation (|difference| < 5e-4, far below an int8 step)."""
+    QUANTIZE with MUL, ADD, MINIMUM, MAXIMUM, DIV (TANH for the tanh form), computing what the
+    simulator computes: 0.5·x·(1 + erf(x/√2)) with erf as the float32 rational approximation
+    above, or 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) for approximate="tanh". (The tanh form
+    for an erf GELU is within 5e-4 of it, but that put 0.3-2% of MiniLM's GELU outputs one
+    step off the simulator, which the encoder amplified.)"""
     x = node.inputs[0]
     perm, _ = c.any_layout(x)
     xf = float_view(c, x, perm)
     shape = list(xf.shape)
     y = node.outputs[0]
+    count = iter(range(1_000))
 
-    def op(name: str, ins: list[Any], label: str) -> Any:
-        out = c.m.tensor(f"{y}/{label}", shape, "float32")
-        opt = {"MUL": fb.MulOptionsT, "ADD": fb.AddOptionsT}.get(name)
+    def op(name: str, ins: list[Any]) -> Any:
+        out = c.m.tensor(f"{y}/{name.lower()}{next(count)}", shape, "float32")
+        opt = {"MUL": fb.MulOptionsT, "ADD": fb.AddOptionsT, "DIV": fb.DivOptionsT}.get(name)
         c.emit(name, [t.index for t in ins], [out.index], "float32", opt() if opt else None)
         return out
 
-    def k(v: float, label: str) -> Any:
-        return c.m.const(f"{y}/{label}", np.asarray(v, np.float32), "float32")
+    def k(v: float) -> Any:
+        return c.m.const(f"{y}/k{next(count)}", np.asarray(v, np.float32), "float32")
 
-    x3 = op("MUL", [op("MUL", [xf, xf], "x2"), xf], "x3")
-    inner = op("ADD", [xf, op("MUL", [x3, k(0.044715, "c3")], "cx3")], "inner")
-    t = op("TANH", [op("MUL", [inner, k(float(np.sqrt(2 / np.pi)), "c")], "scaled")], "tanh")
-    half_x = op("MUL", [xf, k(0.5, "half")], "half_x")
-    res = op("MUL", [half_x, op("ADD", [t, k(1.0, "one")], "one_plus")], "gelu")
-    float_result(c, node, res, perm, "Gelu (tanh form; TFLite Micro has no GELU kernel)")
+    approx = node.attrs.get("approximate", "none")
+    if (approx.decode() if isinstance(approx, bytes) else approx) == "tanh":
+        x3 = op("MUL", [op("MUL", [xf, xf]), xf])
+        inner = op("ADD", [xf, op("MUL", [x3, k(0.044715)])])
+        scaled = op("MUL", [inner, k(float(np.sqrt(2 / np.pi)))])
+        one_plus = op("ADD", [op("TANH", [scaled]), k(1.0)])
+        what = "Gelu (tanh form)"
+    else:
+        z = op("MINIMUM", [op("MAXIMUM", [op("MUL", [xf, k(float(np.float32(1 / np.sqrt(2))))]),
+                                          k(-4.0)]), k(4.0)])  # fmt: skip
+        z2 = op("MUL", [z, z])
+
+        def horner(coefficients: tuple[float, ...]) -> Any:
+            acc = k(coefficients[0])
+            for a in coefficients[1:]:
+                acc = op("ADD", [op("MUL", [acc, z2]), k(a)])
+            return acc
+
+        erf = op("DIV", [op("MUL", [z, horner(ERF_P)]), horner(ERF_Q)])
+        one_plus = op("ADD", [erf, k(1.0)])
+        what = "Gelu (erf form)"
+    res = op("MUL", [op("MUL", [xf, k(0.5)]), one_plus])
+    float_result(c, node, res, perm, what, "TFLite Micro has no GELU kernel")

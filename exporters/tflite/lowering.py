@@ -60,13 +60,17 @@ def float_view(c: Converter, name: str, perm: Perm) -> Tensor:
     return f
 
 
-def float_result(c: Converter, node: Node, cur: Tensor, perm: Perm, what: str) -> None:
+def float_result(c: Converter, node: Node, cur: Tensor, perm: Perm, what: str,
+                 why: str = "no int8 TFLite kernel") -> None:  # fmt: skip
     """Register float32 `cur` as the node's output, QUANTIZEd onto the plan's encoding."""
     y = node.outputs[0]
     if not c.quantized:
         c.alias(y, cur, perm)
         return
+    if c.planned_float(y):  # the plan keeps it float (a residual sum): no QUANTIZE
+        c.alias(y, cur, perm)
+        c.notes.append(f"{node}: {what} stays float32 (the plan keeps {y} float)")
+        return
     out = c.new(y, perm)
     c.emit("QUANTIZE", [cur.index], [out.index], "float32")
-    c.notes.append(f"{node}: {what} runs in float32 between DEQUANTIZE and QUANTIZE "
-                   "(no int8 TFLite kernel)")  # fmt: skip
+    c.notes.append(f"{node}: {what} runs in float32 between DEQUANTIZE and QUANTIZE ({why})")

@@ -18,7 +18,14 @@ from edgeq.ir.graph import Node
 
 from .builder import QParams, Tensor
 from .converter import NHWC, Converter, handles, identity
-from .float_islands import INEXACT_INT8, divide_activations, gelu_tanh_island, unary_island
+from .float_islands import (
+    INEXACT_INT8,
+    divide_activations,
+    float_elementwise,
+    gelu_island,
+    matmul_activations,
+    unary_island,
+)
 from .lowering import common_layout, float_view, reduce_axes, same_quant
 
 ACT = fb.ActivationFunctionType
@@ -296,27 +303,7 @@ def matmul(c: Converter, node: Node) -> None:
         return
     if gemm:
         raise c.fail(node, "Gemm without a constant 2-D weight is not lowered", "use MatMul")
-    rank = len(c.shape(node.outputs[0]))
-    ins, adj = [], [False, False]
-    for k, name in enumerate((a, b)):
-        if name in c.g.constants:
-            ins.append(
-                c.const_operand(
-                    name, len(c.g.constants[name].shape), identity(c.g.constants[name].ndim)
-                )
-            )
-            continue
-        r = len(c.shape(name))
-        swapped = (*identity(r)[:-2], r - 1, r - 2)
-        if r >= 2 and identity(r) not in c.layouts(name) and swapped in c.layouts(name):
-            ins.append(c.get(name, swapped))  # already transposed: let the kernel read it so
-            adj[k] = True
-        else:
-            ins.append(c.get(name))
-    out = c.new(node.outputs[0], identity(rank))
-    opt = fb.BatchMatMulOptionsT()
-    opt.adjX, opt.adjY = adj
-    c.emit("BATCH_MATMUL", [t.index for t in ins], [out.index], ins[0].dtype, opt)
+    matmul_activations(c, node)
 
 
 # ---- elementwise ----------------------------------------------------------------------------
@@ -331,6 +318,10 @@ def binary(c: Converter, node: Node) -> None:
     rank = len(c.shape(out_name))
     names = [i for i in node.inputs if i]
     op, opt_cls = _BINARY[node.op_type]
+    if c.quantized and any(c.planned_float(n) for n in (out_name, *names)):
+        float_elementwise(c, node, op, opt_cls() if opt_cls else None, node.op_type,
+                          "the plan keeps the residual sum float")  # fmt: skip
+        return
     if node.op_type == "Div" and c.quantized:
         if names[1] not in c.g.constants:
             divide_activations(c, node)
@@ -423,7 +414,7 @@ def unary(c: Converter, node: Node) -> None:
         return
     micro = c.profile.raw.get("micro_kernels")
     if node.op_type == "Gelu" and micro is not None and "GELU" not in micro:
-        gelu_tanh_island(c, node)
+        gelu_island(c, node)
         return
     if c.quantized and node.op_type in FIXED:
         q = c.qparams(y)
@@ -871,9 +862,7 @@ def layer_norm(c: Converter, node: Node) -> None:
     xt = c.get(x)
     shape = list(xt.shape)
     if c.quantized:
-        f = c.m.tensor(f"{y}/x_float", shape, "float32")
-        c.emit("DEQUANTIZE", [xt.index], [f.index], xt.dtype)
-        xt = f
+        xt = float_view(c, x, identity(rank))  # a residual sum the plan keeps float: as is
         c.notes.append(f"{node}: LayerNormalization runs in float32 between DEQUANTIZE and "
                        "QUANTIZE (no integer kernel)")  # fmt: skip
     keep = [*shape[:-1], 1]

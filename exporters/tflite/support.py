@@ -16,7 +16,7 @@ from .ops import _BINARY, _REDUCE, _UNARY
 EMITS: dict[str, tuple[str, ...]] = {
     "Conv": ("CONV_2D", "DEPTHWISE_CONV_2D", "PAD"),
     "ConvTranspose": ("TRANSPOSE_CONV",),
-    "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL"), "Gemm": ("FULLY_CONNECTED",),
+    "MatMul": ("FULLY_CONNECTED", "DEQUANTIZE", "BATCH_MATMUL", "QUANTIZE"), "Gemm": ("FULLY_CONNECTED",),
     "Div": ("MUL", "DEQUANTIZE", "DIV", "QUANTIZE"),
     "HardSigmoid": ("MUL", "ADD"), "HardSwish": ("HARD_SWISH", "MUL", "ADD"),
     "Clip": ("RELU6", "RELU", "RELU_N1_TO_1", "MAXIMUM", "MINIMUM", "QUANTIZE"),
@@ -51,7 +51,8 @@ FLOAT_ISLANDS = {"LayerNormalization", "ReduceL2", "LSTM", "GRU", "Sqrt", "Neg"}
 def builtins_for(op: str, profile: Any = None) -> tuple[str, ...]:
     micro = profile.raw.get("micro_kernels") if profile is not None else None
     if op == "Gelu" and micro is not None and "GELU" not in micro:
-        return ("DEQUANTIZE", "MUL", "ADD", "TANH", "QUANTIZE")  # float island, tanh form
+        # float island: the erf form (MAXIMUM/MINIMUM/DIV), the tanh form (TANH)
+        return ("DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "DIV", "TANH", "QUANTIZE")
     if op in EMITS:
         return EMITS[op]
     for table in (_UNARY, _REDUCE):
