@@ -215,13 +215,14 @@ def test_4bit_per_channel_weights_run_on_integer_kernels(tmp_path: Path) -> None
     assert ops.count("QLinearConv") == 2 and "Conv" not in ops, ops
     assert {"QLinearMatMul", "QGemm", "MatMulIntegerToFloat"} & set(ops), ops
     assert not {"MatMul", "Gemm", "MatMulNBits", "Cast"} & set(ops), ops
-    # bits per weight from the file: 4 per weight plus a float32 scale and an int8 zero point
-    # per output channel
+    # bits per weight from the file: 4 per weight plus, per output channel, a float32 scale
+    # and an int8 zero point (0, kept: without it a MatMul + bias is not fused into QGemm)
     stored = weight_storage(art.path)
     assert set(stored) == set(weights)
     for name, t in weights.items():
         assert t.values is not None
-        assert stored[name] == {"elements": t.values.size, "bits": 4 * t.values.size + 40 * np.size(t.scale)}
+        want = {"elements": t.values.size, "bits": 4 * t.values.size + 40 * np.size(t.scale)}
+        assert stored[name] == want, name
     sim, out = Simulator(graph, plan), graph.output_names[0]
     step = float(plan.get(out).scale)  # type: ignore[union-attr, arg-type]
     for optimize in (True, False):
@@ -343,10 +344,12 @@ def test_blocking_ignores_warnings() -> None:
     assert [v.node for v in blocking(vs)] == ["b"]
 
 
-def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [8, 4])
+def test_transformer_block_runs_integer_matmuls_on_onnxruntime(bits: int, tmp_path: Path) -> None:
     """onnx target: the residual stream stays float, the MatMuls read an 8-bit copy of the
     LayerNorm output and take an int32 bias, so onnxruntime runs every MatMul as an integer
-    kernel (QGemm / QLinearMatMul) — and still matches the simulator."""
+    kernel (QGemm / QLinearMatMul) — and still matches the simulator. Per-channel 4-bit
+    weights (int4 widened by a Cast, no zero point stored) take the same kernels."""
     import onnxruntime as ort
 
     from edgeq.pipeline import prepare_for_quantization
@@ -371,7 +374,10 @@ def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -
     graph = prepare_for_quantization(model_to_graph(model), target="onnx")
     assert any(n.op_type == "Identity" and n.inputs == ["h"] for n in graph.nodes)
     feeds = _feeds(12, (1, 16, d))
-    plan = _plan(graph, feeds, "onnx")
+    recipe = Recipe(base=LayerConfig(weight_bits=bits, granularity="per_channel", method="rtn"),
+                    mixed_precision="off")  # fmt: skip
+    plan = _plan(graph, feeds, "onnx", recipe)
+    assert {t.dtype for t in plan.quantized("weight")} == {f"int{bits}"}
     assert plan.get("h").role == "float" and plan.get("res").role == "float"  # type: ignore[union-attr]
     copy = next(n.outputs[0] for n in graph.nodes if n.op_type == "Identity")
     assert plan.get(copy).dtype == "uint8"  # type: ignore[union-attr]
@@ -381,7 +387,8 @@ def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(art.path), opts, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
-    assert ops.count("QGemm") + ops.count("QLinearMatMul") == 2 and "MatMul" not in ops, ops
+    assert ops.count("QGemm") + ops.count("QLinearMatMul") == 2, ops
+    assert not {"MatMul", "Gemm", "MatMulNBits", "Cast"} & set(ops), ops
     sim, run = Simulator(graph, plan), OrtRunner(art.path)
     for feed in feeds[:4]:
         np.testing.assert_allclose(run(feed)["y"], np.asarray(sim(feed)["y"]), atol=2e-3)
