@@ -67,6 +67,9 @@ class QuantRules:
     affine_bias: bool = False
     weight_lut: bool = False  # palettized (look-up table) weights (Core ML iOS18)
     float_weight_bits: int = 32  # how the artifact stores a weight left float
+    # bits of the zero point an artifact stores per channel of a symmetric weight without blocks
+    # (onnx: an int8 zero point 0, which onnxruntime's QGemm fusion wants)
+    symmetric_zero_point_bits: int = 0
     block_requires_act_bits: int = 0  # e.g. QNN: 4-bit blockwise only with 16-bit activations
     rounding: str = "half_even"
     min_range: float = 0.0

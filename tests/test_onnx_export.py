@@ -97,15 +97,28 @@ def test_convnet_matches_simulator_on_onnxruntime(
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
+def _stored_integers(model: onnx.ModelProto) -> dict[str, str]:
+    """DequantizeLinear input → the initializer that stores it: itself, or the int4 initializer
+    a Cast widens to int8 (a Cast between integer types keeps every value)."""
+    init = {t.name for t in model.graph.initializer}
+    out = {i: i for i in init}
+    for n in model.graph.node:
+        if n.op_type == "Cast" and n.input[0] in init:
+            out[n.output[0]] = n.input[0]
+    return out
+
+
 def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every DequantizeLinear on an initializer, evaluated independently in numpy."""
+    """Every DequantizeLinear on an initializer (or a Cast of one), evaluated independently in
+    numpy."""
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    stored = _stored_integers(model)
     out = {}
     for n in model.graph.node:
-        if n.op_type != "DequantizeLinear" or n.input[0] not in init:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in stored:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        v = init[n.input[0]].astype(np.int64)
+        v = init[stored[n.input[0]]].astype(np.int64)
         s = init[n.input[1]].astype(np.float32)
         z = init[n.input[2]].astype(np.int64) if len(n.input) > 2 else np.zeros_like(s, np.int64)
         if s.ndim:
@@ -121,23 +134,25 @@ def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("bits,act_bits", [(8, 8), (4, 0), (8, 16)])
+@pytest.mark.parametrize(
+    "bits,act_bits,granularity",
+    [(8, 8, None), (4, 0, "per_block"), (8, 16, None), (4, 8, "per_channel")],
+)
 def test_stored_weights_dequantize_exactly_to_the_plan(
-    bits: int, act_bits: int, tmp_path: Path
+    bits: int, act_bits: int, granularity: str | None, tmp_path: Path
 ) -> None:
     graph = _convnet()
-    recipe = Recipe(base=LayerConfig(weight_bits=bits, act_bits=act_bits,
-                                     granularity="per_block" if bits == 4 else None,
-                                     block_size=16 if bits == 4 else None))  # fmt: skip
+    recipe = Recipe(base=LayerConfig(weight_bits=bits, act_bits=act_bits, granularity=granularity,  # type: ignore[arg-type]
+                                     block_size=16 if granularity == "per_block" else None))  # fmt: skip
     plan = _plan(graph, _feeds(8), "onnx", recipe)
     art = _export(graph, plan, "onnx", tmp_path)
     model = onnx.load(art.path)
     assert model.ir_version == 10
-    # 4-bit MatMul weights run as MatMulNBits (checked in test_weight_algorithms.py)
+    # blocked 4-bit MatMul weights run as MatMulNBits (checked in test_weight_algorithms.py)
     from edgeq.exporters.onnx.qdq import matmul_nbits_weights
 
     nbits = matmul_nbits_weights(graph, plan)
-    assert bool(nbits) == (bits == 4)
+    assert bool(nbits) == (granularity == "per_block")
     domains = [("", 21), *([("com.microsoft", 1)] if nbits else [])]
     assert sorted((o.domain, o.version) for o in model.opset_import) == domains
     meta = {p.key: p.value for p in model.metadata_props}
@@ -159,7 +174,7 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
         dq = next(n for n in model.graph.node if n.output[0] == name)
         want = {"int8": onnx.TensorProto.INT8, "int4": onnx.TensorProto.INT4,
                 "int32": onnx.TensorProto.INT32}[t.dtype]  # fmt: skip
-        assert init_types[dq.input[0]] == want
+        assert init_types[_stored_integers(model)[dq.input[0]]] == want
     if bits == 4:  # int4 packed two per byte: the file is smaller than an int8 one would be
         w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4)
         assert len(w.raw_data) == (int(np.prod(w.dims)) + 1) // 2
@@ -169,6 +184,51 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
         y = OrtRunner(art.path, optimize=optimize)(feed)["y"]
         ref = np.asarray(Simulator(graph, plan)(feed)["y"])
         assert np.max(np.abs(y - ref)) < (0.02 if optimize else 2e-3)
+
+
+def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+    """The op types of the graph onnxruntime runs after its optimizations (its own dump)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+
+
+def test_4bit_per_channel_weights_run_on_integer_kernels(tmp_path: Path) -> None:
+    """W4A8 with per-channel int4 weights on the onnx target: stored as int4 (half a byte per
+    weight), widened to int8 by a Cast that onnxruntime folds at load, so its QDQ fusion runs
+    both convs as QLinearConv and the MatMul on an integer kernel — no float Conv/MatMul (an
+    int4 DequantizeLinear before them fuses into nothing and they run in float, slower than
+    the float model). Still one step from the simulator, optimized or not."""
+    from edgeq.exporters.onnx.qdq import weight_storage
+
+    graph = _convnet()
+    recipe = Recipe(base=LayerConfig(weight_bits=4, granularity="per_channel", method="rtn"),
+                    mixed_precision="off")  # fmt: skip
+    plan = _plan(graph, _feeds(16), "onnx", recipe)
+    weights = {t.name: t for t in plan.quantized("weight")}
+    assert len(weights) == 3 and all(t.dtype == "int4" and not t.block for t in weights.values())
+    art = _export(graph, plan, "onnx", tmp_path)
+    ops = _optimized_ops(art.path, tmp_path)
+    assert ops.count("QLinearConv") == 2 and "Conv" not in ops, ops
+    assert {"QLinearMatMul", "QGemm", "MatMulIntegerToFloat"} & set(ops), ops
+    assert not {"MatMul", "Gemm", "MatMulNBits", "Cast"} & set(ops), ops
+    # bits per weight from the file: 4 per weight plus, per output channel, a float32 scale
+    # and an int8 zero point (0, kept: without it a MatMul + bias is not fused into QGemm)
+    stored = weight_storage(art.path)
+    assert set(stored) == set(weights)
+    for name, t in weights.items():
+        assert t.values is not None
+        want = {"elements": t.values.size, "bits": 4 * t.values.size + 40 * np.size(t.scale)}
+        assert stored[name] == want, name
+    sim, out = Simulator(graph, plan), graph.output_names[0]
+    step = float(plan.get(out).scale)  # type: ignore[union-attr, arg-type]
+    for optimize in (True, False):
+        run = OrtRunner(art.path, optimize=optimize)
+        for feed in _feeds(8):
+            assert within_step(run(feed)[out], np.asarray(sim(feed)[out]), step) >= 0.99
 
 
 def test_upgrade_opset_keeps_the_meaning(tmp_path: Path) -> None:
@@ -284,10 +344,12 @@ def test_blocking_ignores_warnings() -> None:
     assert [v.node for v in blocking(vs)] == ["b"]
 
 
-def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [8, 4])
+def test_transformer_block_runs_integer_matmuls_on_onnxruntime(bits: int, tmp_path: Path) -> None:
     """onnx target: the residual stream stays float, the MatMuls read an 8-bit copy of the
     LayerNorm output and take an int32 bias, so onnxruntime runs every MatMul as an integer
-    kernel (QGemm / QLinearMatMul) — and still matches the simulator."""
+    kernel (QGemm / QLinearMatMul) — and still matches the simulator. Per-channel 4-bit
+    weights (int4 widened by a Cast, no zero point stored) take the same kernels."""
     import onnxruntime as ort
 
     from edgeq.pipeline import prepare_for_quantization
@@ -312,7 +374,10 @@ def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -
     graph = prepare_for_quantization(model_to_graph(model), target="onnx")
     assert any(n.op_type == "Identity" and n.inputs == ["h"] for n in graph.nodes)
     feeds = _feeds(12, (1, 16, d))
-    plan = _plan(graph, feeds, "onnx")
+    recipe = Recipe(base=LayerConfig(weight_bits=bits, granularity="per_channel", method="rtn"),
+                    mixed_precision="off")  # fmt: skip
+    plan = _plan(graph, feeds, "onnx", recipe)
+    assert {t.dtype for t in plan.quantized("weight")} == {f"int{bits}"}
     assert plan.get("h").role == "float" and plan.get("res").role == "float"  # type: ignore[union-attr]
     copy = next(n.outputs[0] for n in graph.nodes if n.op_type == "Identity")
     assert plan.get(copy).dtype == "uint8"  # type: ignore[union-attr]
@@ -322,7 +387,8 @@ def test_transformer_block_runs_integer_matmuls_on_onnxruntime(tmp_path: Path) -
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(art.path), opts, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
-    assert ops.count("QGemm") + ops.count("QLinearMatMul") == 2 and "MatMul" not in ops, ops
+    assert ops.count("QGemm") + ops.count("QLinearMatMul") == 2, ops
+    assert not {"MatMul", "Gemm", "MatMulNBits", "Cast"} & set(ops), ops
     sim, run = Simulator(graph, plan), OrtRunner(art.path)
     for feed in feeds[:4]:
         np.testing.assert_allclose(run(feed)["y"], np.asarray(sim(feed)["y"]), atol=2e-3)

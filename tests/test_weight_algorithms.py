@@ -130,9 +130,13 @@ def test_recipe_selects_the_method_per_node_and_the_plan_records_it(tmp_path: Pa
 
 def _onnx_decoded(path: Path) -> dict[str, np.ndarray]:
     """Every stored weight decoded independently: DequantizeLinear (blocked, partial last
-    block) and MatMulNBits (packed unsigned nibbles, scales, zero points)."""
+    block; its integers an initializer or an int4 one widened by a Cast, which keeps every
+    value) and MatMulNBits (packed unsigned nibbles, scales, zero points)."""
     model = onnx.load(path)
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Cast" and n.input[0] in init:
+            init[n.output[0]] = init[n.input[0]]
     out = {}
     for n in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
@@ -175,8 +179,9 @@ def test_partial_last_blocks_decode_to_the_plan_on_onnxruntime(
 ) -> None:
     """K = 40, 64, 48, 24 with blocks of 16 and 32: ceil(K/B) blocks, the last one partial,
     stored as MatMulNBits (MatMuls) and blocked DequantizeLinear (the conv)."""
-    recipe = Recipe(base=LayerConfig(weight_bits=4, act_bits=0, block_size=32, method="rtn",
-                                     weight_symmetric=symmetric), mixed_precision="off")  # fmt: skip
+    recipe = Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_block",
+                                     block_size=32, method="rtn", weight_symmetric=symmetric),
+                    mixed_precision="off")  # fmt: skip
     run = _calibrate(_mlp(tmp_path), "onnx", recipe)
     graph, plan = run.graph, run.plan
     assert {t.block for t in plan.quantized("weight")} == {32, None}  # the conv: K=24 < 32

@@ -58,12 +58,13 @@ class Storage:
     affine_bias_bits: int = 0  # MLX: −scale·zero_point per group, for every group
     float_bits: int = 32
     pad_blocks: bool = False  # a partial last block is stored padded to the full block
+    symmetric_zero_point_bits: int = 0  # stored per channel of a symmetric weight without blocks
 
     @staticmethod
     def of(rules: QuantRules) -> Storage:
         scale = 16 if rules.weight_scale_dtype == "float16" else 32
         return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits,
-                       rules.partial_blocks == "ceil")  # fmt: skip
+                       rules.partial_blocks == "ceil", rules.symmetric_zero_point_bits)  # fmt: skip
 
 
 def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float:
@@ -82,6 +83,8 @@ def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float
         bits += n_params * storage.affine_bias_bits
     elif not t.symmetric:
         bits += n_params * (storage.zero_point_bits or t.qdtype.bits)
+    elif not t.block:
+        bits += n_params * storage.symmetric_zero_point_bits
     return float(bits)
 
 

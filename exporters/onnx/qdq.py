@@ -43,9 +43,14 @@ def _storage(t: TensorQuant) -> np.dtype:
     return t.qdtype.storage
 
 
-def _zero_point(t: TensorQuant) -> np.ndarray:
+def _zero_point(t: TensorQuant, storage: np.dtype | None = None) -> np.ndarray:
     assert t.zero_point is not None
-    return np.asarray(t.zero_point).astype(np.int64).astype(_storage(t))
+    return np.asarray(t.zero_point).astype(np.int64).astype(storage or _storage(t))
+
+
+def _widened(t: TensorQuant) -> np.dtype:
+    """The 8-bit type that holds a 4-bit tensor's integers exactly (int4 → int8, uint4 → uint8)."""
+    return np.dtype(np.int8 if t.qdtype.signed else np.uint8)
 
 
 def _dq_attrs(t: TensorQuant) -> dict[str, Any]:
@@ -120,9 +125,12 @@ def _matmul_nbits(g: Graph, node: Node, t: TensorQuant) -> Node:
 
 
 def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
-              omit_zero_points: bool = False) -> Graph:  # fmt: skip
+              omit_zero_points: bool = False, widen_int4: bool = False) -> Graph:  # fmt: skip
     """The prepared graph with the plan's quantization written as Q/DQ nodes (opset 21);
-    `use_nbits`: 4-bit MatMul weights as com.microsoft MatMulNBits (onnxruntime's kernel)."""
+    `use_nbits`: blocked 4-bit MatMul weights as com.microsoft MatMulNBits (onnxruntime's
+    kernel); `widen_int4`: 4-bit weights without blocks stored as int4 and widened by a Cast to
+    int8 before their DequantizeLinear (onnxruntime folds the Cast at load, and its QDQ fusion
+    takes only 8-bit weights into QLinearConv / QLinearMatMul / MatMulIntegerToFloat)."""
     g = upgrade_opset(graph, TARGET_OPSET)
     _omit_unread_optional_outputs(g)
     nodes: list[Node] = []
@@ -130,11 +138,11 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
     renamed_inputs: dict[str, str] = {}
     prefix: list[Node] = []
 
-    def params(t: TensorQuant, base: str) -> tuple[str, str]:
+    def params(t: TensorQuant, base: str, storage: np.dtype | None = None) -> tuple[str, str]:
         s = g.unique_name(f"{base}_scale")
         g.constants[s] = np.asarray(t.scale, np.float32)
         z = g.unique_name(f"{base}_zero_point")
-        g.constants[z] = _zero_point(t)
+        g.constants[z] = _zero_point(t, storage)
         return s, z
 
     nbits = matmul_nbits_weights(g, plan) if use_nbits else {}
@@ -148,12 +156,17 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
             raise EdgeqError(f"plan tensor '{t.name}' has no integer values", "re-calibrate")
         q = g.unique_name(f"{t.name}_quantized")
         g.constants[q] = np.asarray(t.values).astype(np.int64).astype(_storage(t))
-        s, z = params(t, t.name)
+        widen = widen_int4 and t.role == "weight" and t.qdtype.bits == 4 and not t.block
+        if widen:  # int4 initializer → Cast → the int8 tensor the DequantizeLinear reads
+            q4, q = q, g.unique_name(f"{t.name}_quantized_int8")
+            to = onnx.helper.np_dtype_to_tensor_dtype(_widened(t))
+            prefix.append(Node("Cast", [q4], [q], g.unique_name(f"{t.name}_Cast"), {"to": to}))
+        s, z = params(t, t.name, _widened(t) if widen else None)
         del g.constants[t.name]
         dq_inputs = [q, s, z]
         if (
             t.role == "weight"
-            and (t.qdtype.bits == 4 or omit_zero_points)
+            and ((t.qdtype.bits == 4 and not widen) or omit_zero_points)
             and not np.any(np.asarray(t.zero_point))
         ):
             del g.constants[z]  # symmetric weights: the default zero point 0, not stored
@@ -224,8 +237,9 @@ def _omit_unread_optional_outputs(g: Graph) -> None:
 
 def build_model(graph: Graph, plan: QuantPlan | None, profile: TargetProfile) -> onnx.ModelProto:
     nbits, omit = bool(profile.raw.get("matmul_nbits")), bool(profile.raw.get("omit_zero_points"))
+    widen = bool(profile.raw.get("widen_int4"))
     g = (
-        qdq_graph(graph, plan, nbits, omit)
+        qdq_graph(graph, plan, nbits, omit, widen)
         if plan is not None
         else upgrade_opset(graph, TARGET_OPSET)
     )
@@ -339,7 +353,8 @@ def weight_storage(path: str | Path) -> dict[str, dict[str, int]]:
     """Stored bits of every layer weight of an ONNX artifact, read from the file itself: per
     weight operand of Conv/ConvTranspose/MatMul/Gemm/Gather (and MatMulNBits), its elements
     and the bits of what stores it (a float initializer, or the integer, scale and zero-point
-    initializers of its DequantizeLinear, or MatMulNBits' packed codes, scales, zero points)."""
+    initializers of its DequantizeLinear — through the Cast that widens an int4 initializer —
+    or MatMulNBits' packed codes, scales, zero points)."""
     model = onnx.load(str(path))
     init = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -368,9 +383,15 @@ def weight_storage(path: str | Path) -> dict[str, dict[str, int]]:
             out[name] = {"elements": int(np.prod(init[name].dims)), "bits": bits(name)}
             continue
         dq = producers.get(name)
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in init:
-            elements = int(np.prod(init[dq.input[0]].dims))
-            out[name] = {"elements": elements, "bits": sum(bits(i) for i in dq.input if i in init)}
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        stored = list(dq.input)
+        cast = producers.get(stored[0])  # an int4 initializer widened to int8 for the kernels
+        if cast is not None and cast.op_type == "Cast" and cast.input[0] in init:
+            stored[0] = cast.input[0]
+        if stored[0] in init:
+            elements = int(np.prod(init[stored[0]].dims))
+            out[name] = {"elements": elements, "bits": sum(bits(i) for i in stored if i in init)}
     return out
 
 
