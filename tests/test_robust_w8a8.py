@@ -256,3 +256,24 @@ def test_softmax_input_keeps_its_winning_logits(tmp_path, target: str) -> None: 
     peak = max(float(Interpreter(run.graph, taps=["logits"])(f)["logits"].max()) for f in evals)
     assert hi >= 0.9 * peak  # the winners' level is representable
     assert "range top kept" in logits.reason  # and the plan says why
+
+
+def test_diagnosis_names_a_clipped_softmax_top(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the clipped winners are 1/16384 of the logits: their own (local) SQNR looks fine, yet
+    # they decide the Softmax; the diagnosis must measure them and say so
+    _ctc_head(tmp_path / "head.onnx")
+    from edgeq.ir.onnx_io import load_model
+
+    g = prepare(load_model(tmp_path / "head.onnx"))
+    feeds = _ctc_feeds(4)
+    plan = _plan(g, feeds, "rpi", Recipe(base=LayerConfig(act_observer="minmax")))
+    t = plan.tensors["logits"]
+    cut = replace(t, scale=np.asarray(float(t.scale) * 0.4, np.float32))  # top at ~40% of max
+    d = diagnose(g, replace(plan, tensors={**plan.tensors, "logits": cut}), feeds[:2])
+    row = next(r for r in d.rows if r["tensor"] == "logits")
+    assert row["measured"] == "exact"
+    assert "top_clipped" in {c["code"] for c in row["causes"]}
+    assert d.culprit is not None and d.culprit["tensor"] == "logits"
+    clean = diagnose(g, plan, feeds[:2])
+    row = next(r for r in clean.rows if r["tensor"] == "logits")
+    assert "top_clipped" not in {c["code"] for c in row["causes"]}
