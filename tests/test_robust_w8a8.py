@@ -207,17 +207,20 @@ def test_diagnosis_names_a_planted_bad_range() -> None:
 
 
 def _ctc_head(path):  # type: ignore[no-untyped-def]
-    """A recognizer's CTC head: features [1, T, 16] → MatMul (16 → 16384 classes) → Softmax.
+    """A recognizer's CTC head: features [1, T, 16] → MatMul (16 → 16384 classes) → bias Add
+    → Softmax (QNN keeps the bias Add apart: its MatMul output is quantized too).
     Feature k of each time step picks class 16383 - k with a logit near 15; every other class
     sits near 0 (σ ≈ 1.5). One winner per row of 16384 is a 6e-5 share of the logits: the
     rare-value cut (99.99th percentile) would clip exactly the winners."""
     d, classes = 16, 16384
     w = (RNG.standard_normal((d, classes)) * 0.3).astype(np.float32)
     w[np.arange(d), classes - 1 - np.arange(d)] = 3.0  # winners at high indices: ties go low
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="head"),
+    b = (RNG.standard_normal(classes) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["acc"], name="head"),
+             helper.make_node("Add", ["acc", "b"], ["logits"], name="bias"),
              helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax")]  # fmt: skip
     model = make_model(nodes, [("x", F32, [1, 8, d])], [("probs", F32, [1, 8, classes])],
-                       initializers={"w": w})  # fmt: skip
+                       initializers={"w": w, "b": b})  # fmt: skip
     onnx.save(model, path)
 
 
@@ -256,6 +259,8 @@ def test_softmax_input_keeps_its_winning_logits(tmp_path, target: str) -> None: 
     peak = max(float(Interpreter(run.graph, taps=["logits"])(f)["logits"].max()) for f in evals)
     assert hi >= 0.9 * peak  # the winners' level is representable
     assert "range top kept" in logits.reason  # and the plan says why
+    acc = run.plan.tensors["acc"]  # rpi: fused with the bias (int32); qnn: quantized apart
+    assert acc.role == "float" or "range top kept" in acc.reason
 
 
 def test_diagnosis_names_a_clipped_softmax_top(tmp_path) -> None:  # type: ignore[no-untyped-def]

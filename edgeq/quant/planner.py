@@ -298,7 +298,7 @@ def make_spec(
         _norm_inputs_16bit(spec, graph, consumers, rules)
     _assign_groups(spec, graph, producers)
     _consumer_clips(spec, graph, consumers)
-    _keep_max_of_argmax_inputs(spec, consumers)
+    _keep_max_of_argmax_inputs(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
     return spec
 
@@ -402,18 +402,44 @@ def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[N
 DECIDED_BY_MAX = frozenset({"Softmax", "LogSoftmax", "ArgMax", "TopK", "Hardmax"})
 
 
-def _keep_max_of_argmax_inputs(spec: PlanSpec, consumers: Mapping[str, list[Node]]) -> None:
-    """Mark the inputs of Softmax/ArgMax/TopK-style ops (and every tensor sharing a scale
-    with one) `keep_max`: range cuts that target rare values (`rare_values`) leave their upper
-    bound at the observed maximum. Cutting it saturates every winning logit at one level, so
-    the largest ones tie: PP-OCRv5's recognizer read 3.5% CER on LiteRT for 0.1% in float."""
+def _keep_max_of_argmax_inputs(
+    spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]]
+) -> None:
+    """Mark the inputs of Softmax/ArgMax/TopK-style ops `keep_max`: range cuts that target
+    rare values (`rare_values`) leave their upper bound at the observed maximum. Cutting it
+    saturates every winning logit at one level, so the largest ones tie: PP-OCRv5's
+    recognizer read 3.5% CER on LiteRT for 0.1% in float. The mark spreads to every tensor
+    sharing a scale with a marked one and back through a constant offset (a bias Add that a
+    target keeps apart from its MatMul, as QNN does): the winners are the same rare values."""
+    producers = graph.producers()
     marked: dict[str, str] = {}  # tensor or group root -> the reading op
+    todo: list[tuple[str, str]] = []
     for name, t in spec.tensors.items():
         if t.role != "activation":
             continue
         ops = sorted({u.op_type for u in consumers.get(name, []) if u.op_type in DECIDED_BY_MAX})
         if ops:
-            marked[t.group or name] = "/".join(ops)
+            todo.append((name, "/".join(ops)))
+    groups: dict[str, list[str]] = {}
+    for name, t in spec.tensors.items():
+        if t.role == "activation":
+            groups.setdefault(t.group or name, []).append(name)
+    while todo:
+        name, op = todo.pop()
+        root = spec.tensors[name].group or name
+        if root in marked:
+            continue
+        marked[root] = op
+        for member in groups.get(root, [name]):
+            node = producers.get(member)
+            if node is None or node.op_type not in ("Add", "Sub") or len(node.inputs) != 2:
+                continue
+            data = [i for i in node.inputs if i not in graph.constants]
+            if len(data) != 1 or (node.op_type == "Sub" and node.inputs[0] != data[0]):
+                continue  # an offset by a constant (x + c, x - c), not c - x
+            t = spec.tensors.get(data[0])
+            if t is not None and t.role == "activation":
+                todo.append((data[0], op))
     for name, t in list(spec.tensors.items()):
         op = marked.get(t.group or name) if t.role == "activation" else None
         if op is None or t.fixed is not None:
