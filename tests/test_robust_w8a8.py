@@ -259,8 +259,8 @@ def test_softmax_input_keeps_its_winning_logits(tmp_path, target: str) -> None: 
     peak = max(float(Interpreter(run.graph, taps=["logits"])(f)["logits"].max()) for f in evals)
     assert hi >= 0.9 * peak  # the winners' level is representable
     assert "range top kept" in logits.reason  # and the plan says why
-    acc = run.plan.tensors["acc"]  # rpi: fused with the bias (int32); qnn: quantized apart
-    assert acc.role == "float" or "range top kept" in acc.reason
+    acc = run.plan.tensors.get("acc")  # rpi: fused with the bias (int32); qnn: a Conv's bias
+    assert acc is None or acc.role == "float" or "range top kept" in acc.reason
 
 
 def test_diagnosis_names_a_clipped_softmax_top(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -336,6 +336,15 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
                             names.append((j, "residual branch into a LayerNorm"))
                             p = producers.get(j)
                             j = p.inputs[0] if p is not None and p.op_type in PASS_THROUGH else ""
+        # back through layout ops (a MatMul as a 1x1 Conv with its bias folded in): one
+        # 16-bit chain (float members of a shared-scale group need no such walk)
+        for name, why in [] if to_float else list(names):
+            p = producers.get(name)
+            while (
+                p is not None and p.op_type in PASS_THROUGH and p.inputs[0] not in graph.constants
+            ):
+                names.append((p.inputs[0], why))
+                p = producers.get(p.inputs[0])
         for name, why in names:
             t = spec.tensors.get(name)
             if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:
