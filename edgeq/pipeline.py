@@ -257,6 +257,7 @@ def calibrate_model(
         result.states, rare = cut_rare_values(
             graph, result.states, rare_names, stream, token_mask=token_mask,
             program=_ahead_result(rare_program, "rare-value tail counts"),
+            keep_max=[n for n in rare_names if spec.tensors[n].keep_max],
         )  # fmt: skip
         phases.done("cut rare values")
     plan = finalize_plan(

@@ -16,6 +16,7 @@ from edgeq.ir.passes import (
     constant_fold,
     fix_input_shapes,
     inputs_to_constants,
+    matmul_as_conv,
     prepare,
     remove_identity,
     verify,
@@ -326,3 +327,25 @@ def test_verify_catches_double_assignment() -> None:
     )
     with pytest.raises(GraphError, match="assigned twice"):
         verify(graph)
+
+
+def test_matmul_as_conv_takes_the_bias_add_into_the_conv() -> None:
+    # y = x W + b (b read along the last axis) → one Conv with a bias; the same numbers. A
+    # MatMul output that something else reads too keeps its own Add.
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    for shared in (False, True):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                 helper.make_node("Add", ["b", "m"], ["y"], name="bias")]  # fmt: skip
+        outs = [("y", F32, [1, 4, 5])] + ([("m", F32, [1, 4, 5])] if shared else [])
+        model = make_model(nodes, [("x", F32, [1, 4, 6])], outs, initializers={"w": w, "b": b})
+        g = prepare(model_to_graph(model))
+        g2 = matmul_as_conv(g)
+        conv = next(n for n in g2.nodes if n.op_type == "Conv")
+        assert (len(conv.inputs) == 3) != shared
+        assert any(n.op_type == "Add" for n in g2.nodes) == shared
+        x = {"x": rng.standard_normal((1, 4, 6)).astype(np.float32)}
+        ref, got = Interpreter(g)(x), Interpreter(g2)(x)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5)

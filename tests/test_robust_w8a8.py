@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import onnx
+import pytest
 from onnx import helper
 
 from edgeq.algorithms import get_algorithm
@@ -202,3 +204,81 @@ def test_diagnosis_names_a_planted_bad_range() -> None:
     )
     assert clean.rows[0]["own_sqnr_db"] > 25
     assert d.to_dict()["culprit"] == "a"
+
+
+def _ctc_head(path):  # type: ignore[no-untyped-def]
+    """A recognizer's CTC head: features [1, T, 16] → MatMul (16 → 16384 classes) → bias Add
+    → Softmax (QNN keeps the bias Add apart: its MatMul output is quantized too).
+    Feature k of each time step picks class 16383 - k with a logit near 15; every other class
+    sits near 0 (σ ≈ 1.5). One winner per row of 16384 is a 6e-5 share of the logits: the
+    rare-value cut (99.99th percentile) would clip exactly the winners."""
+    d, classes = 16, 16384
+    w = (RNG.standard_normal((d, classes)) * 0.3).astype(np.float32)
+    w[np.arange(d), classes - 1 - np.arange(d)] = 3.0  # winners at high indices: ties go low
+    b = (RNG.standard_normal(classes) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["acc"], name="head"),
+             helper.make_node("Add", ["acc", "b"], ["logits"], name="bias"),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax")]  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 8, d])], [("probs", F32, [1, 8, classes])],
+                       initializers={"w": w, "b": b})  # fmt: skip
+    onnx.save(model, path)
+
+
+def _ctc_feeds(n: int) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for _ in range(n):
+        x = RNG.standard_normal((1, 8, 16)).astype(np.float32) * 0.3
+        x[0, np.arange(8), RNG.integers(0, 16, 8)] = 5.0
+        feeds.append({"x": x})
+    return feeds
+
+
+@pytest.mark.parametrize("target", ["rpi", "qnn"])
+def test_softmax_input_keeps_its_winning_logits(tmp_path, target: str) -> None:  # type: ignore[no-untyped-def]
+    # integer-only targets quantize the Softmax input (onnx keeps it float); the default
+    # rare-value cut must not clip its top, or every winner saturates at one level and the
+    # argmax falls to a runner-up. Checked on the runtime (LiteRT / onnxruntime).
+    from edgeq.exporters import ExportOptions, get_exporter
+    from edgeq.pipeline import calibrate_model
+
+    _ctc_head(tmp_path / "head.onnx")
+    run = calibrate_model(tmp_path / "head.onnx", _ctc_feeds(16), target, Recipe(),
+                          report_samples=0)  # fmt: skip
+    evals = _ctc_feeds(8)
+    ref = Interpreter(run.graph)
+    profile = load_target(target)
+    exporter = get_exporter(profile.exporter)
+    art = exporter.export(run.graph, run.plan, profile, tmp_path / f"head{exporter.suffix}",
+                          ExportOptions())  # fmt: skip
+    runner = exporter.open(art.path)
+    agree = [np.mean(np.argmax(runner(f)["probs"], -1) == np.argmax(ref(f)["probs"], -1))
+             for f in evals]  # fmt: skip
+    assert np.mean(agree) >= 0.95
+    logits = run.plan.tensors["logits"]
+    hi = (logits.qdtype.qmax - int(logits.zero_point)) * float(logits.scale)  # type: ignore[arg-type]
+    peak = max(float(Interpreter(run.graph, taps=["logits"])(f)["logits"].max()) for f in evals)
+    assert hi >= 0.9 * peak  # the winners' level is representable
+    assert "range top kept" in logits.reason  # and the plan says why
+    acc = run.plan.tensors.get("acc")  # rpi: fused with the bias (int32); qnn: a Conv's bias
+    assert acc is None or acc.role == "float" or "range top kept" in acc.reason
+
+
+def test_diagnosis_names_a_clipped_softmax_top(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the clipped winners are 1/16384 of the logits: their own (local) SQNR looks fine, yet
+    # they decide the Softmax; the diagnosis must measure them and say so
+    _ctc_head(tmp_path / "head.onnx")
+    from edgeq.ir.onnx_io import load_model
+
+    g = prepare(load_model(tmp_path / "head.onnx"))
+    feeds = _ctc_feeds(4)
+    plan = _plan(g, feeds, "rpi", Recipe(base=LayerConfig(act_observer="minmax")))
+    t = plan.tensors["logits"]
+    cut = replace(t, scale=np.asarray(float(t.scale) * 0.4, np.float32))  # top at ~40% of max
+    d = diagnose(g, replace(plan, tensors={**plan.tensors, "logits": cut}), feeds[:2])
+    row = next(r for r in d.rows if r["tensor"] == "logits")
+    assert row["measured"] == "exact"
+    assert "top_clipped" in {c["code"] for c in row["causes"]}
+    assert d.culprit is not None and d.culprit["tensor"] == "logits"
+    clean = diagnose(g, plan, feeds[:2])
+    row = next(r for r in clean.rows if r["tensor"] == "logits")
+    assert "top_clipped" not in {c["code"] for c in row["causes"]}

@@ -8,14 +8,16 @@ per batch: 2-10x the calibration time). Here, after the min-max pass, a second p
 few calibration samples counts, per tensor, the values beyond fixed fractions of that range
 (`tail_counts_program`: compare-and-sum reductions, no scatter), and each side of the range is cut to
 the smallest fraction beyond which at most `tail` of the values lie (99.99th percentile on a
-grid of fractions 0.75^k). Graph outputs keep min-max (that is what the user reads).
+grid of fractions 0.75^k). Graph outputs keep min-max (that is what the user reads), and
+`keep_max` tensors (inputs of Softmax, ArgMax, TopK: the planner marks them) keep their
+maximum: their top values are rare by construction (one winner per row) and are the signal.
 
 Pure: (min-max states, tail counts) → states; the pipeline runs the two passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,16 +50,18 @@ def _cut(bound: float, counts: np.ndarray, valid: float, fractions: tuple[float,
     "cut min-max ranges that rare values set (≈ 99.99th percentile, no histograms)",
 )
 def clip_rare_values(ranges: Mapping[str, tuple[float, float]], counts: Mapping[str, State],
-                     tail: float = TAIL, fractions: tuple[float, ...] = FRACTIONS
-                     ) -> dict[str, tuple[float, float]]:  # fmt: skip
-    """New (lo, hi) per tensor from its min-max range and its tail counts ({above, below, valid})."""
+                     tail: float = TAIL, fractions: tuple[float, ...] = FRACTIONS,
+                     keep_max: Collection[str] = ()) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """New (lo, hi) per tensor from its min-max range and its tail counts ({above, below, valid});
+    the tensors in `keep_max` keep their hi."""
     out = dict(ranges)
     for name, state in counts.items():
         lo, hi = ranges[name]
         valid = float(state["valid"])
         if valid <= 0:
             continue
-        new_hi = _cut(hi, np.asarray(state["above"]), valid, fractions, tail) if hi > 0 else hi
+        top = hi > 0 and name not in keep_max
+        new_hi = _cut(hi, np.asarray(state["above"]), valid, fractions, tail) if top else hi
         new_lo = _cut(lo, np.asarray(state["below"]), valid, fractions, tail) if lo < 0 else lo
         out[name] = (new_lo, new_hi)
     return out
@@ -143,12 +147,12 @@ class CompiledTailCounts:
 
 def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batches: Any,
                     tail: float = TAIL, token_mask: str | None = None, program: Any = None,
-                    ) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
+                    keep_max: Collection[str] = ()) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
     """The second calibration pass: tail counts for the min-max `states` of `names` over
     `batches` (one jitted, vmapped forward; the thresholds are inputs, so one compile), then
     their min/max cut (`clip_rare_values`). `program`: `compile_tail_counts` of the same
     `names` (compiled ahead), used for batches of its shape. Returns (states, facts for the
-    plan)."""
+    plan). `keep_max`: names whose maximum stays (see `clip_rare_values`)."""
     import time
 
     import jax
@@ -178,12 +182,13 @@ def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batc
             counts = step(counts, batch, his, los)
             samples += len(next(iter(batch.values())))
     host = {n: {k: np.asarray(v) for k, v in counts[n].items()} for n in ranges}
-    cut = clip_rare_values(ranges, host, tail)
+    cut = clip_rare_values(ranges, host, tail, keep_max=keep_max)
     out = dict(states)
     changed = 0
     for n, (lo, hi) in cut.items():
         if (lo, hi) != ranges[n]:
             changed += 1
             out[n] = {**states[n], "min": np.float32(lo), "max": np.float32(hi)}
+    kept = sorted(n for n in keep_max if n in ranges)
     return out, {"tensors": len(ranges), "cut": changed, "samples": samples, "tail": tail,
-                 "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+                 "max_kept": kept, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip

@@ -685,10 +685,16 @@ def matmul_as_conv(graph: Graph) -> Graph:
     per-channel weights only on Conv (the Snapdragon HTP): [B, S, K] → Transpose → [B, K, S] →
     Unsqueeze → [B, K, 1, S] → Conv(W [N, K, 1, 1]) → Squeeze → Transpose → [B, S, N]; rank-2
     inputs go through Reshape. The same math, but the weight may now have one scale per output
-    channel."""
+    channel. A bias Add (a constant [N] operand) that is the MatMul output's only reader
+    becomes the Conv's bias: one int32 accumulator and one quantized output instead of a
+    quantized MatMul output, a bias Add and a second quantized output."""
     g = graph.copy()
     nodes: list[Node] = []
+    consumers = g.consumers()
+    folded: set[int] = set()  # ids of bias Adds taken into their Conv
     for node in g.nodes:
+        if id(node) in folded:
+            continue
         w = g.constants.get(node.inputs[1]) if node.op_type == "MatMul" else None
         info = g.info(node.inputs[0]) if w is not None else None
         if (
@@ -703,6 +709,11 @@ def matmul_as_conv(graph: Graph) -> Graph:
         shape = [int(d) for d in info.shape]  # type: ignore[union-attr, arg-type]
         k, n = w.shape
         base = node.name or node.outputs[0]
+        outputs, conv_bias = list(node.outputs), []
+        bias = _bias_add(g, node.outputs[0], n, consumers)
+        if bias is not None:
+            folded.add(id(bias[0]))
+            outputs, conv_bias = list(bias[0].outputs), [bias[1]]
         weight = g.unique_name(f"{node.inputs[1]}_conv")
         g.constants[weight] = np.ascontiguousarray(w.T.reshape(n, k, 1, 1))
         x4, y4 = g.unique_name(f"{base}_in4d"), g.unique_name(f"{base}_out4d")
@@ -718,18 +729,36 @@ def matmul_as_conv(graph: Graph) -> Graph:
             pre = [Node("Transpose", [node.inputs[0]], [xt], g.unique_name(f"{base}_to_channels"), {"perm": [0, 2, 1]}),
                    Node("Unsqueeze", [xt, const(f"{base}_axis2", [2])], [x4], g.unique_name(f"{base}_to_4d"))]  # fmt: skip
             post = [Node("Squeeze", [y4, const(f"{base}_axis2b", [2])], [yt], g.unique_name(f"{base}_from_4d")),
-                    Node("Transpose", [yt], list(node.outputs), g.unique_name(f"{base}_from_channels"), {"perm": [0, 2, 1]})]  # fmt: skip
+                    Node("Transpose", [yt], outputs, g.unique_name(f"{base}_from_channels"), {"perm": [0, 2, 1]})]  # fmt: skip
             inter = {xt: (b, k, s_), x4: (b, k, 1, s_), y4: (b, n, 1, s_), yt: (b, n, s_)}
         else:
             b = shape[0]
             pre = [Node("Reshape", [node.inputs[0], const(f"{base}_shape4d", [b, k, 1, 1])], [x4], g.unique_name(f"{base}_to_4d"))]  # fmt: skip
-            post = [Node("Reshape", [y4, const(f"{base}_shape2d", [b, n])], list(node.outputs), g.unique_name(f"{base}_from_4d"))]  # fmt: skip
+            post = [Node("Reshape", [y4, const(f"{base}_shape2d", [b, n])], outputs, g.unique_name(f"{base}_from_4d"))]  # fmt: skip
             inter = {x4: (b, k, 1, 1), y4: (b, n, 1, 1)}
         for name, shp in inter.items():
             g.value_info[name] = ValueInfo(name, info.dtype, shp)
-        nodes += [*pre, Node("Conv", [x4, weight], [y4], base, {"kernel_shape": [1, 1]}), *post]
+        nodes += [*pre, Node("Conv", [x4, weight, *conv_bias], [y4], base, {"kernel_shape": [1, 1]}), *post]  # fmt: skip
     g.nodes = nodes
     return eliminate_dead_nodes(g)
+
+
+def _bias_add(
+    g: Graph, y: str, n: int, consumers: Mapping[str, list[Node]]
+) -> tuple[Node, str] | None:
+    """(the Add, a new [N] bias constant) when `y` is read only by an Add of a constant that
+    varies along the last axis alone (a linear layer's bias)."""
+    users = consumers.get(y, [])
+    if len(users) != 1 or users[0].op_type != "Add" or y in g.output_names:
+        return None
+    add = users[0]
+    other = add.inputs[1] if add.inputs[0] == y else add.inputs[0]
+    c = g.constants.get(other)
+    if c is None or not np.issubdtype(c.dtype, np.floating) or c.size != n or c.shape[-1:] != (n,):
+        return None
+    name = g.unique_name(f"{other}_conv_bias")
+    g.constants[name] = np.ascontiguousarray(c.reshape(n))
+    return add, name
 
 
 STANDARD_PASSES: tuple[tuple[str, Pass], ...] = (

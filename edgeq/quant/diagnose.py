@@ -13,6 +13,10 @@ else stays float. Each one gets the facts that explain it, measured on the same 
 - `outlier_channels`: one channel (axis 1 of NCHW, the last axis of [.., tokens, features])
   far larger than the median channel, so one per-tensor scale starves the others;
 - `rare_values`: a min-max range set by a handful of values while almost all sit near zero;
+- `top_clipped`: a range whose top is below the values' maximum on a tensor read by Softmax,
+  ArgMax or TopK: the few largest values decide those ops, so saturating them ties the
+  winners although the clipped energy (and the tensor's own SQNR) is tiny. Such tensors are
+  measured exactly first;
 - `clipping` (incl. a saturating consumer's active region) and, for weights,
   `weight_outlier_channels` / `weight_rounding`.
 
@@ -37,6 +41,7 @@ import numpy as np
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import evaluate
 from edgeq.quant.plan import QuantPlan, TensorQuant
+from edgeq.quant.planner import DECIDED_BY_MAX
 
 Feeds = Mapping[str, np.ndarray]
 OUTLIER_CHANNEL_RATIO = 8.0  # max channel |x| over the median channel's
@@ -168,6 +173,11 @@ def explain(t: TensorQuant, facts: Mapping[str, Any]) -> list[Cause]:
     clipped = float(facts["clipped"]) / max(float(facts["count"]), 1.0)
     clip_dominates = facts["clip"] > facts["round"]
     where = f"range [{lo:.4g}, {hi:.4g}], values [{vmin:.4g}, {vmax:.4g}]"
+    decided_by = facts.get("decided_by")
+    if decided_by and vmax > hi + 0.5 * s:
+        causes.append(Cause("top_clipped", f"read by {decided_by}: the range's top {hi:.4g} is "
+                            f"below the values' maximum {vmax:.4g}, so the largest values, which "
+                            f"decide the {decided_by}, saturate and tie ({where})"))  # fmt: skip
     shared = "shared with" in t.provenance or "shares" in t.reason
     if t.provenance.startswith("fixed") and clipped > 0:
         what = "a shared fixed encoding" if "shares" in t.reason else "its fixed output encoding"
@@ -275,7 +285,17 @@ def diagnose(graph: Graph, plan: QuantPlan, feeds: Sequence[Feeds], *,
                 f = _weight_facts(graph.constants[t.name], t)
                 facts[t.name] = f
                 local[t.name] = _db(f["signal"], f["noise"])
-    names = sorted(local, key=lambda n: local[n])
+    consumers = graph.consumers()
+    for n, f in stats.items():
+        ops = sorted({u.op_type for u in consumers.get(n, []) if u.op_type in DECIDED_BY_MAX})
+        if ops:
+            f["decided_by"] = "/".join(ops)
+    # a clipped top under a Softmax/ArgMax costs little energy here (few values) but decides
+    # the output: measure those exactly first, then the lowest local SQNR
+    first = {
+        n for n in stats if any(c.code == "top_clipped" for c in explain(plan.tensors[n], facts[n]))
+    }
+    names = sorted(local, key=lambda n: (n not in first, local[n]))
     budget = max(1, max_forwards // max(len(feeds), 1))
     measured = names[:budget]
     own = _own_contribution(graph, plan, measured, feeds) if measured and feeds else {}

@@ -105,6 +105,7 @@ class TensorSpec:
     bias_of: tuple[str, str] | None = None  # (input activation, weight)
     masked_floor: float | None = None
     clip: tuple[float, float] | None = None  # consumers ignore values outside (Relu, HardSwish...)
+    keep_max: bool = False  # read by Softmax/ArgMax-style ops: no range cut lowers the top
     source: str = ""
     reason: str = ""
     node: str = ""
@@ -299,6 +300,7 @@ def make_spec(
         _float_residual_sums(spec, graph, consumers)
     _assign_groups(spec, graph, producers)
     _consumer_clips(spec, graph, consumers)
+    _keep_max_of_argmax_inputs(spec, graph, consumers)
     _integer_only_constants(spec, graph, rules)
     return spec
 
@@ -336,6 +338,15 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
                             names.append((j, "residual branch into a LayerNorm"))
                             p = producers.get(j)
                             j = p.inputs[0] if p is not None and p.op_type in PASS_THROUGH else ""
+        # back through layout ops (a MatMul as a 1x1 Conv with its bias folded in): one
+        # 16-bit chain (float members of a shared-scale group need no such walk)
+        for name, why in [] if to_float else list(names):
+            p = producers.get(name)
+            while (
+                p is not None and p.op_type in PASS_THROUGH and p.inputs[0] not in graph.constants
+            ):
+                names.append((p.inputs[0], why))
+                p = producers.get(p.inputs[0])
         for name, why in names:
             t = spec.tensors.get(name)
             if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:
@@ -437,6 +448,59 @@ def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[N
                 reason=(t.reason + "; " if t.reason else "")
                 + f"range clipped to {'/'.join(sorted(ops))} active input region",
             )
+
+
+# ops whose output the largest input values decide: the top of their input's range is the
+# signal, however few values reach it (one winning logit per row of 18k classes is 1/18k of
+# the tensor), so no percentile-style cut may clip it
+DECIDED_BY_MAX = frozenset({"Softmax", "LogSoftmax", "ArgMax", "TopK", "Hardmax"})
+
+
+def _keep_max_of_argmax_inputs(
+    spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]]
+) -> None:
+    """Mark the inputs of Softmax/ArgMax/TopK-style ops `keep_max`: range cuts that target
+    rare values (`rare_values`) leave their upper bound at the observed maximum. Cutting it
+    saturates every winning logit at one level, so the largest ones tie: PP-OCRv5's
+    recognizer read 3.5% CER on LiteRT for 0.1% in float. The mark spreads to every tensor
+    sharing a scale with a marked one and back through a constant offset (a bias Add that a
+    target keeps apart from its MatMul, as QNN does): the winners are the same rare values."""
+    producers = graph.producers()
+    marked: dict[str, str] = {}  # tensor or group root -> the reading op
+    todo: list[tuple[str, str]] = []
+    for name, t in spec.tensors.items():
+        if t.role != "activation":
+            continue
+        ops = sorted({u.op_type for u in consumers.get(name, []) if u.op_type in DECIDED_BY_MAX})
+        if ops:
+            todo.append((name, "/".join(ops)))
+    groups: dict[str, list[str]] = {}
+    for name, t in spec.tensors.items():
+        if t.role == "activation":
+            groups.setdefault(t.group or name, []).append(name)
+    while todo:
+        name, op = todo.pop()
+        root = spec.tensors[name].group or name
+        if root in marked:
+            continue
+        marked[root] = op
+        for member in groups.get(root, [name]):
+            node = producers.get(member)
+            if node is None or node.op_type not in ("Add", "Sub") or len(node.inputs) != 2:
+                continue
+            data = [i for i in node.inputs if i not in graph.constants]
+            if len(data) != 1 or (node.op_type == "Sub" and node.inputs[0] != data[0]):
+                continue  # an offset by a constant (x + c, x - c), not c - x
+            t = spec.tensors.get(data[0])
+            if t is not None and t.role == "activation":
+                todo.append((data[0], op))
+    for name, t in list(spec.tensors.items()):
+        op = marked.get(t.group or name) if t.role == "activation" else None
+        if op is None or t.fixed is not None:
+            continue
+        why = f"range top kept at the observed maximum (read by {op}: its largest values decide)"
+        spec.tensors[name] = replace(t, keep_max=True,
+                                     reason=(t.reason + "; " if t.reason else "") + why)  # fmt: skip
 
 
 def _check_node(node: Node, eff: _Effective, target: TargetProfile) -> None:
