@@ -333,3 +333,42 @@ def test_gptq_with_per_tensor_weights_and_conv_groups() -> None:
     assert gptq and per_tensor and all(np.size(t.scale) == 1 for t in per_tensor)
     for t in gptq:  # stored integers decode to the plan's weights
         assert np.isfinite(t.dequantized()).all()
+
+
+def test_hessian_factor_is_the_papers_cholesky_of_the_inverse() -> None:
+    """The host factor (one Cholesky of the reversed H and a triangular inverse, no H⁻¹
+    formed) is the reference's cholesky(inv(H))ᵀ after dead columns, dampening, act-order."""
+    from edgeq.algorithms.gptq import hessian_factor
+
+    _, h = _correlated_layer(4, 40)
+    perm, hinv, diag = hessian_factor(h, 0.01, act_order=True)
+    H = h.copy()
+    H[5, 5] = 1.0  # the dead column
+    H += 0.01 * np.mean(np.diagonal(H)) * np.eye(40)
+    assert np.array_equal(perm, np.argsort(-np.diagonal(H), kind="stable"))
+    H = H[perm][:, perm]
+    np.testing.assert_allclose(hinv, np.linalg.cholesky(np.linalg.inv(H)).T, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(diag, np.diagonal(H))
+
+
+@pytest.mark.parametrize("shape,block", [((40, 300), 32), ((3, 70), 16)])
+def test_float32_solver_matches_the_reference_with_groups_and_padding(
+    shape: tuple[int, int], block: int
+) -> None:
+    """float32 (the default) against the float64 paper algorithm, on shapes that pad rows,
+    columns and groups (300 columns → 384 with a partial last group; 3 rows → 4), act-order
+    and groups chosen in the loop, blocks of 64 columns: the same integers but for rare ties,
+    and the same output error as the float64 solve (which equals the reference exactly)."""
+    rows, cols = shape
+    w, h = _correlated_layer(rows, cols)
+    view = MatrixView((rows, cols), 0, 1, "per_block", block)
+    grid = Grid(0, 15, False, "minmax")
+    gidx, config = view.group_of_column(), GPTQConfig(block=64)
+    ref = gptq_reference(w, h, gidx, grid.qmin, grid.qmax, False)
+    solved = {dt: solve_padded(w.astype(dt), h, gidx, view.groups, grid, config, dtype=dt)
+              for dt in (np.float32, np.float64)}  # fmt: skip
+    np.testing.assert_array_equal(solved[np.float64][0], ref)
+    assert np.mean(solved[np.float32][0] == ref) > 0.995
+    errors = {dt: output_error(w, (q - np.asarray(view.expand(z))) * np.asarray(view.expand(s)), h)
+              for dt, (q, s, z) in solved.items()}  # fmt: skip
+    assert errors[np.float32] < 1.02 * errors[np.float64]
