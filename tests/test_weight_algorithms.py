@@ -75,6 +75,15 @@ def test_conv_hessian_columns_match_the_weight_as_a_matrix() -> None:
     m = view.to_matrix(w).reshape(2, 3, -1)  # [groups, out/g, K]
     out = np.einsum("grk,gok->gor", patches, m).reshape(6, *np.asarray(y).shape[2:])
     np.testing.assert_allclose(out, np.asarray(y)[0], rtol=1e-4, atol=1e-4)
+    # dilated, strided both ways (the patches are strided slices of the padded input)
+    stat = ConvInputHessian(
+        4, (3, 2), strides=(2, 2), pads=(2, 1, 0, 1), dilations=(2, 3), groups=2
+    )
+    y = jax.lax.conv_general_dilated(x, w, (2, 2), [(2, 0), (1, 1)], rhs_dilation=(2, 3),
+                                     feature_group_count=2)  # fmt: skip
+    out = np.einsum("grk,gok->gor", np.asarray(stat.patches(x)), m)
+    np.testing.assert_allclose(out.reshape(6, *np.asarray(y).shape[2:]), np.asarray(y)[0],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 # ---- small models -------------------------------------------------------------------------------
