@@ -259,8 +259,10 @@ def calibrate_model(
             program=_ahead_result(rare_program, "rare-value tail counts"),
         )  # fmt: skip
         phases.done("cut rare values")
+    from edgeq.algorithms.data_aware import requantized_weights
+
     plan = finalize_plan(
-        graph, spec, result.states,
+        graph, spec, result.states, requantized=requantized_weights(graph, spec),
         model={
             "file": model.name, "path": str(model.resolve()), "sha256": file_sha256(model),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
