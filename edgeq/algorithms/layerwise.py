@@ -34,6 +34,7 @@ import numpy as np
 
 from edgeq.ir.graph import Graph, Node, node_inputs_all
 from edgeq.ir.interpreter import run_node, trace
+from edgeq.ir.jit import jit
 from edgeq.quant.calibrate import _mask_padding
 from edgeq.quant.statistics import ConvInputHessian, InputHessian
 
@@ -315,7 +316,7 @@ def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], s
                         env[name] = transform(name, value)
         return {o: env[o] for o in keep}
 
-    step = jax.jit(jax.vmap(fn))
+    step = jit(jax.vmap(fn))  # edgeq's GPU compile options (no autotuning)
     with jax.enable_x64(True):
         for i in range(n_chunks):
             out = step({name: store.get(name, i) for name in needed})
@@ -343,7 +344,7 @@ def _hessian(job: LayerJob, store: ChunkStore, n_chunks: int, row_weights: Seque
             x = x * jnp.reshape(w, (-1,) + (1,) * (x.ndim - 1))
             return stat.update(state, x)
 
-        update = _UPDATES[key] = jax.jit(upd)
+        update = _UPDATES[key] = jit(upd)
     state = stat.init()
     with jax.enable_x64(False):
         for i in range(n_chunks):
