@@ -381,3 +381,20 @@ def test_float32_solver_matches_the_reference_with_groups_and_padding(
     errors = {dt: output_error(w, (q - np.asarray(view.expand(z))) * np.asarray(view.expand(s)), h)
               for dt, (q, s, z) in solved.items()}  # fmt: skip
     assert errors[np.float32] < 1.02 * errors[np.float64]
+
+
+@pytest.mark.parametrize("rows", [8, 2])  # one conv group after the other; vmapped (few rows)
+def test_conv_groups_each_equal_the_reference(rows: int) -> None:
+    """Grouped convs: each group has its own H, act-order and group params chosen in the loop;
+    3 groups padded to 4, 50 columns to 64. Every group's integers are the paper's (float64)."""
+    rng = np.random.default_rng(1)
+    n, cols = 3, 50
+    w = rng.standard_normal((n, rows, cols))
+    x = [rng.standard_normal((300, cols)) @ (np.eye(cols) + 0.3 * rng.standard_normal((cols, cols)))
+         for _ in range(n)]  # fmt: skip
+    h = np.stack([a.T @ a / 300 for a in x])
+    view = MatrixView((rows, cols), 0, 1, "per_block", 16)
+    gidx, grid = view.group_of_column(), Grid(0, 15, False, "minmax")
+    q, _, _ = solve_padded(w, h, gidx, view.groups, grid, GPTQConfig(), dtype=np.float64)
+    for g in range(n):
+        np.testing.assert_array_equal(q[g], gptq_reference(w[g], h[g], gidx, 0, 15, False))
