@@ -2,10 +2,16 @@
 
     python -m benchmarks.accelerator [--cases rec:64,rec:1024,det:1024] [--platforms cpu,cuda]
                                      [--devices 1] [--name accelerator]
+    python -m benchmarks.accelerator --cases minilm:136 --bits 4 --minilm-dir DIR --name gptq_gpu
 
 Each run is `edgeq calibrate` in a fresh process with an empty compile cache (cold), on a
 folder of .npy samples rendered once beforehand (PP-OCRv4 rec: rendered text lines; det:
 rendered pages at 640x640), `--target onnx`, default recipe, 8 held-out report samples.
+`minilm` (issue #18's 4-bit case, with `--bits 4`: GPTQ + mixed precision) reads the folder
+`edgeq example minilm -o DIR` writes (minilm.onnx, calib.txt, eval.txt, tokenizer.json) and
+calibrates on its sentences (calib then eval lines) through the tokenizer; the plan's own
+4-bit phase table (layerwise forward / Hessian / solve, mixed precision) and the number of XLA
+compiles are recorded too.
 Measured: wall time of the whole process (start-up, imports and device start-up included), the
 plan's own phase table (load and prepare, compile, stream, plan, report), peak host RSS. Plans
 of the same case on different platforms are compared tensor by tensor (relative scale
@@ -31,7 +37,18 @@ import numpy as np
 
 from benchmarks.common import md_table, write_results
 
-CASE_MODELS = {"rec": "ppocr-rec", "det": "ppocr-det", "cls": "ppocr-cls"}
+CASE_MODELS = {"rec": "ppocr-rec", "det": "ppocr-det", "cls": "ppocr-cls", "minilm": "minilm"}
+MINILM_SHAPES = ["input_ids=1,128", "attention_mask=1,128", "token_type_ids=1,128"]
+
+
+def render_text(n: int, source: Path, folder: Path) -> Path:
+    """n calibration sentences (+ 8 for the report) from `source`'s calib.txt then eval.txt."""
+    lines = [x for f in ("calib.txt", "eval.txt")
+             for x in (source / f).read_text().splitlines() if x.strip()]  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "calib.txt"
+    path.write_text("\n".join(lines[: n + 8]) + "\n")
+    return path
 
 
 def render(model: str, n: int, folder: Path) -> Path:
@@ -63,16 +80,22 @@ def child(args: argparse.Namespace) -> None:
     from edgeq.cli import app
 
     jax_times: dict[str, float] = {}
+    jax_counts: dict[str, int] = {}
 
     def listen(event: str, seconds: float, **_: Any) -> None:
         key = event.rsplit("/", 1)[-1]
         jax_times[key] = jax_times.get(key, 0.0) + seconds
+        jax_counts[key] = jax_counts.get(key, 0) + 1
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     t0 = time.perf_counter()
     argv = ["calibrate", args.model_path, "--calib", args.calib, "--target", "onnx",
-            "--calib-samples", str(args.samples), "--report-samples", "8",
-            f"--input-shape=x={args.shape}", "-o", args.out]  # fmt: skip
+            "--calib-samples", str(args.samples), "--report-samples", "8", "-o", args.out]  # fmt: skip
+    if args.tokenizer:
+        argv += ["--tokenizer", args.tokenizer]
+    argv += [f"--input-shape={s}" for s in args.shape.split(";")]
+    if args.bits:
+        argv += ["--bits", str(args.bits)]
     if args.devices:
         argv += ["--devices", str(args.devices)]
     result = CliRunner().invoke(app, argv)
@@ -84,21 +107,30 @@ def child(args: argparse.Namespace) -> None:
     jax_times = {k: round(v, 2) for k, v in jax_times.items() if v >= 0.05}
     print("EDGEQ-CHILD " + json.dumps({"exit": result.exit_code, "seconds": seconds,
                                        "peak_rss_mb": rss, "output": result.output[-2000:],
-                                       "jax": jax_times}))  # fmt: skip
+                                       "jax": jax_times,
+                                       "backend_compiles": jax_counts.get("backend_compile_duration", 0)}))  # fmt: skip
 
 
-def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
-             out: Path) -> dict[str, Any]:  # fmt: skip
-    from examples.models import CASES
+def run_case(model: str, samples: int, platform_: str, devices: int, data: Path, out: Path,
+             bits: int = 0, minilm_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    extra: list[str] = []
+    if model == "minilm":
+        assert minilm_dir is not None, "--minilm-dir"
+        model_path, shape = minilm_dir / "minilm.onnx", ";".join(MINILM_SHAPES)
+        extra = ["--tokenizer", str(minilm_dir / "tokenizer.json")]
+    else:
+        from examples.models import CASES
 
-    case = CASES[CASE_MODELS[model]]
-    shape = ",".join(map(str, case.input_shapes["x"]))
+        case = CASES[CASE_MODELS[model]]
+        model_path, shape = case.model_path(), "x=" + ",".join(map(str, case.input_shapes["x"]))
+    if bits:
+        extra += ["--bits", str(bits)]
     # an accelerator run keeps JAX's CPU backend too (edgeq folds constants there)
     jax_platforms = platform_ if platform_ == "cpu" else f"{platform_},cpu"
     env = {**os.environ, "JAX_PLATFORMS": jax_platforms, "EDGEQ_CACHE_DIR": "off"}
     cmd = [sys.executable, "-m", "benchmarks.accelerator", "--child", "--model-path",
-           str(case.model_path()), "--calib", str(data), "--samples", str(samples),
-           "--shape", shape, "--out", str(out), "--devices", str(devices)]  # fmt: skip
+           str(model_path), "--calib", str(data), "--samples", str(samples),
+           "--shape", shape, "--out", str(out), "--devices", str(devices), *extra]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
@@ -110,7 +142,8 @@ def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
         return row
     info = json.loads(line.removeprefix("EDGEQ-CHILD "))
     row.update(exit=info["exit"], in_process_s=round(info["seconds"], 2),
-               peak_rss_mb=round(info["peak_rss_mb"]), jax_seconds=info.get("jax", {}))  # fmt: skip
+               peak_rss_mb=round(info["peak_rss_mb"]), jax_seconds=info.get("jax", {}),
+               backend_compiles=info.get("backend_compiles"))  # fmt: skip
     if info["exit"] != 0:
         row["error"] = info["output"]
         return row
@@ -118,6 +151,12 @@ def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
     cal = plan["calibration"]
     row["phases"] = cal.get("phases", {})
     row["devices"] = cal.get("devices", {})
+    if bits:
+        mixed = cal.get("mixed_precision", {})
+        row["weights_seconds"] = cal.get("weights", {}).get("seconds", {})
+        row["mixed_precision"] = {k: mixed.get(k) for k in ("seconds", "evaluations", "bpw",
+                                                            "candidates", "chosen")}  # fmt: skip
+        row["eight_bit"] = [x["weight"] for x in mixed.get("eight_bit", [])]
     outs = [r for r in plan.get("report", {}).get("layers", []) if r.get("output")]
     row["output_sqnr_db"] = round(float(np.mean([r["sqnr_db"] for r in outs])), 3) if outs else None
     return row
@@ -211,11 +250,13 @@ def markdown(data: dict[str, Any]) -> str:
             "wall s": r["wall_s"], "compile s": ph.get("compile statistics step", ""),
             "stream s": ph.get("stream calibration data", ""),
             "prepare s": ph.get("load and prepare", ""), "report s": ph.get("per-layer report", ""),
+            "weights s": ph.get("weight algorithms", ""), "XLA compiles": r.get("backend_compiles", ""),
             "peak RSS MB": r.get("peak_rss_mb", ""), "output SQNR dB": r.get("output_sqnr_db", ""),
             "error": (r.get("error") or "")[:80].replace("\n", " "),
         })  # fmt: skip
     cols = ["model", "samples", "platform", "devices", "wall s", "compile s", "stream s",
-            "prepare s", "report s", "peak RSS MB", "output SQNR dB", "error"]  # fmt: skip
+            "prepare s", "weights s", "report s", "XLA compiles", "peak RSS MB",
+            "output SQNR dB", "error"]  # fmt: skip
     text = ["# Calibration on an accelerator vs the CPU of the same machine", "",
             f"machine: {json.dumps(data['machine'])}", "",
             "`python -m benchmarks.accelerator " + " ".join(data["argv"]) + "`; each row one "
@@ -235,7 +276,12 @@ def main() -> None:
     ap.add_argument("--model-path")
     ap.add_argument("--calib")
     ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--shape")
+    ap.add_argument("--shape", help="NAME=D1,D2,...; several separated by ';'")
+    ap.add_argument("--tokenizer", default=None)
+    ap.add_argument(
+        "--bits", type=int, default=0, help="4: the 4-bit path (GPTQ + mixed precision)"
+    )
+    ap.add_argument("--minilm-dir", default=None, help="folder `edgeq example minilm -o` wrote")
     ap.add_argument("--out")
     ap.add_argument("--devices", type=int, default=0)
     ap.add_argument("--cases", default="rec:64,rec:1024")
@@ -257,12 +303,18 @@ def main() -> None:
     platforms = args.platforms.split(",")
     work = Path(args.data_dir or tempfile.mkdtemp(prefix="edgeq-accel-"))
     runs, comparisons = [], []
+    minilm_dir = Path(args.minilm_dir) if args.minilm_dir else None
     for model, n in cases:
-        data = render(model, max(n for m, n in cases if m == model), work / f"{model}-data")
+        most = max(n for m, n in cases if m == model)
+        if model == "minilm":
+            assert minilm_dir is not None, "the minilm case needs --minilm-dir"
+            data = render_text(most, minilm_dir, work / f"{model}-data")
+        else:
+            data = render(model, most, work / f"{model}-data")
         plans = {}
         for plat in platforms:
             out = work / f"{model}-{n}-{plat}"
-            row = run_case(model, n, plat, args.devices, data, out)
+            row = run_case(model, n, plat, args.devices, data, out, args.bits, minilm_dir)
             print(json.dumps(row), flush=True)
             runs.append(row)
             if "error" not in row:

@@ -260,8 +260,10 @@ def calibrate_model(
             keep_max=[n for n in rare_names if spec.tensors[n].keep_max],
         )  # fmt: skip
         phases.done("cut rare values")
+    from edgeq.algorithms.data_aware import requantized_weights
+
     plan = finalize_plan(
-        graph, spec, result.states,
+        graph, spec, result.states, requantized=requantized_weights(graph, spec),
         model={
             "file": model.name, "path": str(model.resolve()), "sha256": file_sha256(model),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},

@@ -75,6 +75,15 @@ def test_conv_hessian_columns_match_the_weight_as_a_matrix() -> None:
     m = view.to_matrix(w).reshape(2, 3, -1)  # [groups, out/g, K]
     out = np.einsum("grk,gok->gor", patches, m).reshape(6, *np.asarray(y).shape[2:])
     np.testing.assert_allclose(out, np.asarray(y)[0], rtol=1e-4, atol=1e-4)
+    # dilated, strided both ways (the patches are strided slices of the padded input)
+    stat = ConvInputHessian(
+        4, (3, 2), strides=(2, 2), pads=(2, 1, 0, 1), dilations=(2, 3), groups=2
+    )
+    y = jax.lax.conv_general_dilated(x, w, (2, 2), [(2, 0), (1, 1)], rhs_dilation=(2, 3),
+                                     feature_group_count=2)  # fmt: skip
+    out = np.einsum("grk,gok->gor", np.asarray(stat.patches(x)), m)
+    np.testing.assert_allclose(out.reshape(6, *np.asarray(y).shape[2:]), np.asarray(y)[0],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 # ---- small models -------------------------------------------------------------------------------
@@ -349,3 +358,59 @@ def test_gptq_with_per_tensor_weights_and_conv_groups() -> None:
     assert gptq and per_tensor and all(np.size(t.scale) == 1 for t in per_tensor)
     for t in gptq:  # stored integers decode to the plan's weights
         assert np.isfinite(t.dequantized()).all()
+
+
+def test_hessian_factor_is_the_papers_cholesky_of_the_inverse() -> None:
+    """The host factor (one Cholesky of the reversed H and a triangular inverse, no H⁻¹
+    formed) is the reference's cholesky(inv(H))ᵀ after dead columns, dampening, act-order."""
+    from edgeq.algorithms.gptq import hessian_factor
+
+    _, h = _correlated_layer(4, 40)
+    perm, hinv, diag = hessian_factor(h, 0.01, act_order=True)
+    H = h.copy()
+    H[5, 5] = 1.0  # the dead column
+    H += 0.01 * np.mean(np.diagonal(H)) * np.eye(40)
+    assert np.array_equal(perm, np.argsort(-np.diagonal(H), kind="stable"))
+    H = H[perm][:, perm]
+    np.testing.assert_allclose(hinv, np.linalg.cholesky(np.linalg.inv(H)).T, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(diag, np.diagonal(H))
+
+
+@pytest.mark.parametrize("shape,block", [((40, 300), 32), ((3, 70), 16)])
+def test_float32_solver_matches_the_reference_with_groups_and_padding(
+    shape: tuple[int, int], block: int
+) -> None:
+    """float32 (the default) against the float64 paper algorithm, on shapes that pad rows,
+    columns and groups (300 columns → 384 with a partial last group; 3 rows → 4), act-order
+    and groups chosen in the loop, blocks of 64 columns: the same integers but for rare ties,
+    and the same output error as the float64 solve (which equals the reference exactly)."""
+    rows, cols = shape
+    w, h = _correlated_layer(rows, cols)
+    view = MatrixView((rows, cols), 0, 1, "per_block", block)
+    grid = Grid(0, 15, False, "minmax")
+    gidx, config = view.group_of_column(), GPTQConfig(block=64)
+    ref = gptq_reference(w, h, gidx, grid.qmin, grid.qmax, False)
+    solved = {dt: solve_padded(w.astype(dt), h, gidx, view.groups, grid, config, dtype=dt)
+              for dt in (np.float32, np.float64)}  # fmt: skip
+    np.testing.assert_array_equal(solved[np.float64][0], ref)
+    assert np.mean(solved[np.float32][0] == ref) > 0.995
+    errors = {dt: output_error(w, (q - np.asarray(view.expand(z))) * np.asarray(view.expand(s)), h)
+              for dt, (q, s, z) in solved.items()}  # fmt: skip
+    assert errors[np.float32] < 1.02 * errors[np.float64]
+
+
+@pytest.mark.parametrize("rows", [8, 2])  # one conv group after the other; vmapped (few rows)
+def test_conv_groups_each_equal_the_reference(rows: int) -> None:
+    """Grouped convs: each group has its own H, act-order and group params chosen in the loop;
+    3 groups padded to 4, 50 columns to 64. Every group's integers are the paper's (float64)."""
+    rng = np.random.default_rng(1)
+    n, cols = 3, 50
+    w = rng.standard_normal((n, rows, cols))
+    x = [rng.standard_normal((300, cols)) @ (np.eye(cols) + 0.3 * rng.standard_normal((cols, cols)))
+         for _ in range(n)]  # fmt: skip
+    h = np.stack([a.T @ a / 300 for a in x])
+    view = MatrixView((rows, cols), 0, 1, "per_block", 16)
+    gidx, grid = view.group_of_column(), Grid(0, 15, False, "minmax")
+    q, _, _ = solve_padded(w, h, gidx, view.groups, grid, GPTQConfig(), dtype=np.float64)
+    for g in range(n):
+        np.testing.assert_array_equal(q[g], gptq_reference(w[g], h[g], gidx, 0, 15, False))

@@ -79,6 +79,23 @@ def weight_targets(graph: Graph, spec: PlanSpec, plan: QuantPlan,
     return out
 
 
+def requantized_weights(graph: Graph, spec: PlanSpec) -> set[str]:
+    """The weights `weight_targets` will pick (and `apply_weight_algorithms` quantize again),
+    known from the spec before the plan exists: `finalize_plan(requantized=...)` skips their
+    clipping search."""
+    from edgeq.quant.qtypes import qdtype
+
+    operands = {node.inputs[w[0]] for node in graph.nodes
+                if (w := weight_operand(node, graph)) is not None}  # fmt: skip
+    out = set()
+    for name, t in spec.tensors.items():
+        if t.role != "weight" or name not in operands or t.dtype in ("float32", "float16"):
+            continue
+        if qdtype(t.dtype, t.narrow).bits == 4 or t.method != "rtn":
+            out.add(name)
+    return out
+
+
 def apply_weight_algorithms(
     graph: Graph,
     spec: PlanSpec,
@@ -244,6 +261,7 @@ __all__ = [
     "apply_mixed_precision",
     "apply_weight_algorithms",
     "eight_bit_alternatives",
+    "requantized_weights",
     "weight_sizes",
     "weight_targets",
 ]

@@ -12,9 +12,11 @@ zero point are chosen when its first column is reached, from the weights as upda
 clipping search weighted by diag H. Partial last groups, act-order and groups work together
 because params are indexed by each column's group, never by its position.
 
-One jitted function of arrays (float32 at HIGHEST matmul precision; float64 under
-`jax.enable_x64` with float64 inputs), no host loop per column: `lax.fori_loop` over blocks and
-columns. It runs on an accelerator where JAX has one. Pure: no ONNX, no plan.
+Two parts: `hessian_factor` (dampening, act-order, Hinv) in float64 with LAPACK on the host —
+XLA's CPU triangular solve took 0.5 s for a 512x512 H, LAPACK a few ms — and `gptq_columns`,
+the column loop, one jitted program per padded shape (`lax.fori_loop` over blocks and
+columns, float32 at HIGHEST matmul precision, or float64 under `jax.enable_x64`), compiled
+with edgeq's GPU options. It runs on an accelerator where JAX has one. Pure: no ONNX, no plan.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from scipy.linalg import lapack
 
 from edgeq.algorithms.grids import Grid, MatrixView, fit, quantize
 from edgeq.algorithms.registry import register_algorithm
+from edgeq.ir.jit import jit
 from edgeq.quant.plan import TensorQuant
 
 log = logging.getLogger(__name__)
@@ -46,10 +50,10 @@ class GPTQConfig:
     static_groups: bool = False
 
 
-def _members(gidx: np.ndarray, n_groups: int, pad_index: int) -> np.ndarray:
-    """[groups, max group size] column indices of each group, padded with `pad_index`."""
+def _members(gidx: np.ndarray, n_groups: int) -> np.ndarray:
+    """[groups, max group size] column indices of each group, padded with -1."""
     size = max(int(np.max(np.bincount(gidx, minlength=n_groups))), 1)
-    out = np.full((n_groups, size), pad_index, np.int32)
+    out = np.full((n_groups, size), -1, np.int32)
     fill = np.zeros(n_groups, np.int64)
     for col, g in enumerate(gidx):
         out[g, fill[g]] = col
@@ -65,161 +69,160 @@ def bucket(n: int, step: int = 128, least: int = 16) -> int:
     return -(-n // step) * step
 
 
-@partial(jax.jit, static_argnames=("grid", "config"))
-def gptq_solve(
-    W: Any,
-    H: Any,
-    gidx: Any,
-    members: Any,
-    static_scale: Any,
-    static_zp: Any,
-    n_cols: Any,
-    damp: Any,
-    *,
-    grid: Grid,
-    config: GPTQConfig,
-) -> tuple[Any, Any, Any]:
-    """Integer values [R, C], scale [R, G] and zero point [R, G] of weight W [R, C] given the
-    layer-input Hessian H [C, C]; only the first `n_cols` columns are real (the rest padding:
-    zero weights, ignored Hessian entries; at least one such column, the target of padded
-    `members`). `gidx` [C]: each column's group; `members` [G, S]: each group's columns
-    (padded with `n_cols`); `static_scale/zp` [R or 1, G]: used when `config.static_groups`.
-    `damp`: λ (dynamic, so a retry with more dampening does not recompile)."""
-    dtype = H.dtype
+def hessian_factor(H: np.ndarray, damp: float,
+                   act_order: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(perm, Hinv, diag): the processing order (act-order: by decreasing diag H), the upper
+    Cholesky factor of the inverse of the dampened, permuted H (H⁻¹ = Hinvᵀ Hinv) and that
+    H's diagonal, in float64 with LAPACK on the host. Dead columns (diag 0) get diag 1. Without forming H⁻¹: with J the
+    reversal, J H J = M Mᵀ (M lower) gives H = V Vᵀ, V = J M J upper, so Hinv = V⁻¹ = J M⁻¹ J.
+    Raises np.linalg.LinAlgError where H + λ·mean(diag H)·I is not positive definite."""
+    H = np.array(H, np.float64)
+    dead = np.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    H[np.diag_indices_from(H)] += damp * np.mean(np.diagonal(H))
+    perm = np.argsort(-np.diagonal(H), kind="stable") if act_order else np.arange(len(H))
+    H = H[perm][:, perm]
+    M, info = lapack.dpotrf(H[::-1, ::-1], lower=1)
+    if info == 0:
+        M, info = lapack.dtrtri(np.tril(M), lower=1)
+    Hinv = np.tril(M)[::-1, ::-1]
+    if info != 0 or not np.isfinite(Hinv).all():
+        raise np.linalg.LinAlgError("gptq: H is not positive definite")
+    return perm, np.ascontiguousarray(Hinv), np.diagonal(H).copy()
+
+
+def gptq_columns(W: Any, Hinv: Any, group: Any, first: Any, members: Any, valid: Any,
+                 importance: Any, scale: Any, zp: Any, *, grid: Grid, block: int,
+                 static_groups: bool) -> tuple[Any, Any, Any]:  # fmt: skip
+    """GPTQ's column loop with lazy batch updates, on arrays already in processing order:
+    W [R, C] (dead and padding columns 0), Hinv [C, C] (`hessian_factor`; identity on
+    padding), each column's group [C], whether it is its group's first [C], each group's
+    columns [G, S] (`valid` masks the padding), importance [C] (diag H; 0 on padding), params
+    [R or 1, G] (kept with `static_groups`, else chosen at each group's first column from
+    its columns' weights as updated so far). Returns integer values Q [R, C], scale, zp."""
+    dtype = W.dtype
     R, C = W.shape
-    n_groups = members.shape[0]
-    B = min(config.block, C)
-    real = jnp.arange(C) < n_cols
-    both = real[:, None] & real[None, :]
-    H = jnp.where(both, H.astype(dtype), 0.0)
-    diag = jnp.diagonal(H)
-    dead = real & (diag == 0)
-    H = H + jnp.diag(jnp.where(dead | ~real, 1.0, 0.0).astype(dtype))
-    W = jnp.where((real & ~dead)[None, :], W.astype(dtype), 0.0)
-    mean = jnp.sum(jnp.where(real, jnp.diagonal(H), 0.0)) / n_cols
-    H = H + jnp.diag(jnp.where(real, damp * mean, 0.0).astype(dtype))
-    key = jnp.where(real, -jnp.diagonal(H), jnp.inf)
-    perm = jnp.argsort(key, stable=True) if config.act_order else jnp.arange(C)
-    invperm = jnp.argsort(perm)
-    W, H = W[:, perm], H[perm][:, perm]
-    importance = jnp.where(real[perm], jnp.diagonal(H), 0.0)
-    g_p = gidx[perm]
-    pos = invperm[members]  # each group's columns, in processing order
-    first = jnp.zeros(C, bool)
-    if not config.static_groups:
-        first = first.at[jnp.min(pos, axis=1)].set(True) & (jnp.arange(C) < n_cols)
-    L = jnp.linalg.cholesky(H)
-    Hinv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(C, dtype=dtype))
-    U = jnp.linalg.cholesky(Hinv).T  # upper: Hinv = Uᵀ U
-    scale0 = jnp.broadcast_to(static_scale, (static_scale.shape[0], n_groups)).astype(dtype)
-    zp0 = jnp.broadcast_to(static_zp, (static_zp.shape[0], n_groups)).astype(dtype)
-    if not config.static_groups:
-        scale0, zp0 = jnp.ones((R, n_groups), dtype), jnp.zeros((R, n_groups), dtype)
-    cols = jnp.arange(C)
-    block_cols = jnp.arange(B)
+    B = min(block, C)
 
     def run_block(b: Any, carry: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
-        Wc, Q, scale, zp = carry
+        W, Q, scale, zp = carry
         b0 = b * B
-        W1 = lax.dynamic_slice(Wc, (0, b0), (R, B))
-        U1 = lax.dynamic_slice(U, (b0, b0), (B, B))
-        U_rows = lax.dynamic_slice(U, (b0, 0), (B, C))
-
-        def current(c: Any, W1: Any, Err1: Any) -> Any:
-            """Weights of columns `c` (≥ the current one) as updated so far."""
-            later = jnp.matmul(Err1, U_rows[:, c], precision=HIGHEST)
-            in_block = (c >= b0) & (c < b0 + B)
-            inside = W1[:, jnp.clip(c - b0, 0, B - 1)]
-            return jnp.where(in_block[None, :], inside, Wc[:, c] - later)
+        W1 = lax.dynamic_slice(W, (0, b0), (R, B))
+        Hinv1 = lax.dynamic_slice(Hinv, (b0, b0), (B, B))
+        Hinv_rows = lax.dynamic_slice(Hinv, (b0, 0), (B, C))
 
         def column(i: Any, inner: tuple[Any, ...]) -> tuple[Any, ...]:
             W1, Q1, Err1, scale, zp = inner
-            col = b0 + i
-            g = g_p[col]
+            g = group[b0 + i]
 
-            def touch(sz: tuple[Any, Any]) -> tuple[Any, Any]:
-                c = pos[g]
-                s, z = fit(current(c, W1, Err1), importance[c][None, :], grid)
+            def choose(sz: tuple[Any, Any]) -> tuple[Any, Any]:
+                c, real = members[g], valid[g]  # all at or after this column
+                now = W[:, c] - jnp.matmul(Err1, Hinv_rows[:, c], precision=HIGHEST)
+                imp = jnp.where(real, importance[c], 0.0)[None, :]
+                s, z = fit(jnp.where(real[None, :], now, 0.0), imp, grid)
                 return sz[0].at[:, g].set(s), sz[1].at[:, g].set(z)
 
-            if not config.static_groups:
-                scale, zp = lax.cond(first[col], touch, lambda sz: sz, (scale, zp))
-            w = W1[:, i]
-            s, z = scale[:, g], zp[:, g]
+            if not static_groups:
+                scale, zp = lax.cond(first[b0 + i], choose, lambda sz: sz, (scale, zp))
+            w, s, z = W1[:, i], scale[:, g], zp[:, g]
             q = quantize(w, s, z, grid)
-            err = (w - (q - z) * s) / U1[i, i]
-            W1 = W1 - err[:, None] * jnp.where(block_cols > i, U1[i, :], 0.0)[None, :]
+            err = (w - (q - z) * s) / Hinv1[i, i]
+            # Hinv1 is upper triangular: this updates the columns after i (and column i,
+            # which is never read again)
+            W1 = W1 - err[:, None] * Hinv1[i][None, :]
             return W1, Q1.at[:, i].set(q), Err1.at[:, i].set(err), scale, zp
 
         zeros = jnp.zeros((R, B), dtype)
         W1, Q1, Err1, scale, zp = lax.fori_loop(0, B, column, (W1, zeros, zeros, scale, zp))
-        later = jnp.matmul(Err1, U_rows, precision=HIGHEST)
-        Wc = Wc - jnp.where(cols[None, :] >= b0 + B, later, 0.0)
-        Q = lax.dynamic_update_slice(Q, Q1, (0, b0))
-        return Wc, Q, scale, zp
+        later = jnp.matmul(Err1, Hinv_rows, precision=HIGHEST)  # the lazy batch update
+        W = W - jnp.where(jnp.arange(C)[None, :] >= b0 + B, later, 0.0)
+        return W, lax.dynamic_update_slice(Q, Q1, (0, b0)), scale, zp
 
-    init = (W, jnp.zeros((R, C), dtype), scale0, zp0)
+    if not static_groups:  # every row's own params, chosen in the loop
+        scale, zp = jnp.ones((R, members.shape[0]), dtype), jnp.zeros((R, members.shape[0]), dtype)
+    init = (W, jnp.zeros((R, C), dtype), scale.astype(dtype), zp.astype(dtype))
     _, Q, scale, zp = lax.fori_loop(0, C // B, run_block, init)
-    return Q[:, invperm], scale, zp
+    return Q, scale, zp
+
+
+@cache
+def _program(mode: str, grid: Grid, block: int, static_groups: bool) -> Any:
+    """The compiled column loop for one layer (`one`), or vmapped over conv groups (`vmap`:
+    depthwise-like, few rows: the group search's cond becomes a cheap select), or one group
+    after the other (`map`). Cached: one trace per (mode, grid), one compile per shape."""
+    one = partial(gptq_columns, grid=grid, block=block, static_groups=static_groups)
+    if mode == "vmap":
+        return jit(jax.vmap(one))
+    if mode == "map":
+        return jit(lambda *args: lax.map(lambda a: one(*a), args))
+    return jit(lambda *args: tuple(a[None] for a in one(*(x[0] for x in args))))
 
 
 def solve_padded(W: np.ndarray, H: np.ndarray, gidx: np.ndarray, n_groups: int, grid: Grid,
                  config: GPTQConfig, static: tuple[np.ndarray, np.ndarray] | None = None,
                  dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """`gptq_solve` on W [..., R, C] (leading dims: independent conv groups, vmapped) and
-    H [..., C, C], padded to bucketed shapes (zero rows, zero columns with an identity
-    Hessian, empty groups), retried with 10x dampening while the Cholesky factor fails.
-    `dtype=np.float64` solves in double precision (for comparisons with a reference)."""
+    """GPTQ of W [..., R, C] (leading dims: independent conv groups) given H [..., C, C]:
+    `hessian_factor` on the host (retried with 10x dampening while H + λ·I is not positive
+    definite), then `gptq_columns` on shapes padded to buckets (zero rows, zero columns with
+    an identity Hinv, empty groups). `dtype=np.float64` runs the column loop in double
+    precision (for comparisons with a reference)."""
     lead = W.shape[:-2]
     R, C = W.shape[-2:]
-    # powers of two: at most 2x padding, and few distinct programs to compile per model
-    Rb, Cb, Gb = bucket(R, 1 << 30, 1), bucket(C + 1), bucket(n_groups, 64, 1)
     nb = math.prod(lead)
-    Nb = bucket(nb, 1 << 30) if lead else 1
-    Wp = np.zeros((Nb, Rb, Cb), dtype)
-    Wp[:nb, :R, :C] = W.reshape(nb, R, C)
-    Hp = np.broadcast_to(np.eye(Cb, dtype=dtype), (Nb, Cb, Cb)).copy()
-    Hp[:nb, :C, :C] = np.asarray(H, dtype).reshape(-1, C, C)
-    g = np.zeros(Cb, np.int32)
-    g[:C] = gidx
-    members = _members(gidx, n_groups, C)
-    mp = np.full((Gb, bucket(members.shape[1], 1 << 30)), C, np.int32)
-    mp[:n_groups, : members.shape[1]] = members
-    s0 = np.ones((Nb, 1, Gb), np.float32)
-    z0 = np.zeros((Nb, 1, Gb), np.float32)
+    Rb, Cb, Gb = bucket(R, 128, 1), bucket(C), bucket(n_groups, 64, 1)
+    members = _members(gidx, n_groups)
+    S = bucket(members.shape[1], 1 << 30, 1)
+    Nb = bucket(nb, 1 << 30, 1) if lead else 1
+    Ws, Hs = W.reshape(nb, R, C), np.asarray(H).reshape(nb, C, C)
+    Wp, Hinv = (
+        np.zeros((Nb, Rb, Cb), dtype),
+        np.broadcast_to(np.eye(Cb, dtype=dtype), (Nb, Cb, Cb)).copy(),
+    )
+    group, first = np.zeros((Nb, Cb), np.int32), np.zeros((Nb, Cb), bool)
+    pos, valid = np.zeros((Nb, Gb, S), np.int32), np.zeros((Nb, Gb, S), bool)
+    importance = np.zeros((Nb, Cb), dtype)
+    perms = []
+    for k in range(nb):
+        damp = config.damp
+        for _ in range(4):
+            try:
+                perm, Hinv_k, diag = hessian_factor(Hs[k], damp, config.act_order)
+                break
+            except np.linalg.LinAlgError:
+                log.info("gptq: Cholesky failed at dampening %g, retrying with %g", damp, damp * 10)
+                damp *= 10
+        else:
+            raise FloatingPointError("gptq: the Hessian stays singular after dampening")
+        perms.append(perm)
+        invperm = np.argsort(perm)
+        alive = np.diagonal(Hs[k]) != 0
+        Wp[k, :R, :C] = np.where(alive[None, :], Ws[k], 0.0)[:, perm]
+        Hinv[k, :C, :C] = Hinv_k
+        importance[k, :C] = diag
+        group[k, :C] = gidx[perm]
+        real = members >= 0
+        at = np.where(real, invperm[np.maximum(members, 0)], 0)  # processing positions
+        pos[k, :n_groups, : members.shape[1]] = at
+        valid[k, :n_groups, : members.shape[1]] = real
+        if not config.static_groups:
+            first[k, np.min(np.where(real, at, C), axis=1)[real.any(axis=1)]] = True
+    s0 = np.ones((Nb, 1, Gb), dtype)
+    z0 = np.zeros((Nb, 1, Gb), dtype)
     if static is not None:
         s_rows = static[0].reshape(nb, -1, n_groups)
-        s0 = np.ones((Nb, s_rows.shape[1] if s_rows.shape[1] == 1 else Rb, Gb), np.float32)
+        s0 = np.ones((Nb, s_rows.shape[1] if s_rows.shape[1] == 1 else Rb, Gb), dtype)
         z0 = np.zeros_like(s0)
         s0[:nb, : s_rows.shape[1], :n_groups] = s_rows
         z0[:nb, : s_rows.shape[1], :n_groups] = static[1].reshape(nb, -1, n_groups)
-    one = partial(gptq_solve, grid=grid, config=config)
-    if Nb == 1:
-
-        def solve(W: Any, H: Any, g: Any, m: Any, s: Any, z: Any, n: Any, d: Any) -> Any:
-            return tuple(a[None] for a in one(W[0], H[0], g, m, s[0], z[0], n, d))
-
-    elif R <= 4:  # depthwise-like: vmapped (the group search's cond becomes a cheap select)
-        solve = jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None, None))
-    else:  # one conv group after the other, each a plain call
-
-        def solve(W: Any, H: Any, g: Any, m: Any, s: Any, z: Any, n: Any, d: Any) -> Any:
-            return jax.lax.map(lambda a: one(a[0], a[1], g, m, a[2], a[3], n, d), (W, H, s, z))
-
-    damp = config.damp
-    for _ in range(4):
-        with jax.enable_x64(np.dtype(dtype) == np.float64):
-            Q, scale, zp = (np.asarray(a) for a in solve(Wp, Hp, g, mp, s0.astype(dtype), z0.astype(dtype),
-                                                           np.int32(C), np.asarray(damp, dtype)))  # fmt: skip
-        if np.isfinite(Q[:nb]).all() and np.isfinite(scale[:nb]).all():
-            break
-        log.info("gptq: Cholesky failed at dampening %g, retrying with %g", damp, damp * 10)
-        damp *= 10
-    else:
-        raise FloatingPointError("gptq: the Hessian stays singular after dampening")
+    mode = "one" if Nb == 1 else "vmap" if R <= 4 else "map"
+    program = _program(mode, grid, config.block, config.static_groups)
+    with jax.enable_x64(np.dtype(dtype) == np.float64):
+        Q, scale, zp = (np.asarray(a) for a in program(Wp, Hinv, group, first, pos, valid,
+                                                         importance, s0, z0))  # fmt: skip
+    Q = np.stack([Q[k, :R, :C][:, np.argsort(perm)] for k, perm in enumerate(perms)])
     shape = (*lead, R)
     rows = min(R, scale.shape[1])  # 1: one static scale row shared by every row (per tensor)
-    return (Q[:nb, :R, :C].reshape(*shape, C),
+    return (Q.reshape(*shape, C),
             scale[:nb, :rows, :n_groups].reshape(*lead, rows, n_groups),
             zp[:nb, :rows, :n_groups].reshape(*lead, rows, n_groups))  # fmt: skip
 
@@ -230,8 +233,9 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, H: np.ndarray) -> float:
     w, d, H = (np.asarray(a, np.float64) for a in (w, np.asarray(w_hat) - w, H))
     if w.ndim == 2:
         w, d, H = w[None], d[None], H.reshape(1, *H.shape[-2:])
-    num = float(np.sum(np.einsum("grc,gcd->grd", d, H) * d))
-    den = float(np.sum(np.einsum("grc,gcd->grd", w, H) * w))
+    # matmul, not einsum: numpy's einsum loops (no BLAS) took seconds for a 384x1536 layer
+    num = float(np.sum(np.matmul(d, H) * d))
+    den = float(np.sum(np.matmul(w, H) * w))
     return float(num / den) if den > 0 else 0.0
 
 
@@ -302,4 +306,11 @@ def gptq_weight(
     )
 
 
-__all__ = ["GPTQConfig", "gptq_solve", "gptq_weight", "output_error"]
+__all__ = [
+    "GPTQConfig",
+    "gptq_columns",
+    "gptq_weight",
+    "hessian_factor",
+    "output_error",
+    "solve_padded",
+]

@@ -7,8 +7,9 @@ quantization applied), so layer j's input statistics (its Hessian) see the error
 layers before it — GPTQ's sequential mode, for any graph, not only stacks of blocks.
 
 The samples are not re-run from the input for every layer: the graph is cut into segments at
-the solved layers, and only the tensors still needed later (the live cut) are kept, per chunk
-of samples, between segments. Each segment is one jitted, vmapped function, compiled once.
+the solved layers whose input is not yet computed (layers reading one tensor, such as Q/K/V
+projections, are solved one after the other with no segment between them), and only the
+tensors still needed later (the live cut) are kept, per chunk of samples, between segments. Each segment is one jitted, vmapped function, compiled once.
 Kept chunks spill to a temporary folder above `spill_bytes`, so resident memory stays flat in
 the number of samples; only one layer's Hessian is held at a time (two layers reading the
 same tensor, such as Q/K/V projections, share it).
@@ -33,6 +34,7 @@ import numpy as np
 
 from edgeq.ir.graph import Graph, Node, node_inputs_all
 from edgeq.ir.interpreter import run_node, trace
+from edgeq.ir.jit import jit
 from edgeq.quant.calibrate import _mask_padding
 from edgeq.quant.statistics import ConvInputHessian, InputHessian
 
@@ -234,11 +236,14 @@ def run_layerwise(
         cached: tuple[str, np.ndarray] | None = None
         for k, job in enumerate(jobs):
             t0 = time.perf_counter()
-            _run_segment(nodes[start : job.index], graph, consts, store, last_use, job.index,
-                         last_job, n_chunks, transform)  # fmt: skip
-            for name in store.names():
-                if last_use.get(name, -1) < job.index and name != token_mask:
-                    store.drop(name)
+            if job.data not in store:  # else (Q/K/V reading one tensor) solve it right away:
+                # the nodes since `start` run later in one segment, with this weight solved
+                _run_segment(nodes[start : job.index], graph, consts, store, last_use, job.index,
+                             last_job, n_chunks, transform)  # fmt: skip
+                for name in store.names():
+                    if last_use.get(name, -1) < job.index and name != token_mask:
+                        store.drop(name)
+                start = job.index
             seconds["forward"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if cached is None or cached[0] != job.data:
@@ -253,7 +258,6 @@ def run_layerwise(
 
             consts[job.weight] = solve(job, cached[1], rescale)
             seconds["solve"] += time.perf_counter() - t0
-            start = job.index
             if progress is not None:
                 progress(k + 1, len(jobs))
             result.kept_bytes = max(result.kept_bytes, store.in_memory)
@@ -312,7 +316,7 @@ def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], s
                         env[name] = transform(name, value)
         return {o: env[o] for o in keep}
 
-    step = jax.jit(jax.vmap(fn))
+    step = jit(jax.vmap(fn))  # edgeq's GPU compile options (no autotuning)
     with jax.enable_x64(True):
         for i in range(n_chunks):
             out = step({name: store.get(name, i) for name in needed})
@@ -340,7 +344,7 @@ def _hessian(job: LayerJob, store: ChunkStore, n_chunks: int, row_weights: Seque
             x = x * jnp.reshape(w, (-1,) + (1,) * (x.ndim - 1))
             return stat.update(state, x)
 
-        update = _UPDATES[key] = jax.jit(upd)
+        update = _UPDATES[key] = jit(upd)
     state = stat.init()
     with jax.enable_x64(False):
         for i in range(n_chunks):

@@ -33,6 +33,7 @@ import numpy as np
 from edgeq.algorithms.registry import register_algorithm
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import evaluate
+from edgeq.ir.jit import jit
 from edgeq.quant.plan import QuantPlan, TensorQuant
 
 if TYPE_CHECKING:
@@ -130,11 +131,11 @@ class OutputError:
             env = evaluate(graph, feed)
             return [jnp.ravel(env[o]).astype(jnp.float32) for o in outs]
 
-        self._run = jax.jit(jax.vmap(forward, in_axes=(0, None)))
+        self._run = jit(jax.vmap(forward, in_axes=(0, None)))
         self.batch = {k: np.stack([np.asarray(f[k]) for f in feeds]) for k in feeds[0]}
         with jax.enable_x64(True):
             self.reference = [
-                np.asarray(r, np.float64) for r in jax.jit(jax.vmap(float_forward))(self.batch)
+                np.asarray(r, np.float64) for r in jit(jax.vmap(float_forward))(self.batch)
             ]
         self.evaluations = 0
 

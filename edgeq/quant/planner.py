@@ -10,7 +10,7 @@ target runs and records why in the plan.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -845,7 +845,12 @@ def finalize_plan(
     *,
     model: Mapping[str, Any] | None = None,
     calibration: Mapping[str, Any] | None = None,
+    requantized: Collection[str] = (),
 ) -> QuantPlan:
+    """The plan from the spec and the calibration statistics. `requantized`: weights that a
+    weights algorithm quantizes again right after (GPTQ, RTN's grid search; see
+    `edgeq.algorithms.data_aware.requantized_weights`): they get min-max params here, since
+    a clipping search of theirs would be thrown away (it cost most of the 4-bit plan phase)."""
     rules = spec.target.quant
     observers = spec.observers()
     tensors: dict[str, TensorQuant] = {}
@@ -857,7 +862,9 @@ def finalize_plan(
             tensors[name] = _activation_quant(t, ranges, rules)
     for name, t in spec.tensors.items():
         if t.role == "weight":
-            tensors[name] = _weight_quant(t, graph.constants[name])
+            quick = name in requantized and t.weight_format != "lut"
+            tensors[name] = _weight_quant(replace(t, observer="minmax") if quick else t,
+                                          graph.constants[name])  # fmt: skip
     for name, t in spec.tensors.items():
         if t.role == "bias":
             tensors[name] = _bias_quant(t, graph, tensors)

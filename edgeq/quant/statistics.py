@@ -97,18 +97,23 @@ class ConvInputHessian:
         return {"H": np.zeros((self.groups, k, k), np.float32), "rows": np.float32(0)}
 
     def patches(self, x: Any) -> Any:
-        """[groups, rows, columns] patches of input x [..., C, H, W]."""
+        """[groups, rows, columns] patches of input x [..., C, H, W]: kh·kw strided slices of
+        the padded input (data movement only; `lax.conv_general_dilated_patches`, a convolution
+        with an identity kernel, cost as much as the Hessian's own product on the CPU)."""
         x = jnp.asarray(x, jnp.float32)
         x = jnp.reshape(x, (-1, *x.shape[-3:]))
-        p = lax.conv_general_dilated_patches(
-            x, self.kernel, self.strides,
-            [(self.pads[0], self.pads[2]), (self.pads[1], self.pads[3])],
-            rhs_dilation=self.dilations, precision=lax.Precision.HIGHEST,
-        )  # fmt: skip
-        n, _, ho, wo = p.shape
-        cg, (kh, kw) = self.channels // self.groups, self.kernel
-        p = jnp.reshape(p, (n, self.groups, cg, kh, kw, ho, wo))
-        p = jnp.transpose(p, (1, 0, 5, 6, 3, 4, 2))
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        top, left, bottom, right = self.pads
+        x = jnp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        taps = [x[:, :, i * dh : i * dh + (ho - 1) * sh + 1 : sh, j * dw : j * dw + (wo - 1) * sw + 1 : sw]
+                for i in range(kh) for j in range(kw)]  # fmt: skip
+        p = jnp.stack(taps, axis=-1)  # [n, c, ho, wo, kh·kw]
+        cg = c // self.groups
+        p = jnp.reshape(p, (n, self.groups, cg, ho, wo, kh * kw))
+        p = jnp.transpose(p, (1, 0, 3, 4, 5, 2))  # columns: kh, kw, then input channel
         return jnp.reshape(p, (self.groups, n * ho * wo, kh * kw * cg))
 
     def update(self, state: State, x: Any) -> State:
