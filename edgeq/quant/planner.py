@@ -756,8 +756,11 @@ def _assign_groups(spec: PlanSpec, graph: Graph, producers: Mapping[str, Node]) 
         if node.op_type in PASS_THROUGH:
             for out in node.outputs:
                 if out in tensors and tensors[out].role == "activation":
+                    kept = tensors[out].reason  # e.g. why it is 16-bit: stays said
                     tensors[out] = replace(
-                        tensors[out], reason="pass-through: same values as its input"
+                        tensors[out],
+                        reason="pass-through: same values as its input"
+                        + (f"; {kept}" if kept else ""),
                     )
     groups: dict[str, list[str]] = {}
     for name in list(parent):
