@@ -411,6 +411,16 @@ def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:
     return None
 
 
+def _activation_groups(spec: PlanSpec) -> dict[str, list[str]]:
+    """Activation tensors by the root of the shared-scale group they are in (a lone tensor is
+    its own root)."""
+    groups: dict[str, list[str]] = {}
+    for name, t in spec.tensors.items():
+        if t.role == "activation":
+            groups.setdefault(t.group or name, []).append(name)
+    return groups
+
+
 def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]]) -> None:
     """A tensor read only by saturating ops (Relu, HardSwish, HardSigmoid, Clip) needs no
     resolution outside their active input region: clipping its range there is exact and
@@ -418,10 +428,7 @@ def _consumer_clips(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[N
     tensors sharing one scale qualifies as a whole when its members are joined by
     pass-through ops (a Conv1d lowered to Conv2d between two Reshapes, then Relu): every
     member's readers are saturating ops or pass-through ops into the group."""
-    groups: dict[str, list[str]] = {}
-    for name, t in spec.tensors.items():
-        if t.role == "activation":
-            groups.setdefault(t.group or name, []).append(name)
+    groups = _activation_groups(spec)
     for members in groups.values():
         if any(m in graph.output_names for m in members):
             continue
@@ -474,10 +481,7 @@ def _keep_max_of_argmax_inputs(
         ops = sorted({u.op_type for u in consumers.get(name, []) if u.op_type in DECIDED_BY_MAX})
         if ops:
             todo.append((name, "/".join(ops)))
-    groups: dict[str, list[str]] = {}
-    for name, t in spec.tensors.items():
-        if t.role == "activation":
-            groups.setdefault(t.group or name, []).append(name)
+    groups = _activation_groups(spec)
     while todo:
         name, op = todo.pop()
         root = spec.tensors[name].group or name

@@ -155,9 +155,9 @@ def matmul_activations(c: Converter, node: Node) -> None:
 INEXACT_INT8 = {"Sqrt": "SQRT", "Neg": "NEG"}
 
 
-def unary_island(c: Converter, node: Node, x: str) -> None:
-    """An op of `INEXACT_INT8` on an int8 tensor, in float32 between DEQUANTIZE and QUANTIZE."""
-    builtin = INEXACT_INT8["Sqrt" if node.op_type == "Pow" else node.op_type]
+def unary_island(c: Converter, node: Node, x: str, builtin: str) -> None:
+    """`builtin` (one of `INEXACT_INT8`) of an int8 tensor in float32 between DEQUANTIZE and
+    QUANTIZE."""
     perm, _ = c.any_layout(x)
     xf = float_view(c, x, perm)
     res = c.m.tensor(f"{node.outputs[0]}/{builtin.lower()}", list(xf.shape), "float32")

@@ -410,7 +410,7 @@ def unary(c: Converter, node: Node) -> None:
     if node.op_type == "HardSwish" and _hard_swish_lowered(c, node):
         return
     if node.op_type in INEXACT_INT8 and c.quantized:
-        unary_island(c, node, x)
+        unary_island(c, node, x, INEXACT_INT8[node.op_type])
         return
     micro = c.profile.raw.get("micro_kernels")
     if node.op_type == "Gelu" and micro is not None and "GELU" not in micro:
@@ -1105,7 +1105,7 @@ def power(c: Converter, node: Node) -> None:
         raise c.fail(node, f"Pow with exponent {value if value is not None else 'a tensor'} has no "
                      "TFLite kernel (int8 POW does not exist)", "use x*x or Sqrt")  # fmt: skip
     if value == 0.5 and c.quantized:
-        unary_island(c, node, x)
+        unary_island(c, node, x, INEXACT_INT8["Sqrt"])
         return
     perm, xt = c.any_layout(x)
     out = c.new(node.outputs[0], perm)
