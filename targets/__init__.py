@@ -84,6 +84,9 @@ class QuantRules:
     # island anyway (TFLite): one float ADD of the two dequantized branches instead of an
     # 8-bit requantization of the sum onto a grid as coarse as its outlier channels
     float_residual: bool = False
+    # LayerNorm outputs read by MatMuls/Convs (and the layout ops between) at 16 bits: the
+    # runtime runs 16-bit activations with 8-bit weights (QNN HTP A16W8)
+    norm_outputs_16bit: bool = False
     shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
     fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
 

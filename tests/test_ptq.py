@@ -274,6 +274,65 @@ def test_attention_mask_never_sets_a_range(target: str) -> None:
     assert np.abs(out - ref).max() < 0.02 and out[0, 5:].max() < 1e-3
 
 
+def _post_norm_block():  # type: ignore[no-untyped-def]
+    # BERT's post-norm block: LayerNorm output read by a MatMul and by the residual Add; the
+    # norm's scale gives a few channels 30x the rest (the outlier features of trained models)
+    rng = np.random.default_rng(3)
+    gamma = np.ones(32, np.float32)
+    gamma[[3, 17]] = 30.0
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], axis=-1, name="ln"),
+        helper.make_node("MatMul", ["ln", "w"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "ln"], ["res"], name="residual"),
+        helper.make_node(
+            "LayerNormalization", ["res", "gamma2", "beta"], ["y"], axis=-1, name="ln2"
+        ),
+    ]
+    model = make_model(
+        nodes, [("x", F32, [1, 6, 32])], [("y", F32, [1, 6, 32])],
+        initializers={"gamma": gamma, "beta": np.zeros(32, np.float32),
+                      "gamma2": np.ones(32, np.float32),
+                      "w": (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)},
+    )  # fmt: skip
+    return model_to_graph(model)
+
+
+@pytest.mark.parametrize("target", ["qnn", "rpi"])
+def test_norm_output_read_by_matmul_is_16bit_where_a16w8_runs(target: str) -> None:
+    from edgeq.pipeline import prepare_for_quantization
+
+    g = prepare_for_quantization(_post_norm_block(), target=target)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((1, 6, 32)).astype(np.float32)} for _ in range(8)]
+    # the tensor the MatMul (a 1x1 Conv on qnn) reads, behind the layout ops
+    conv = next(n for n in g.nodes if n.op_type in ("MatMul", "Conv") and n.name.startswith("fc"))
+    from dataclasses import replace
+
+    profile = load_target(target)
+    plans = {}
+    for on in (True, False):  # the target's rule on, and off (everything else the same)
+        prof = replace(
+            profile,
+            quant=replace(
+                profile.quant, norm_outputs_16bit=on and profile.quant.norm_outputs_16bit
+            ),
+        )
+        spec = make_spec(g, Recipe(base=LayerConfig(act_observer="minmax")), prof)
+        stats = collect_statistics(g, {n: (n, o) for n, o in spec.observers().items()},
+                                   stack_batches(feeds, 4))  # fmt: skip
+        plans[on] = finalize_plan(g, spec, stats.states)
+    read = plans[True].tensors[conv.inputs[0]]
+    if target == "rpi":  # TFLite runs no int16 input into an int8-weight FULLY_CONNECTED here
+        assert read.dtype != "int16"
+        return
+    assert read.dtype == "uint16" and "A16W8" in read.reason, read
+    assert plans[False].tensors[conv.inputs[0]].dtype == "uint8"
+    ref = [Interpreter(g)(f)["y"] for f in feeds]
+    err = {on: np.mean([np.abs(Simulator(g, p)(f)["y"] - r).mean() for f, r in zip(feeds, ref, strict=True)])
+           for on, p in plans.items()}  # fmt: skip
+    assert err[True] < 0.7 * err[False], err
+
+
 def test_integer_only_target_clamps_mask() -> None:
     spec = make_spec(_masked_attention(), Recipe(), load_target("rpi"))
     assert spec.tensors["additive"].fixed_range == (-64.0, 0.0)

@@ -296,6 +296,8 @@ def make_spec(
             spec.tensors[out] = t
     if recipe.norm_inputs_16bit:
         _norm_inputs_16bit(spec, graph, consumers, rules)
+        if rules.norm_outputs_16bit:
+            _norm_outputs_16bit(spec, graph, consumers, rules)
     if rules.float_residual:
         _float_residual_sums(spec, graph, consumers)
     _assign_groups(spec, graph, producers)
@@ -358,6 +360,47 @@ def _norm_inputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, lis
             spec.tensors[name] = replace(
                 t, dtype=rules.act16, symmetric=rules.act16 == "int16",
                 reason=(t.reason + "; " if t.reason else "") + f"{why} kept at 16 bits (transformer safety)",
+            )  # fmt: skip
+
+
+MATMUL_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def _chain_to_matmuls(name: str, consumers: Mapping[str, list[Node]]) -> list[str]:
+    """`name` and the layout-op outputs after it that lead into a MatMul/Gemm/Conv data input
+    (the tensors that MatMul reads, through Transpose/Reshape/...), in order."""
+    found: list[str] = []
+    for user in consumers.get(name, []):
+        if user.inputs[0] != name:
+            continue
+        if user.op_type in MATMUL_OPS:
+            found.append(name)
+        elif user.op_type in PASS_THROUGH:
+            below = _chain_to_matmuls(user.outputs[0], consumers)
+            if below:
+                found += [name, *below]
+    return list(dict.fromkeys(found))
+
+
+def _norm_outputs_16bit(spec: PlanSpec, graph: Graph, consumers: Mapping[str, list[Node]],
+                        rules: QuantRules) -> None:  # fmt: skip
+    """Targets that run 16-bit activations into 8-bit-weight MatMuls/Convs (`norm_outputs_16bit`,
+    the QNN HTP's A16W8): a LayerNorm output read by a MatMul, and the layout ops between them,
+    go to 16 bits. A transformer's LayerNorm output carries a few channels 10-100x larger than
+    the rest (the norm's scale), so one 8-bit per-tensor grid starves the others."""
+    if rules.act16 is None or not rules.mixed_precision:
+        return
+    for node in graph.nodes:
+        if node.op_type != "LayerNormalization" or not node.outputs or not node.outputs[0]:
+            continue
+        for name in _chain_to_matmuls(node.outputs[0], consumers):
+            t = spec.tensors.get(name)
+            if t is None or t.role != "activation" or t.dtype == rules.act16 or t.fixed is not None:
+                continue
+            spec.tensors[name] = replace(
+                t, dtype=rules.act16, symmetric=rules.act16 == "int16",
+                reason=(t.reason + "; " if t.reason else "")
+                + "LayerNorm output read by a MatMul kept at 16 bits (outlier channels; A16W8)",
             )  # fmt: skip
 
 
