@@ -186,6 +186,13 @@ def calibrate_model(
                           find_token_mask(graph) if recipe.mask_handling else None)  # fmt: skip
         spec = make_spec(graph, recipe, profile)
         phases.done("activation-aware scaling")
+    island: dict[str, Any] = {}
+    if profile.quant.float_residual and (recipe.branch_scales or recipe.smoothing):
+        graph, island = _float_island_scales(graph, recipe, source, subset(source, min(samples or len(source), len(source)), seed),
+                                             find_token_mask(graph) if recipe.mask_handling else None)  # fmt: skip
+        if island:
+            spec = make_spec(graph, recipe, profile)
+            phases.done("float-island scales")
     total = len(source)
     n_eval = held_out_count(total, eval_samples)
     n_calib = min(samples or total, total - n_eval)
@@ -282,6 +289,7 @@ def calibrate_model(
 
     if awq:
         plan.calibration["awq"] = awq
+    plan.calibration.update(island)
     plan = _weight_algorithms(graph, spec, plan, recipe, source, calib_names, token_mask, progress)
     phases.done("weight algorithms")
     if recipe.refine_top > 0:
@@ -437,6 +445,46 @@ def _awq(graph: Graph, spec: Any, recipe: Recipe, source: Any, names: Sequence[s
              for k, (_, stat) in stats.items()}  # fmt: skip
     graph, scales, rows = apply_awq(graph, sites, final, grids)
     return graph, {"scales": scales, "sites": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+ISLAND_SAMPLES = 32  # calibration samples the channel maxima around float islands come from
+
+
+def _float_island_scales(graph: Graph, recipe: Recipe, source: Any, names: Sequence[str],
+                         token_mask: str | None) -> tuple[Graph, dict[str, Any]]:  # fmt: skip
+    """Targets whose LayerNorm runs in float (`float_residual`): per-channel scales on the
+    residual branches (`edgeq.algorithms.branch_scales`) and SmoothQuant on the LayerNorm
+    outputs the MatMuls read (`edgeq.algorithms.smoothing.smooth_copies`), both float-exact,
+    from channel maxima over a few calibration samples (one pass)."""
+    from edgeq.algorithms.branch_scales import branch_factors, find_branch_sites, rescale_branches
+    from edgeq.algorithms.smoothing import smooth_copies, smoothing_sites
+    from edgeq.calibration import validate
+    from edgeq.quant.statistics import ChannelMagnitude
+
+    branches = find_branch_sites(graph) if recipe.branch_scales else []
+    norms = list(smoothing_sites(graph)) if recipe.smoothing else []
+    width = {s.tensor: s.channels for s in branches}
+    for y in norms:
+        info = graph.info(y)
+        if info is not None and info.is_static:
+            width[y] = int(info.shape[-1])  # type: ignore[index,arg-type]
+    if not width:
+        return graph, {}
+    stats = {t: (t, ChannelMagnitude(n)) for t, n in width.items()}
+    feeds = (validate(source.load(n), graph.inputs, n) for n in list(names[:ISLAND_SAMPLES]))
+    result = collect_statistics(graph, stats, stack_batches(feeds, 8), token_mask=token_mask,
+                                unmasked=integer_derived(graph))  # fmt: skip
+    absmax = {t: ChannelMagnitude(n).finalize({k: np.asarray(v) for k, v in result.states[t].items()})["max_abs"]
+              for t, n in width.items()}  # fmt: skip
+    facts: dict[str, Any] = {}
+    factors = {s.tensor: c for s in branches if (c := branch_factors(absmax[s.tensor])) is not None}
+    graph, rows = rescale_branches(graph, branches, factors)
+    if rows:
+        facts["branch_scales"] = rows
+    graph, rows = smooth_copies(graph, {y: absmax[y] for y in norms if y in absmax})
+    if rows:
+        facts["smoothing"] = rows
+    return graph, facts
 
 
 MIXED_SAMPLES = 16  # calibration samples the bit-width search measures the output error on

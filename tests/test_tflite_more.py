@@ -297,6 +297,109 @@ def test_residual_sum_stays_float(tmp_path: Path) -> None:
     assert sqnr_db(want, got) >= 18.0, sqnr_db(want, got)
 
 
+@pytest.mark.parametrize("target", ["rpi", "tflm"])
+def test_residual_branch_scales(tmp_path: Path, target: str) -> None:
+    """The dense layer's int8 output is one per-tensor grid set by its two massive channels
+    (+-180) while the other 30 stay within +-0.05: they are all rounded to zero. With per-channel
+    branch scales (edgeq.algorithms.branch_scales) the layer writes every channel on a similar
+    range and a float MUL before the float residual Add restores them: the float function is
+    unchanged, the file matches the simulator, and the other channels come back."""
+    from edgeq.algorithms.branch_scales import find_branch_sites
+    from edgeq.pipeline import calibrate_model
+
+    model = tmp_path / "res.onnx"
+    onnx.save(_residual_block(), model)
+    graph = prepare_for_quantization(model_to_graph(_residual_block()))
+    assert [s.tensor for s in find_branch_sites(graph)] == ["d"]
+    recipes = {on: Recipe(base=LayerConfig(act_observer="minmax"), branch_scales=on)
+               for on in (True, False)}  # fmt: skip
+    runs = {on: calibrate_model(model, _residual_feeds(8, 1), target, r, graph=graph, eval_samples=0)
+            for on, r in recipes.items()}  # fmt: skip
+    run = runs[True]
+    rows = run.plan.calibration["branch_scales"]
+    assert rows[0]["branch"] == "d" and rows[0]["largest_factor"] > 100, rows
+    assert "branch_scales" not in runs[False].plan.calibration
+    scaled = next(n for n in run.graph.nodes if n.name.endswith("/branch_scale"))
+    assert run.plan.tensors[scaled.outputs[0]].role == "float"
+    assert run.plan.tensors[scaled.inputs[1]].role == "float"  # the factors stay exact
+    feeds = _residual_feeds(4, 2)
+    ref = Interpreter(graph)
+    for f in feeds:  # float-exact rewrite
+        np.testing.assert_allclose(Interpreter(run.graph)(f)["y"], ref(f)["y"], atol=2e-4)
+    path = tmp_path / "res.tflite"
+    get_exporter("tflite").export(run.graph, run.plan, load_target(target), path, ExportOptions())
+    assert ["float32", "float32"] in [t for name, _, t in _ops(path) if name == "MUL"]
+    parity = _parity(run.graph, run.plan, path, feeds)
+    assert parity["xnnpack"] >= 0.999 and parity["reference"] >= 0.999, parity
+    # the dense branch's small channels: float vs simulated, with and without the scales
+    keep = ~np.isin(np.arange(WIDTH), OUTLIERS)
+    want = np.concatenate([np.asarray(ref(f)["y"])[..., keep].ravel() for f in feeds])
+    got = {on: np.concatenate([np.asarray(Simulator(r.graph, r.plan)(f)["y"])[..., keep].ravel()
+                               for f in feeds]) for on, r in runs.items()}  # fmt: skip
+    assert sqnr_db(want, got[True]) > sqnr_db(want, got[False]) + 6.0, (
+        sqnr_db(want, got[True]),
+        sqnr_db(want, got[False]),
+    )
+
+
+def _post_norm_block() -> onnx.ModelProto:
+    """BERT's post-norm block: h = LayerNorm(x) with a few channels 40x the rest (the norm's
+    scale), read by a dense layer and by the residual Add into the next LayerNorm."""
+    rng = np.random.default_rng(5)
+    gamma = np.ones(WIDTH, np.float32)
+    gamma[list(OUTLIERS)] = 40.0
+    inits = {"g0": gamma, "b0": np.zeros(WIDTH, np.float32),
+             "w": rng.normal(0, 0.2, (WIDTH, WIDTH)).astype(np.float32),
+             "g1": np.ones(WIDTH, np.float32), "b1": np.zeros(WIDTH, np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g0", "b0"], ["h"], axis=-1, name="ln0"),
+        helper.make_node("MatMul", ["h", "w"], ["d"], name="dense"),
+        helper.make_node("Relu", ["d"], ["r"], name="act"),
+        helper.make_node("Add", ["h", "r"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "g1", "b1"], ["y"], axis=-1, name="ln1"),
+    ]
+    return make_model(nodes, [("x", F32, [1, TOKENS, WIDTH])], [("y", F32, [1, TOKENS, WIDTH])],
+                      initializers=inits)  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["rpi", "tflm"])
+def test_smoothing_of_a_float_layernorm_output(tmp_path: Path, target: str) -> None:
+    """SmoothQuant where the LayerNorm is a float island: the dense layer reads Mul(h, 1/s) (a
+    float MUL with the LayerNorm, quantized after it) and its weight rows carry s, while the
+    residual Add reads h itself in float. Exact in float; the file matches the simulator; the
+    dense layer's int8 input no longer spends its grid on the two large channels."""
+    from edgeq.pipeline import calibrate_model
+
+    model = tmp_path / "post.onnx"
+    onnx.save(_post_norm_block(), model)
+    graph = prepare_for_quantization(model_to_graph(_post_norm_block()))
+    feeds = _residual_feeds(8, 1)
+    recipes = {on: Recipe(base=LayerConfig(act_observer="minmax"), smoothing=on)
+               for on in (True, False)}  # fmt: skip
+    runs = {on: calibrate_model(model, feeds, target, r, graph=graph, eval_samples=0)
+            for on, r in recipes.items()}  # fmt: skip
+    run = runs[True]
+    assert [r["tensor"] for r in run.plan.calibration["smoothing"]] == ["h"]
+    assert "smoothing" not in runs[False].plan.calibration
+    assert run.plan.tensors["h"].role == "float" and run.plan.tensors["h_smoothed"].is_quantized
+    assert runs[False].plan.tensors["h"].is_quantized
+    test = _residual_feeds(4, 2)
+    ref = Interpreter(graph)
+    for f in test:  # float-exact rewrite
+        np.testing.assert_allclose(Interpreter(run.graph)(f)["y"], ref(f)["y"], atol=2e-4)
+    path = tmp_path / "post.tflite"
+    get_exporter("tflite").export(run.graph, run.plan, load_target(target), path, ExportOptions())
+    parity = _parity(run.graph, run.plan, path, test)
+    assert parity["xnnpack"] >= 0.999 and parity["reference"] >= 0.999, parity
+    want = np.concatenate([np.asarray(ref(f)["y"]).ravel() for f in test])
+    got = {on: np.concatenate([np.asarray(Simulator(r.graph, r.plan)(f)["y"]).ravel() for f in test])
+           for on, r in runs.items()}  # fmt: skip
+    assert sqnr_db(want, got[True]) > sqnr_db(want, got[False]) + 3.0, (
+        sqnr_db(want, got[True]),
+        sqnr_db(want, got[False]),
+    )
+
+
 def test_micro_gelu_island_computes_erf(tmp_path: Path) -> None:
     """TFLite Micro has no GELU kernel, so an erf GELU runs as a float island. Its tanh form
     is within 5e-4 of erf, yet put 0.3-2% of MiniLM's GELU outputs one step off the simulator

@@ -9,6 +9,7 @@ Imports `edgeq.ir` and `edgeq.quant` only.
 
 from edgeq.algorithms import (  # noqa: F401  (registers)
     bias_correction,
+    branch_scales,
     equalize,
     gptq,
     grids,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.algorithms.registry import register_algorithm
-from edgeq.ir.graph import Graph
+from edgeq.ir.graph import Graph, Node
 
 ALPHA = 0.5
 MIN = 1e-5
@@ -81,4 +81,71 @@ def smooth_layernorm_outputs(graph: Graph, act_absmax: Mapping[str, np.ndarray],
     return replace(graph, constants=consts), {"layernorms": done, "alpha": alpha}
 
 
-__all__ = ["smooth_layer", "smooth_layernorm_outputs", "smoothing_scales"]
+def smoothing_sites(graph: Graph) -> dict[str, list[str]]:
+    """LayerNorm outputs (-> the MatMul weights that read them) that `smooth_copies` can
+    smooth: every reader is a MatMul with a constant [K, N] weight read nowhere else, or an Add
+    of two activations (a residual sum), and at least one MatMul reads it."""
+    consts = graph.constants
+    consumers = graph.consumers()
+    sites: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        y = node.outputs[0] if node.op_type == "LayerNormalization" and node.outputs else ""
+        if not y or y in graph.output_names:
+            continue
+        users = consumers.get(y, [])
+        mats = [u for u in users if u.op_type == "MatMul" and u.inputs[0] == y
+                and u.inputs[1] in consts and consts[u.inputs[1]].ndim == 2
+                and len(consumers.get(u.inputs[1], [])) == 1]  # fmt: skip
+        adds = [u for u in users if u.op_type == "Add" and len(u.inputs) == 2
+                and not any(i in consts for i in u.inputs)]  # fmt: skip
+        if mats and len(mats) + len(adds) == len(users):
+            sites[y] = [u.inputs[1] for u in mats]
+    return sites
+
+
+@register_algorithm(
+    "smoothing_copies",
+    "graph",
+    "SmoothQuant on a float LayerNorm's output: a float Mul by 1/s feeds the MatMuls (post-norm too)",
+)
+def smooth_copies(graph: Graph, act_absmax: Mapping[str, np.ndarray],
+                  alpha: float = ALPHA) -> tuple[Graph, list[dict[str, Any]]]:  # fmt: skip
+    """For targets whose LayerNorm is a float island: every MatMul reading a LayerNorm output
+    (`smoothing_sites`) reads `Mul(y, 1/s)` instead, and its weight rows are multiplied by s
+    (exact in float). The LayerNorm output itself is unchanged, so a residual Add that reads
+    it too (BERT's post-norm blocks) sees the same values; the Mul runs in float with the
+    LayerNorm, and only its output is quantized."""
+    consts = dict(graph.constants)
+    nodes = list(graph.nodes)
+    value_info = dict(graph.value_info)
+    rows = []
+    for y, weights in smoothing_sites(graph).items():
+        if y not in act_absmax:
+            continue
+        w_absmax = np.max(np.stack([np.abs(consts[n]).max(axis=1) for n in weights]), axis=0)
+        s = smoothing_scales(act_absmax[y], w_absmax, alpha)
+        for n in weights:
+            consts[n] = (consts[n] * s[:, None]).astype(consts[n].dtype)
+        smoothed, factor = f"{y}_smoothed", f"{y}_smoothing"
+        consts[factor] = (1.0 / s).astype(np.float32)
+        at = next(i for i, n in enumerate(nodes) if y in n.outputs) + 1
+        for i in range(at, len(nodes)):
+            n = nodes[i]
+            if n.op_type == "MatMul" and n.inputs[0] == y:
+                nodes[i] = replace(n, inputs=[smoothed, *n.inputs[1:]])
+        nodes.insert(at, Node("Mul", [y, factor], [smoothed], f"{y}/smoothing"))
+        if y in value_info:
+            value_info[smoothed] = replace(value_info[y], name=smoothed)
+        rows.append({"tensor": y, "matmuls": len(weights), "alpha": alpha,
+                     "largest_scale": round(float(s.max()), 3),
+                     "smallest_scale": round(float(s.min()), 3)})  # fmt: skip
+    return replace(graph, nodes=nodes, constants=consts, value_info=value_info), rows
+
+
+__all__ = [
+    "smooth_copies",
+    "smooth_layer",
+    "smooth_layernorm_outputs",
+    "smoothing_scales",
+    "smoothing_sites",
+]

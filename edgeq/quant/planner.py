@@ -428,6 +428,42 @@ def _float_residual_sums(spec: PlanSpec, graph: Graph,
         spec.tensors[x] = TensorSpec(x, "float", node=add.name,
                                      reason="residual sum into a LayerNorm kept float (the "
                                      "LayerNorm runs in float32 on this target)")  # fmt: skip
+        for branch in add.inputs:  # a per-channel rescale of a branch (branch_scales) joins it
+            mul = producers.get(branch)
+            consts = [i for i in mul.inputs if i in graph.constants] if mul is not None else []
+            if (mul is None or mul.op_type != "Mul" or len(consts) != 1
+                    or len(consumers.get(branch, [])) != 1):  # fmt: skip
+                continue
+            why = "per-channel rescale of a residual branch, in float before the float residual sum"
+            spec.tensors[branch] = TensorSpec(branch, "float", node=mul.name, reason=why)
+            spec.tensors[consts[0]] = TensorSpec(consts[0], "float", node=mul.name, reason=why)
+    _float_smoothed_norms(spec, graph, consumers)
+
+
+def _float_smoothed_norms(spec: PlanSpec, graph: Graph,
+                          consumers: Mapping[str, list[Node]]) -> None:  # fmt: skip
+    """A float LayerNorm's output read only by float residual sums and smoothing Muls
+    (`smoothing.smooth_copies`: the MatMuls read `Mul(y, 1/s)`) stays float: the Mul runs in
+    float with the LayerNorm and only its output is quantized."""
+    for node in graph.nodes:
+        if node.op_type != "LayerNormalization" or not node.outputs:
+            continue
+        y = node.outputs[0]
+        readers = consumers.get(y, [])
+        muls = [r for r in readers if r.op_type == "Mul" and r.outputs[0] == f"{y}_smoothed"]
+        rest = [r for r in readers if r not in muls]
+        if not muls or y in graph.output_names or any(
+            r.op_type != "Add" or spec.tensors.get(r.outputs[0]) is None
+            or spec.tensors[r.outputs[0]].role != "float" for r in rest
+        ):  # fmt: skip
+            continue
+        why = "LayerNorm output kept float for its smoothing Mul and the float residual sum"
+        spec.tensors[y] = TensorSpec(y, "float", node=node.name, reason=why)
+        for m in muls:
+            for i in m.inputs:
+                if i in graph.constants:
+                    spec.tensors[i] = TensorSpec(i, "float", node=m.name,
+                                                 reason="smoothing factors (float, with the LayerNorm)")  # fmt: skip
 
 
 def _active_region(node: Node, graph: Graph) -> tuple[float, float] | None:

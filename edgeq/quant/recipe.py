@@ -124,6 +124,10 @@ class Recipe(_Validated):
     keep_float: tuple[str, ...] = ()  # matchers like overrides: "name:<regex>" / "op:<Type>"
     mask_handling: bool = True  # additive attention masks and padding never set a range
     norm_inputs_16bit: bool = True  # LayerNorm/Softmax inputs at 16 bits where the target can
+    # per-channel scales on residual branches where the residual sum runs in float (TFLite)
+    branch_scales: bool = True
+    # SmoothQuant on LayerNorm outputs read by MatMuls where the LayerNorm runs in float (TFLite)
+    smoothing: bool = True
     refine_top: int = 0  # output-aware range refinement of the N most sensitive activations
     refine_samples: int = 16
     rare_values: bool = True  # min-max ranges set by rare values are cut (default observer)
@@ -173,6 +177,8 @@ class Recipe(_Validated):
             "keep_float": list(self.keep_float),
             "mask_handling": self.mask_handling,
             "norm_inputs_16bit": self.norm_inputs_16bit,
+            "branch_scales": self.branch_scales,
+            "smoothing": self.smoothing,
             "refine_top": self.refine_top,
             "refine_samples": self.refine_samples,
             "rare_values": self.rare_values,
@@ -184,7 +190,8 @@ class Recipe(_Validated):
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Recipe:
         known = {"version", "recipe", "keep_float", "mask_handling", "override", "refine_top",
-                 "refine_samples", "norm_inputs_16bit", "rare_values", "rare_values_samples",
+                 "refine_samples", "norm_inputs_16bit", "branch_scales", "smoothing", "rare_values",
+                 "rare_values_samples",
                  *_ALGORITHM_KEYS}  # fmt: skip
         unknown = set(data) - known
         if unknown:
@@ -205,6 +212,8 @@ class Recipe(_Validated):
             keep_float=tuple(data.get("keep_float", ())),
             mask_handling=bool(data.get("mask_handling", True)),
             norm_inputs_16bit=bool(data.get("norm_inputs_16bit", True)),
+            branch_scales=bool(data.get("branch_scales", True)),
+            smoothing=bool(data.get("smoothing", True)),
             refine_top=int(data.get("refine_top", 0)),
             refine_samples=int(data.get("refine_samples", 16)),
             rare_values=bool(data.get("rare_values", True)),

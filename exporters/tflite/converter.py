@@ -112,8 +112,10 @@ class Converter:
             return False
         maker = self.producers.get(name)
         readers = self.consumers.get(name, [])
-        return (maker is not None and maker.op_type == "Add"
-                and all(n.op_type in RESIDUAL_READERS for n in readers))  # fmt: skip
+        # a residual sum (Add), the float rescale of a branch into one (Mul, branch_scales),
+        # or a LayerNorm output read by residual sums and its smoothing Mul (smooth_copies)
+        return (maker is not None and maker.op_type in ("Add", "Mul", "LayerNormalization")
+                and all(n.op_type in (*RESIDUAL_READERS, "Mul") for n in readers))  # fmt: skip
 
     def _act_quant(self, name: str) -> tuple[str, QParams]:
         t = self.tq(name)

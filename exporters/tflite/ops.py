@@ -899,10 +899,10 @@ def layer_norm(c: Converter, node: Node) -> None:
             nxt = tmp(op.lower(), shape)
             c.emit(op, [cur.index, ct.index], [nxt.index], "float32", opt_cls())  # type: ignore[attr-defined]
             cur = nxt
-    if c.quantized:
+    if c.quantized and not c.planned_float(y):
         out = c.new(y)
         c.emit("QUANTIZE", [cur.index], [out.index], "float32")  # type: ignore[attr-defined]
-    else:
+    else:  # float graphs, and an output the plan keeps float (smoothing.smooth_copies)
         c.alias(y, cur, identity(rank))  # type: ignore[arg-type]
 
 
