@@ -112,7 +112,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_case(model: str, samples: int, platform_: str, devices: int, data: Path, out: Path,
-             bits: int = 0, minilm_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+             bits: int = 0, minilm_dir: Path | None = None, cache: Path | None = None,
+             ) -> dict[str, Any]:  # fmt: skip
     extra: list[str] = []
     if model == "minilm":
         assert minilm_dir is not None, "--minilm-dir"
@@ -127,7 +128,8 @@ def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
         extra += ["--bits", str(bits)]
     # an accelerator run keeps JAX's CPU backend too (edgeq folds constants there)
     jax_platforms = platform_ if platform_ == "cpu" else f"{platform_},cpu"
-    env = {**os.environ, "JAX_PLATFORMS": jax_platforms, "EDGEQ_CACHE_DIR": "off"}
+    env = {**os.environ, "JAX_PLATFORMS": jax_platforms,
+           "EDGEQ_CACHE_DIR": str(cache) if cache is not None else "off"}  # fmt: skip
     cmd = [sys.executable, "-m", "benchmarks.accelerator", "--child", "--model-path",
            str(model_path), "--calib", str(data), "--samples", str(samples),
            "--shape", shape, "--out", str(out), "--devices", str(devices), *extra]  # fmt: skip
@@ -136,6 +138,7 @@ def run_case(model: str, samples: int, platform_: str, devices: int, data: Path,
     wall = time.perf_counter() - t0
     line = next((x for x in proc.stdout.splitlines() if x.startswith("EDGEQ-CHILD ")), None)
     row: dict[str, Any] = {"model": model, "samples": samples, "platform": platform_,
+                           "cache": "warm" if cache is not None else "off",
                            "wall_s": round(wall, 2)}  # fmt: skip
     if line is None:
         row["error"] = (proc.stderr or proc.stdout)[-3000:]
@@ -246,6 +249,7 @@ def markdown(data: dict[str, Any]) -> str:
         ph = r.get("phases", {})
         rows.append({
             "model": r["model"], "samples": r["samples"], "platform": r["platform"],
+            "compile cache": r.get("cache", "off"),
             "devices": r.get("devices", {}).get("count", ""),
             "wall s": r["wall_s"], "compile s": ph.get("compile statistics step", ""),
             "stream s": ph.get("stream calibration data", ""),
@@ -254,13 +258,14 @@ def markdown(data: dict[str, Any]) -> str:
             "peak RSS MB": r.get("peak_rss_mb", ""), "output SQNR dB": r.get("output_sqnr_db", ""),
             "error": (r.get("error") or "")[:80].replace("\n", " "),
         })  # fmt: skip
-    cols = ["model", "samples", "platform", "devices", "wall s", "compile s", "stream s",
-            "prepare s", "weights s", "report s", "XLA compiles", "peak RSS MB",
+    cols = ["model", "samples", "platform", "compile cache", "devices", "wall s", "compile s",
+            "stream s", "prepare s", "weights s", "report s", "XLA compiles", "peak RSS MB",
             "output SQNR dB", "error"]  # fmt: skip
     text = ["# Calibration on an accelerator vs the CPU of the same machine", "",
             f"machine: {json.dumps(data['machine'])}", "",
             "`python -m benchmarks.accelerator " + " ".join(data["argv"]) + "`; each row one "
-            "`edgeq calibrate` in a fresh process, empty compile cache; wall includes start-up.", "",
+            "`edgeq calibrate` in a fresh process (compile cache off, or `--warm`: a first run fills a "
+            "persistent cache and the second, measured, reads it); wall includes start-up.", "",
             md_table(rows, cols)]  # fmt: skip
     if data["comparisons"]:
         text += ["", "## Plans compared across platforms", ""]
@@ -288,6 +293,8 @@ def main() -> None:
     ap.add_argument("--platforms", default="cpu,cuda")
     ap.add_argument("--name", default="accelerator")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--warm", action="store_true",
+                    help="run each case twice on one persistent compile cache; the second is warm")  # fmt: skip
     ap.add_argument(
         "--sim-parity", default=None, help="MODEL:PLAN_DIR:DATA_DIR (CPU vs accelerator)"
     )
@@ -314,7 +321,17 @@ def main() -> None:
         plans = {}
         for plat in platforms:
             out = work / f"{model}-{n}-{plat}"
-            row = run_case(model, n, plat, args.devices, data, out, args.bits, minilm_dir)
+            if args.warm:  # a first run fills a compile cache; the second is measured
+                cache = work / f"cache-{model}-{n}-{plat}"
+                first = run_case(model, n, plat, args.devices, data, out, args.bits, minilm_dir,
+                                 cache)  # fmt: skip
+                first["cache"] = "filling"
+                print(json.dumps(first), flush=True)
+                runs.append(first)
+                row = run_case(model, n, plat, args.devices, data, out, args.bits, minilm_dir,
+                               cache)  # fmt: skip
+            else:
+                row = run_case(model, n, plat, args.devices, data, out, args.bits, minilm_dir)
             print(json.dumps(row), flush=True)
             runs.append(row)
             if "error" not in row:
