@@ -206,6 +206,28 @@ def test_diagnosis_names_a_planted_bad_range() -> None:
     assert d.to_dict()["culprit"] == "a"
 
 
+def test_diagnosis_ignores_attention_mask_fill() -> None:
+    """An additive mask puts float-min on padded keys: those values are no signal (calibration
+    ignores them), and squaring them made every energy of the scores inf and its SQNR NaN
+    (with a RuntimeWarning). The diagnosis measures the real scores and still reports the
+    fill in the observed range."""
+    import warnings
+
+    from tests.test_ptq import _masked_attention
+
+    g = _masked_attention()
+    mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0]], np.int64)
+    feeds = [{"scores": RNG.uniform(-4, 4, (1, 8)).astype(np.float32), "mask": mask}
+             for _ in range(4)]  # fmt: skip
+    plan = _plan(g, feeds, "qnn", Recipe(base=LayerConfig(act_observer="minmax")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        d = diagnose(g, plan, feeds[:2])
+    row = next(r for r in d.rows if r["tensor"] == "masked")
+    assert np.isfinite(row["local_sqnr_db"]) and row["local_sqnr_db"] > 30, row
+    assert row["clipped_fraction"] == 0.0 and row["observed"][0] < -1e30, row
+
+
 def _ctc_head(path):  # type: ignore[no-untyped-def]
     """A recognizer's CTC head: features [1, T, 16] → MatMul (16 → 16384 classes) → bias Add
     → Softmax (QNN keeps the bias Add apart: its MatMul output is quantized too).

@@ -77,6 +77,9 @@ class Diagnosis:
         }
 
 
+MASK_FILL = 1e30  # |x| at or above this is an attention-mask fill value, not a signal
+
+
 def _db(signal: float, noise: float) -> float:
     if noise <= 0:
         return math.inf
@@ -103,7 +106,10 @@ def _activation_stats(graph: Graph, acts: Sequence[TensorQuant], feeds: Sequence
         env = evaluate(graph, feed)
         out = {}
         for t in acts:
-            x = jnp.asarray(env[t.name], jnp.float32)
+            raw = jnp.asarray(env[t.name], jnp.float32)
+            # an additive mask's fill (float-min, -inf) is no signal: calibration ignores it
+            # too, and its square would make every energy here inf (inf/inf: NaN dB)
+            x = jnp.where(jnp.abs(raw) < MASK_FILL, raw, 0.0)
             q = t.qdtype
             s, z = jnp.float32(t.scale), jnp.float32(t.zero_point)
             lo, hi = (q.qmin - z) * s, (q.qmax - z) * s
@@ -116,7 +122,7 @@ def _activation_stats(graph: Graph, acts: Sequence[TensorQuant], feeds: Sequence
             out[t.name] = {
                 "signal": jnp.sum(x * x), "clip": jnp.sum((x - xc) ** 2),
                 "round": jnp.sum((xc - fq) ** 2), "clipped": jnp.sum(x != xc),
-                "count": jnp.float32(x.size), "min": jnp.min(x), "max": jnp.max(x),
+                "count": jnp.float32(x.size), "min": jnp.min(raw), "max": jnp.max(raw),
                 "outer": jnp.sum(jnp.abs(x) > half), "cmax": cmax,
             }  # fmt: skip
         return out
