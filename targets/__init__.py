@@ -50,6 +50,11 @@ class QuantRules:
     w8: str | None = "int8"
     w4: str | None = None
     weight_symmetric: bool = True  # default
+    # blocked 4-bit weights: symmetric or not by default where it differs from weight_symmetric
+    # (None: the same). A zero point per block costs 4 bits per block (0.125 bits per weight at
+    # block 32) and keeps the grid on the block's [min, max] instead of ±max|w|: at 4 bits
+    # that halves the unused codes of a one-sided block.
+    weight_symmetric_block4: bool | None = None
     weight_asymmetric_allowed: bool = False
     narrow_weights: bool = True  # int8 weights in [-127, 127]
     default_granularity: str = "per_channel"

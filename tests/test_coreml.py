@@ -209,6 +209,22 @@ def test_int4_per_block_layout_and_storage(tmp_path: Path) -> None:
     )
 
 
+def test_inline_sub_byte_constants_decode() -> None:
+    """Small int4 constants (the per-block offsets of an 8-channel conv: 8 values) are stored
+    inline as packed bytes, not in weight.bin; they decode as the blob's do (they read as all
+    zeros when the packed record's data offset pointed into its own header)."""
+    from coremltools.proto import MIL_pb2
+
+    from edgeq.exporters.coreml.evaluate import _immediate
+
+    v = MIL_pb2.Value()
+    v.type.tensorType.dataType = MIL_pb2.DataType.Value("INT4")
+    v.type.tensorType.rank = 1
+    v.type.tensorType.dimensions.add().constant.size = 8
+    v.immediateValue.tensor.bytes.values = bytes([0x01, 0xF0, 0x0F, 0x0F])
+    np.testing.assert_array_equal(_immediate(v), [1, 0, 0, -1, -1, 0, -1, 0])
+
+
 def test_blob_parser_agrees_with_coremltools_reader(tmp_path: Path) -> None:
     from coremltools.libmilstoragepython import _BlobStorageReader
 

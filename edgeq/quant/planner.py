@@ -659,6 +659,14 @@ def _weight_spec(graph: Graph, node: Node, w: tuple[int, int, int], eff: _Effect
             block_size, reason = _partial_block(k, block_size, rules.partial_blocks)
             if block_size is None:
                 granularity = "per_channel"
+    if (
+        bits == 4
+        and granularity == "per_block"
+        and rules.weight_symmetric_block4 is not None
+        and rules.weight_asymmetric_allowed
+        and "weight_symmetric" not in eff.explicit
+    ):
+        symmetric = rules.weight_symmetric_block4
     if granularity == "per_channel" and node.op_type not in rules.per_channel_ops:
         granularity = "per_tensor"
         reason = (reason + "; " if reason else "") + (

@@ -72,6 +72,9 @@ def _tensor_type(vtype: Any) -> tuple[int, tuple[int, ...]]:
     return tt.dataType, tuple(int(d.constant.size) for d in tt.dimensions)
 
 
+_RECORD = struct.calcsize("<IIQQQ")  # the record fields read here (32 bytes)
+
+
 def read_weight_blob(blob: bytes, offset: int, dtype: int, shape: tuple[int, ...]) -> np.ndarray:
     """One tensor from MIL blob storage bytes, at the metadata record at `offset`."""
     name, np_dt, bits = _DTYPES[dtype]
@@ -109,7 +112,7 @@ def _immediate(value: Any) -> np.ndarray | str | list[str]:
         raw = tensor.bytes.values
         if bits < 8:
             return read_weight_blob(
-                struct.pack("<IIQQQ", BLOB_SENTINEL, 0, len(raw), 24, 0) + raw, 0, dtype, shape
+                struct.pack("<IIQQQ", BLOB_SENTINEL, 0, len(raw), _RECORD, 0) + raw, 0, dtype, shape
             )
         arr = np.frombuffer(raw, np_dt)
     else:
