@@ -319,6 +319,17 @@ def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path
     assert bpw == pytest.approx(run.plan.calibration["mixed_precision"]["bpw"], rel=0.02)
 
 
+def test_default_size_cap_keeps_a_4bit_plan_at_5_bits_where_the_format_allows() -> None:
+    from edgeq.algorithms.mixed_precision import default_cap
+
+    # int4 blocks of 32 with a float16 scale and an int4 offset: 4.625 bits all-4-bit
+    assert default_cap(4.625) == 5.0
+    assert default_cap(4.16) == 5.0  # per channel: room for more 8-bit layers, still <= 5
+    # MLX: a float16 scale and bias per 32 weights are 5 bits already: +0.5 over that
+    assert default_cap(5.0) == pytest.approx(5.5)
+    assert default_cap(4.9) == pytest.approx(5.4)
+
+
 def _awq_graph():  # type: ignore[no-untyped-def]
     """LayerNorm → two MatMuls (one site), MatMul + bias → MatMul (a site), a LayerNorm whose
     output also feeds a residual Add (not a site), Conv + bias → Relu → Conv and a depthwise

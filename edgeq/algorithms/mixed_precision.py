@@ -10,8 +10,9 @@
    - `bpw` (average bits per weight, scales and zero points included, as the artifact stores
      them): never above it;
    - neither (the default): layers whose 4-bit error dominates — restoring one removes at least
-     `DOMINANT` of the all-4-bit output error — within a size cap of `DEFAULT_EXTRA_BITS` above
-     the all-4-bit size.
+     `DOMINANT` of the all-4-bit output error — within the default size cap (`default_cap`:
+     5 bits per weight, or `DEFAULT_EXTRA_BITS` above the all-4-bit size where a format's
+     4-bit storage alone comes close to 5).
 Every layer's decision and its reason go into the report.
 
 Pure: (graph, plan, alternatives, feeds, budgets) → plan choice; no formats.
@@ -42,7 +43,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Feeds = Mapping[str, np.ndarray]
 DOMINANT = 0.05  # default: a layer whose 8-bit copy removes ≥ 5% of the 4-bit output error
-DEFAULT_EXTRA_BITS = 0.5  # default size cap: +0.5 bit per weight over the all-4-bit plan
+DEFAULT_CAP = 5.0  # default size cap of a 4-bit plan, bits per weight (scales included)
+DEFAULT_EXTRA_BITS = 0.5  # ... or this much over the all-4-bit plan, where that is larger
+MIN_HEADROOM = 0.25  # the absolute cap applies when the all-4-bit plan leaves at least this
+
+
+def default_cap(bpw4: float) -> float:
+    """The default size cap for a plan whose all-4-bit size is `bpw4`: `--bits 4` means at
+    most 5 bits per weight on average, scales and zero points included (the issue's bar for a
+    4-bit model), where the format leaves room for 8-bit layers under it; formats whose 4-bit
+    storage alone costs about 5 bits (MLX: a float16 scale and bias per 32 weights) get
+    `DEFAULT_EXTRA_BITS` over their all-4-bit size instead."""
+    if bpw4 <= DEFAULT_CAP - MIN_HEADROOM:
+        return DEFAULT_CAP
+    return bpw4 + DEFAULT_EXTRA_BITS
+
+
 OUTPUT_METRICS = ("cosine", "sqnr")
 
 
@@ -205,7 +221,7 @@ def choose_bits(
     cap = budget.bpw
     default = budget.metric is None and budget.bpw is None
     if default:
-        cap = bpw4 + DEFAULT_EXTRA_BITS
+        cap = default_cap(bpw4)
     order = sorted(names, key=lambda n: -gains[n] / max(extra[n], 1.0))
     chosen: list[str] = []
     bits_now = bpw4 * total_elements
