@@ -258,6 +258,7 @@ def export_model(
                 graph=graphs[t], shared=shared, diagnose=diagnose,
             )  # fmt: skip
             plans[t] = run.plan
+            graphs[t] = run.graph  # as calibrated (AWQ folds, float-island rewrites)
             if not evaluation.feeds and eval_data is None:
                 evaluation = _held_out_eval(
                     calib, run, graphs[t], preprocess, tokenizer, eval_samples

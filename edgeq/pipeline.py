@@ -526,4 +526,28 @@ def graph_for_plan(model: str | Path, plan: QuantPlan) -> Graph:
             graph = refold(graph, scales)
         except ValueError as exc:  # a plan made for another graph, or edited
             raise PlanError(str(exc), "use the plan made for this model, or calibrate it") from None
+    return reapply_float_island_scales(graph, plan.calibration)
+
+
+def reapply_float_island_scales(graph: Graph, calibration: Mapping[str, Any]) -> Graph:
+    """The float-island rewrites a plan records (`_float_island_scales`: residual-branch
+    scales and LayerNorm-output smoothing), applied again to a freshly prepared graph."""
+    branches, smoothing = calibration.get("branch_scales"), calibration.get("smoothing")
+    if not branches and not smoothing:
+        return graph
+    from edgeq.algorithms.branch_scales import reapply_branch_scales
+    from edgeq.algorithms.smoothing import smooth_copies
+    from edgeq.quant.plan_check import PlanError
+
+    try:
+        if branches:
+            graph = reapply_branch_scales(graph, branches)
+        if smoothing:
+            scales = {r["tensor"]: np.asarray(r["scales"]) for r in smoothing}
+            graph, rows = smooth_copies(graph, {}, scales=scales)
+            if len(rows) != len(scales):
+                raise ValueError("a smoothed LayerNorm output of the plan is not in this graph")
+    except (ValueError, KeyError, TypeError) as exc:  # a plan made for another graph, or edited
+        raise PlanError(f"float-island scales: {exc}",
+                        "use the plan made for this model, or calibrate it") from None  # fmt: skip
     return graph

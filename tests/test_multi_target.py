@@ -75,4 +75,6 @@ def test_shared_statistics_give_the_separate_runs_plans(tmp_path: Path) -> None:
         alone = calibrate_model(model, feeds, t, eval_samples=0)
         assert same_plan(together.plan, alone.plan), t
         assert together.plan.calibration["samples"] == alone.plan.calibration["samples"] == 12
-    assert shared.passes_run == 3  # one pass per graph, not one per target
+    # one pass per graph, not one per target; rpi's float-island scales (its LayerNorm runs in
+    # float: smoothing, branch scales) rewrite its graph from data, so it leaves ane's pass
+    assert shared.passes_run == 4

@@ -188,7 +188,11 @@ def test_awq_factors_must_fit_the_graph(tmp_path: Path) -> None:
     lambda m: m["report"].update(layers=[1, 2]),
     lambda m: m["report"].update(diagnosis={"rows": "all"}),
     lambda m: m["report"].update(diagnosis=[1]),
-], ids=["mixed_precision", "weights", "layers", "diagnosis_rows", "diagnosis_list"])  # fmt: skip
+    lambda m: m["calibration"].update(branch_scales=[{"branch": "x", "factors": [1.0, -2.0]}]),
+    lambda m: m["calibration"].update(smoothing=[{"tensor": "x", "scales": "big"}]),
+    lambda m: m["calibration"].update(smoothing={"x": [1.0]}),
+], ids=["mixed_precision", "weights", "layers", "diagnosis_rows", "diagnosis_list",
+        "branch_factors", "smoothing_scales", "smoothing_rows"])  # fmt: skip
 def test_report_parts_of_a_plan_have_their_shape(made: dict[str, Path], tmp_path: Path,
                                                  edit: Any) -> None:  # fmt: skip
     plan = _tampered(made, tmp_path / "p", edit)

@@ -387,6 +387,16 @@ def test_smoothing_of_a_float_layernorm_output(tmp_path: Path, target: str) -> N
     ref = Interpreter(graph)
     for f in test:  # float-exact rewrite
         np.testing.assert_allclose(Interpreter(run.graph)(f)["y"], ref(f)["y"], atol=2e-4)
+    # a saved plan re-prepares the same graph (`edgeq export --plan`): the rewrite again
+    from edgeq.pipeline import graph_for_plan
+
+    run.plan.save(tmp_path / "plan")
+    again = graph_for_plan(model, QuantPlan.load(tmp_path / "plan"))
+    assert [(n.op_type, n.inputs) for n in again.nodes] == [
+        (n.op_type, n.inputs) for n in run.graph.nodes
+    ]
+    for name, value in run.graph.constants.items():
+        np.testing.assert_allclose(again.constants[name], value, rtol=1e-6, err_msg=name)
     path = tmp_path / "post.tflite"
     get_exporter("tflite").export(run.graph, run.plan, load_target(target), path, ExportOptions())
     parity = _parity(run.graph, run.plan, path, test)

@@ -140,8 +140,32 @@ def rescale_branches(graph: Graph, sites: Sequence[BranchSite],
             value_info[scaled] = replace(value_info[site.tensor], name=scaled)
         rows.append({"branch": site.tensor, "channels": site.channels,
                      "largest_factor": round(float(c.max()), 3),
-                     "scaled_channels": int(np.sum(c > 1.0))})  # fmt: skip
+                     "scaled_channels": int(np.sum(c > 1.0)),
+                     "factors": [float(v) for v in c]})  # fmt: skip
     return replace(graph, nodes=nodes, constants=consts, value_info=value_info), rows
 
 
-__all__ = ["BranchSite", "branch_factors", "find_branch_sites", "rescale_branches"]
+def reapply_branch_scales(graph: Graph, rows: Sequence[Mapping[str, Any]]) -> Graph:
+    """The branch scales a plan records (`rows` from `rescale_branches`), applied again to a
+    freshly prepared graph. ValueError when a site is not in this graph or its size differs."""
+    sites = {s.tensor: s for s in find_branch_sites(graph)}
+    factors = {}
+    for row in rows:
+        site = sites.get(row["branch"])
+        if site is None:
+            raise ValueError(f"residual branch '{row['branch']}' is not in this graph")
+        c = np.asarray(row["factors"], np.float32)
+        if c.shape != (site.channels,):
+            raise ValueError(f"residual branch '{row['branch']}' has {site.channels} channels, "
+                             f"the plan records {c.size} factors")  # fmt: skip
+        factors[site.tensor] = c
+    return rescale_branches(graph, list(sites.values()), factors)[0]
+
+
+__all__ = [
+    "BranchSite",
+    "branch_factors",
+    "find_branch_sites",
+    "reapply_branch_scales",
+    "rescale_branches",
+]

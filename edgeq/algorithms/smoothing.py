@@ -108,22 +108,29 @@ def smoothing_sites(graph: Graph) -> dict[str, list[str]]:
     "graph",
     "SmoothQuant on a float LayerNorm's output: a float Mul by 1/s feeds the MatMuls (post-norm too)",
 )
-def smooth_copies(graph: Graph, act_absmax: Mapping[str, np.ndarray],
-                  alpha: float = ALPHA) -> tuple[Graph, list[dict[str, Any]]]:  # fmt: skip
+def smooth_copies(graph: Graph, act_absmax: Mapping[str, np.ndarray], alpha: float = ALPHA,
+                  scales: Mapping[str, np.ndarray] | None = None,
+                  ) -> tuple[Graph, list[dict[str, Any]]]:  # fmt: skip
     """For targets whose LayerNorm is a float island: every MatMul reading a LayerNorm output
     (`smoothing_sites`) reads `Mul(y, 1/s)` instead, and its weight rows are multiplied by s
     (exact in float). The LayerNorm output itself is unchanged, so a residual Add that reads
     it too (BERT's post-norm blocks) sees the same values; the Mul runs in float with the
-    LayerNorm, and only its output is quantized."""
+    LayerNorm, and only its output is quantized. `scales` (s per LayerNorm output, as a plan
+    records them) replace the search: the same rewrite again on a freshly prepared graph."""
     consts = dict(graph.constants)
     nodes = list(graph.nodes)
     value_info = dict(graph.value_info)
     rows = []
     for y, weights in smoothing_sites(graph).items():
-        if y not in act_absmax:
+        if scales is not None:
+            if y not in scales:
+                continue
+            s = np.asarray(scales[y], np.float64)
+        elif y in act_absmax:
+            w_absmax = np.max(np.stack([np.abs(consts[n]).max(axis=1) for n in weights]), axis=0)
+            s = smoothing_scales(act_absmax[y], w_absmax, alpha)
+        else:
             continue
-        w_absmax = np.max(np.stack([np.abs(consts[n]).max(axis=1) for n in weights]), axis=0)
-        s = smoothing_scales(act_absmax[y], w_absmax, alpha)
         for n in weights:
             consts[n] = (consts[n] * s[:, None]).astype(consts[n].dtype)
         smoothed, factor = f"{y}_smoothed", f"{y}_smoothing"
@@ -138,7 +145,8 @@ def smooth_copies(graph: Graph, act_absmax: Mapping[str, np.ndarray],
             value_info[smoothed] = replace(value_info[y], name=smoothed)
         rows.append({"tensor": y, "matmuls": len(weights), "alpha": alpha,
                      "largest_scale": round(float(s.max()), 3),
-                     "smallest_scale": round(float(s.min()), 3)})  # fmt: skip
+                     "smallest_scale": round(float(s.min()), 3),
+                     "scales": [float(v) for v in s]})  # fmt: skip
     return replace(graph, nodes=nodes, constants=consts, value_info=value_info), rows
 
 

@@ -139,6 +139,20 @@ def _check_calibration(calibration: Mapping[str, Any], source: str) -> None:
         if not ok or not np.isfinite(arr).all() or arr.min() < FLOAT32_TINY or arr.max() > 1e30:
             raise PlanError(f"{source}: the AWQ factors of '{tensor}' must be a non-empty list "
                             "of finite positive numbers", _FIX)  # fmt: skip
+    # the float-island rewrites (residual-branch factors, smoothing scales) are applied again
+    for key, name, field in (("branch_scales", "branch", "factors"),
+                             ("smoothing", "tensor", "scales")):  # fmt: skip
+        rows = calibration.get(key, [])
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise PlanError(f"{source}: calibration.{key} must be a list of objects", _FIX)
+        for row in rows:
+            values = row.get(field)
+            ok = isinstance(row.get(name), str) and isinstance(values, list) and values and all(
+                isinstance(v, _NUMBER) and not isinstance(v, bool) for v in values)  # fmt: skip
+            arr = np.asarray(values, np.float64) if ok else np.zeros(0)
+            if not ok or not np.isfinite(arr).all() or arr.min() < FLOAT32_TINY or arr.max() > 1e30:
+                raise PlanError(f"{source}: calibration.{key}: each row needs '{name}' and "
+                                f"'{field}', a non-empty list of finite positive numbers", _FIX)  # fmt: skip
     for key in ("mixed_precision", "weights"):
         if not isinstance(calibration.get(key, {}), dict):
             raise PlanError(f"{source}: calibration.{key} is not an object", _FIX)
