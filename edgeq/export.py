@@ -51,6 +51,7 @@ from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import Interpreter
 from edgeq.metrics import TaskContext, evaluate_task, guess_task, load_metric_hook
 from edgeq.outputs import EXPORT, check_output, write_output
+from edgeq.quant.padding import find_token_mask
 from edgeq.quant.plan import QuantPlan, json_default
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import Simulator
@@ -391,14 +392,20 @@ def _hook_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "metric_name", None) or fn.__name__
 
 
-def _context(graph: Graph, charset: str | Path | None) -> TaskContext:
+def _context(graph: Graph, charset: str | Path | None,
+             feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+             mask_handling: bool = True) -> TaskContext:  # fmt: skip
+    """What the task metrics read besides the outputs; with `feeds` (the evaluation samples) of
+    a token model, their attention masks, so metrics exclude padded positions."""
     producers = graph.producers()
+    mask = find_token_mask(graph) if feeds is not None and mask_handling else None
     return TaskContext(
         output_names=tuple(graph.output_names), metadata=dict(graph.metadata),
         charset_file=Path(charset) if charset else None,
         producers={o: producers[o].op_type for o in graph.output_names if o in producers},
         output_shapes={v.name: tuple(v.shape) if v.shape is not None else None  # type: ignore[misc]
                        for v in graph.outputs},
+        token_masks=[np.asarray(f[mask]) for f in feeds] if mask and feeds is not None else None,
     )  # fmt: skip
 
 
@@ -589,7 +596,7 @@ def _evaluate(report: dict[str, Any], graph: Graph, plan: QuantPlan, artifact: A
     for name, row in report["outputs"].items():
         row["float_artifact_vs_float"] = float_cmp[name]["vs_float"]
     progress("computing the task metric", 0, 1)
-    ctx = _context(graph, charset)
+    ctx = _context(graph, charset, ev.feeds, bool(plan.recipe.get("mask_handling", True)))
     used, rows = evaluate_task(task_name, art_out, layers.reference, ev.labels, ctx, hooks)
     _, sim_rows = evaluate_task(
         task_name, layers.simulated, layers.reference, ev.labels, ctx, hooks
