@@ -590,13 +590,14 @@ def _evaluate(report: dict[str, Any], graph: Graph, plan: QuantPlan, artifact: A
     n_float = min(FLOAT_CHECK_SAMPLES, len(ev.feeds))
     float_art = run_artifact(float_runner, ev.feeds[:n_float], "running the float artifact",
                              progress)  # fmt: skip
+    ctx = _context(graph, charset, ev.feeds, bool(plan.recipe.get("mask_handling", True)))
     report["outputs"] = compare(art_out, layers.simulated, layers.reference, plan,
-                                graph.output_names, output_dtype)  # fmt: skip
-    float_cmp = compare(float_art, None, layers.reference[:n_float], None, graph.output_names)
+                                graph.output_names, output_dtype, ctx.token_masks)  # fmt: skip
+    float_cmp = compare(float_art, None, layers.reference[:n_float], None, graph.output_names,
+                        token_masks=ctx.token_masks)  # fmt: skip
     for name, row in report["outputs"].items():
         row["float_artifact_vs_float"] = float_cmp[name]["vs_float"]
     progress("computing the task metric", 0, 1)
-    ctx = _context(graph, charset, ev.feeds, bool(plan.recipe.get("mask_handling", True)))
     used, rows = evaluate_task(task_name, art_out, layers.reference, ev.labels, ctx, hooks)
     _, sim_rows = evaluate_task(
         task_name, layers.simulated, layers.reference, ev.labels, ctx, hooks
@@ -676,6 +677,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 f"{row['vs_float']['sqnr_db']:.1f} | {row['vs_float']['cosine']:.5f} | "
                 f"{sim_row.get('sqnr_db', float('nan')):.1f} |"
             )
+        if any(r["vs_float"].get("padding_excluded") for r in report["outputs"].values()):
+            lines += [
+                "",
+                "(errors against float over real tokens: padded token positions excluded)",
+            ]
     else:
         lines.append(f"accuracy: {ev.get('skipped', 'not measured')}")
     layers = report.get("layers", [])

@@ -41,7 +41,7 @@ import numpy as np
 
 from edgeq.budget import METRICS, Kind
 from edgeq.errors import InputError
-from edgeq.quant.padding import token_keep
+from edgeq.quant.padding import zero_padding
 
 Outputs = Sequence[Mapping[str, np.ndarray]]  # one dict of named outputs per sample
 CTC_BLANK = "blank"
@@ -222,25 +222,12 @@ def _scores(outputs: Outputs, name: str) -> np.ndarray:
 
 
 def _real_scores(outputs: Outputs, name: str, ctx: TaskContext) -> np.ndarray:
-    """`_scores` with padded token positions zeroed (`ctx.token_masks`): zero in both float's and
-    the artifact's outputs, a position adds nothing to a dot product, a norm, a noise or a signal
-    energy, so cosines and SQNRs are those of the real tokens alone."""
+    """`_scores` with padded token positions zeroed (`ctx.token_masks`, see `zero_padding`)."""
     if ctx.token_masks is None:
         return _scores(outputs, name)
     shape = ctx.output_shapes.get(name)
-    rows = []
-    for o, mask in zip(outputs, ctx.token_masks, strict=True):
-        v = np.asarray(o[name], np.float64)
-        if (
-            shape is not None
-            and all(isinstance(d, int) for d in shape)
-            and int(np.prod(shape)) == v.size
-        ):
-            v = v.reshape(shape)  # a runtime that drops the batch axis: the graph's layout
-        real = np.asarray(mask).reshape(-1) != 0
-        keep = token_keep(v.shape, real, real.size)
-        rows.append((v if keep is None else np.where(keep, v, 0.0)).reshape(-1))
-    return np.stack(rows)
+    return np.stack([zero_padding(o[name], m, shape).reshape(-1)
+                     for o, m in zip(outputs, ctx.token_masks, strict=True)])  # fmt: skip
 
 
 def _padding_note(ctx: TaskContext) -> str:

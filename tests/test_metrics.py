@@ -256,6 +256,12 @@ def test_generic_metrics_and_verdict_exclude_padded_token_positions() -> None:
     assert cos.quant_value == pytest.approx(1.0) and sqnr.quant_value == np.inf
     assert "padded token positions excluded" in cos.title
     assert judge(rows, [], profile).status == "PASS"
+    # the per-output rows of the report agree (errors against float over real tokens)
+    from edgeq.verify import compare
+
+    rows_out = compare(quant, None, ref, None, ["hidden"], token_masks=ctx.token_masks)
+    assert rows_out["hidden"]["vs_float"]["cosine"] == pytest.approx(1.0)
+    assert compare(quant, None, ref, None, ["hidden"])["hidden"]["vs_float"]["cosine"] < 0.5
     # the pooled output has no axis of the mask's length: compared whole, so its error counts
     quant[0]["pooled"] = -np.ones((1, 4))
     _, rows = evaluate_task("generic", quant, ref, None, ctx)

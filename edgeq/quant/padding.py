@@ -45,4 +45,23 @@ def token_keep(shape: Sequence[int], real: Any, seq: int) -> Any | None:
     return keep
 
 
-__all__ = ["find_token_mask", "token_keep"]
+def zero_padding(value: Any, mask: Any, shape: Sequence[Any] | None = None) -> np.ndarray:
+    """One sample's output `value` (numpy, float64) with its padded token positions set to 0;
+    `mask`: that sample's attention-mask input ([1, S], nonzero = real token). `shape`: the
+    output's layout in the graph, used when a runtime returned the same values in another
+    shape (a dropped batch axis). Zero in both float's and the quantized outputs, a padded
+    position adds nothing to a dot product, a norm, a noise or a signal energy: cosines and
+    SQNRs of the results are those of the real tokens alone."""
+    v = np.asarray(value, np.float64)
+    if (
+        shape is not None
+        and all(isinstance(d, int) for d in shape)
+        and int(np.prod(shape)) == v.size
+    ):
+        v = v.reshape(tuple(shape))
+    real = np.asarray(mask).reshape(-1) != 0
+    keep = token_keep(v.shape, real, real.size)
+    return v if keep is None else np.where(keep, v, 0.0)
+
+
+__all__ = ["find_token_mask", "token_keep", "zero_padding"]
