@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.quant.padding import zero_padding
+from edgeq.quant.padding import token_keep, zero_padding
 from edgeq.quant.plan import QuantPlan
 
 
@@ -83,7 +83,12 @@ def compare(
         art = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in artifact])
         ref = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in reference])
         real_art, real_ref = art, ref
-        if token_masks is not None:
+        seq = int(np.size(token_masks[0])) if token_masks else 0
+        padded = (
+            seq > 0
+            and token_keep(np.shape(reference[0][name]), np.ones(seq, bool), seq) is not None
+        )
+        if padded:
             shapes = [np.shape(o[name]) for o in reference]
             real_art, real_ref = (
                 np.concatenate([zero_padding(o[name], m, s).ravel()
@@ -94,7 +99,7 @@ def compare(
             "vs_float": {"sqnr_db": round(sqnr_db(real_ref, real_art), 2),
                          "cosine": cosine(real_ref, real_art),
                          "max_abs": float(np.max(np.abs(real_ref - real_art))) if art.size else 0.0,
-                         **({"padding_excluded": True} if token_masks is not None else {})},
+                         **({"padding_excluded": True} if padded else {})},
         }  # fmt: skip
         if simulator is not None:
             sim_list = [np.asarray(o[name]) for o in simulator]
@@ -112,7 +117,7 @@ def compare(
                 "max_steps": float(np.max(np.abs(sim - art)) / step) if art.size else 0.0,
             }
             real_sim = sim
-            if token_masks is not None:
+            if padded:
                 real_sim = np.concatenate([zero_padding(s, m, np.shape(o[name])).ravel()
                                            for s, m, o in zip(sim_list, token_masks, reference,
                                                               strict=False)])  # fmt: skip

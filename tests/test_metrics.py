@@ -259,8 +259,10 @@ def test_generic_metrics_and_verdict_exclude_padded_token_positions() -> None:
     # the per-output rows of the report agree (errors against float over real tokens)
     from edgeq.verify import compare
 
-    rows_out = compare(quant, None, ref, None, ["hidden"], token_masks=ctx.token_masks)
+    rows_out = compare(quant, None, ref, None, ["hidden", "pooled"], token_masks=ctx.token_masks)
     assert rows_out["hidden"]["vs_float"]["cosine"] == pytest.approx(1.0)
+    assert rows_out["hidden"]["vs_float"]["padding_excluded"]
+    assert "padding_excluded" not in rows_out["pooled"]["vs_float"]  # no token axis: whole
     assert compare(quant, None, ref, None, ["hidden"])["hidden"]["vs_float"]["cosine"] < 0.5
     # the pooled output has no axis of the mask's length: compared whole, so its error counts
     quant[0]["pooled"] = -np.ones((1, 4))
