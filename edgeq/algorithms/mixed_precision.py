@@ -12,7 +12,9 @@
    - neither (the default): layers whose 4-bit error dominates — restoring one removes at least
      `DOMINANT` of the all-4-bit output error — within a size cap of `DEFAULT_EXTRA_BITS` above
      the all-4-bit size.
-Every layer's decision and its reason go into the report.
+Every layer's decision and its reason go into the report. On token models (an attention-mask
+input) the output error leaves out padded token positions (`edgeq.quant.padding`), as the
+export's accuracy metrics do.
 
 Pure: (graph, plan, alternatives, feeds, budgets) → plan choice; no formats.
 """
