@@ -51,6 +51,7 @@ from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import Interpreter
 from edgeq.metrics import TaskContext, evaluate_task, guess_task, load_metric_hook
 from edgeq.outputs import EXPORT, check_output, write_output
+from edgeq.quant.padding import find_token_mask
 from edgeq.quant.plan import QuantPlan, json_default
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import Simulator
@@ -392,14 +393,20 @@ def _hook_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "metric_name", None) or fn.__name__
 
 
-def _context(graph: Graph, charset: str | Path | None) -> TaskContext:
+def _context(graph: Graph, charset: str | Path | None,
+             feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+             mask_handling: bool = True) -> TaskContext:  # fmt: skip
+    """What the task metrics read besides the outputs; with `feeds` (the evaluation samples) of
+    a token model, their attention masks, so metrics exclude padded positions."""
     producers = graph.producers()
+    mask = find_token_mask(graph) if feeds is not None and mask_handling else None
     return TaskContext(
         output_names=tuple(graph.output_names), metadata=dict(graph.metadata),
         charset_file=Path(charset) if charset else None,
         producers={o: producers[o].op_type for o in graph.output_names if o in producers},
         output_shapes={v.name: tuple(v.shape) if v.shape is not None else None  # type: ignore[misc]
                        for v in graph.outputs},
+        token_masks=[np.asarray(f[mask]) for f in feeds] if mask and feeds is not None else None,
     )  # fmt: skip
 
 
@@ -584,13 +591,14 @@ def _evaluate(report: dict[str, Any], graph: Graph, plan: QuantPlan, artifact: A
     n_float = min(FLOAT_CHECK_SAMPLES, len(ev.feeds))
     float_art = run_artifact(float_runner, ev.feeds[:n_float], "running the float artifact",
                              progress)  # fmt: skip
+    ctx = _context(graph, charset, ev.feeds, bool(plan.recipe.get("mask_handling", True)))
     report["outputs"] = compare(art_out, layers.simulated, layers.reference, plan,
-                                graph.output_names, output_dtype)  # fmt: skip
-    float_cmp = compare(float_art, None, layers.reference[:n_float], None, graph.output_names)
+                                graph.output_names, output_dtype, ctx.token_masks)  # fmt: skip
+    float_cmp = compare(float_art, None, layers.reference[:n_float], None, graph.output_names,
+                        token_masks=ctx.token_masks)  # fmt: skip
     for name, row in report["outputs"].items():
         row["float_artifact_vs_float"] = float_cmp[name]["vs_float"]
     progress("computing the task metric", 0, 1)
-    ctx = _context(graph, charset)
     used, rows = evaluate_task(task_name, art_out, layers.reference, ev.labels, ctx, hooks)
     _, sim_rows = evaluate_task(
         task_name, layers.simulated, layers.reference, ev.labels, ctx, hooks
@@ -670,6 +678,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 f"{row['vs_float']['sqnr_db']:.1f} | {row['vs_float']['cosine']:.5f} | "
                 f"{sim_row.get('sqnr_db', float('nan')):.1f} |"
             )
+        if any(r["vs_float"].get("padding_excluded") for r in report["outputs"].values()):
+            lines += [
+                "",
+                "(errors against float over real tokens: padded token positions excluded)",
+            ]
     else:
         lines.append(f"accuracy: {ev.get('skipped', 'not measured')}")
     layers = report.get("layers", [])

@@ -20,6 +20,11 @@ L2-normalised vector → embed, a one-channel Sigmoid map → mask, else generic
 model's outputs and on the artifact's (higher is better unless the function has
 `lower_is_better = True`).
 
+Token models (an attention-mask input, `TaskContext.token_masks`): `embed`'s and `generic`'s
+metrics exclude padded token positions — in every output axis of the mask's length S — since
+the model's users ignore them (mean pooling uses the mask); outputs without such an axis (a
+pooled embedding) are compared whole.
+
 Pure functions over numpy arrays: nothing here knows about ONNX files, exporters or devices.
 """
 
@@ -36,6 +41,7 @@ import numpy as np
 
 from edgeq.budget import METRICS, Kind
 from edgeq.errors import InputError
+from edgeq.quant.padding import zero_padding
 
 Outputs = Sequence[Mapping[str, np.ndarray]]  # one dict of named outputs per sample
 CTC_BLANK = "blank"
@@ -82,6 +88,9 @@ class TaskContext:
     charset_file: Path | None = None
     producers: Mapping[str, str] = field(default_factory=dict)  # output -> producing op type
     output_shapes: Mapping[str, tuple[int, ...] | None] = field(default_factory=dict)
+    # per sample, the token-mask input ([1, S], nonzero = real token) of a token model: padded
+    # positions of the outputs are excluded from `embed` and `generic` metrics
+    token_masks: Sequence[np.ndarray] | None = None
 
 
 TaskFn = Callable[[Outputs, Outputs, Sequence[Any] | None, TaskContext], list[MetricValue]]
@@ -212,6 +221,19 @@ def _scores(outputs: Outputs, name: str) -> np.ndarray:
     return np.stack([np.asarray(o[name], np.float64).reshape(-1) for o in outputs])
 
 
+def _real_scores(outputs: Outputs, name: str, ctx: TaskContext) -> np.ndarray:
+    """`_scores` with padded token positions zeroed (`ctx.token_masks`, see `zero_padding`)."""
+    if ctx.token_masks is None:
+        return _scores(outputs, name)
+    shape = ctx.output_shapes.get(name)
+    return np.stack([zero_padding(o[name], m, shape).reshape(-1)
+                     for o, m in zip(outputs, ctx.token_masks, strict=True)])  # fmt: skip
+
+
+def _padding_note(ctx: TaskContext) -> str:
+    return "; padded token positions excluded" if ctx.token_masks is not None else ""
+
+
 def topk_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     """Per sample: is `targets[i]` among the k highest of `scores[i]`."""
     k = min(k, scores.shape[1])
@@ -270,10 +292,10 @@ def neighbour_agreement(ref: np.ndarray, test: np.ndarray) -> float:
 def embed_task(quant: Outputs, reference: Outputs, labels: Sequence[Any] | None,
                ctx: TaskContext) -> list[MetricValue]:  # fmt: skip
     name = ctx.output_names[0]
-    q, f = _scores(quant, name), _scores(reference, name)
+    q, f = _real_scores(quant, name, ctx), _real_scores(reference, name, ctx)
     cos = cosine_rows(f, q)
-    rows = [MetricValue("cosine", "mean cosine similarity to float", 1.0, float(cos.mean()),
-                        "float", "", len(q), "floor", {"min": float(cos.min())})]  # fmt: skip
+    rows = [MetricValue("cosine", f"mean cosine similarity to float{_padding_note(ctx)}", 1.0,
+                        float(cos.mean()), "float", "", len(q), "floor", {"min": float(cos.min())})]  # fmt: skip
     if len(q) >= 3:
         rows.append(MetricValue("nn", "nearest-neighbour agreement with float", 100.0,
                                 100 * neighbour_agreement(f, q), "float", "%", len(q)))  # fmt: skip
@@ -434,14 +456,16 @@ def generic_task(quant: Outputs, reference: Outputs, labels: Sequence[Any] | Non
                  ctx: TaskContext) -> list[MetricValue]:  # fmt: skip
     worst: tuple[float, str] = (math.inf, "")
     for name in ctx.output_names:
-        cos = cosine_rows(_scores(reference, name), _scores(quant, name))
+        cos = cosine_rows(_real_scores(reference, name, ctx), _real_scores(quant, name, ctx))
         worst = min(worst, (float(cos.mean()), name))
     from edgeq.verify import sqnr_db
 
-    sq = min(sqnr_db(_scores(reference, n), _scores(quant, n)) for n in ctx.output_names)
-    return [MetricValue("cosine", f"mean cosine similarity to float (worst output: {worst[1]})",
-                        1.0, worst[0], "float", "", len(quant), "floor"),
-            MetricValue("sqnr", "SQNR against float (worst output)", math.inf, sq, "float",
+    sq = min(sqnr_db(_real_scores(reference, n, ctx), _real_scores(quant, n, ctx))
+             for n in ctx.output_names)  # fmt: skip
+    note = _padding_note(ctx)
+    return [MetricValue("cosine", f"mean cosine similarity to float (worst output: {worst[1]}"
+                        f"{note})", 1.0, worst[0], "float", "", len(quant), "floor"),
+            MetricValue("sqnr", f"SQNR against float (worst output{note})", math.inf, sq, "float",
                         "dB", len(quant), "floor")]  # fmt: skip
 
 

@@ -404,6 +404,7 @@ def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe,
         plan, report = apply_mixed_precision(
             graph, spec, plan, search, search_budget(recipe),
             progress=(lambda d, t: progress("mixed precision", d, t)) if progress else None,
+            token_mask=token_mask,
         )  # fmt: skip
         plan.calibration["mixed_precision"] = report
     return plan

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.quant.padding import token_keep, zero_padding
 from edgeq.quant.plan import QuantPlan
 
 
@@ -70,17 +71,35 @@ def compare(
     plan: QuantPlan | None,
     outputs: Sequence[str],
     output_dtype: str | None = None,
+    token_masks: Sequence[np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per output: parity with the simulator and error against float, over all samples.
     `output_dtype`: the float type the runtime computes its outputs in, when coarser than
-    float32 (the target profile's `output_dtype`; "float16" on Core ML)."""
+    float32 (the target profile's `output_dtype`; "float16" on Core ML). `token_masks` (per
+    sample, a token model's attention-mask input): errors against float leave out padded token
+    positions, as the task metrics do; parity with the simulator still covers every value."""
     result: dict[str, dict[str, Any]] = {}
     for name in outputs:
         art = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in artifact])
         ref = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in reference])
+        real_art, real_ref = art, ref
+        seq = int(np.size(token_masks[0])) if token_masks else 0
+        padded = (
+            seq > 0
+            and token_keep(np.shape(reference[0][name]), np.ones(seq, bool), seq) is not None
+        )
+        if padded:
+            shapes = [np.shape(o[name]) for o in reference]
+            real_art, real_ref = (
+                np.concatenate([zero_padding(o[name], m, s).ravel()
+                                for o, m, s in zip(outs, token_masks, shapes, strict=False)])
+                for outs in (artifact, reference)
+            )  # fmt: skip
         row: dict[str, Any] = {
-            "vs_float": {"sqnr_db": round(sqnr_db(ref, art), 2), "cosine": cosine(ref, art),
-                         "max_abs": float(np.max(np.abs(ref - art))) if art.size else 0.0},
+            "vs_float": {"sqnr_db": round(sqnr_db(real_ref, real_art), 2),
+                         "cosine": cosine(real_ref, real_art),
+                         "max_abs": float(np.max(np.abs(real_ref - real_art))) if art.size else 0.0,
+                         **({"padding_excluded": True} if padded else {})},
         }  # fmt: skip
         if simulator is not None:
             sim_list = [np.asarray(o[name]) for o in simulator]
@@ -97,8 +116,13 @@ def compare(
                 "max_abs": float(np.max(np.abs(sim - art))) if art.size else 0.0,
                 "max_steps": float(np.max(np.abs(sim - art)) / step) if art.size else 0.0,
             }
-            row["simulator_vs_float"] = {"sqnr_db": round(sqnr_db(ref, sim), 2),
-                                         "cosine": cosine(ref, sim)}  # fmt: skip
+            real_sim = sim
+            if padded:
+                real_sim = np.concatenate([zero_padding(s, m, np.shape(o[name])).ravel()
+                                           for s, m, o in zip(sim_list, token_masks, reference,
+                                                              strict=False)])  # fmt: skip
+            row["simulator_vs_float"] = {"sqnr_db": round(sqnr_db(real_ref, real_sim), 2),
+                                         "cosine": cosine(real_ref, real_sim)}  # fmt: skip
         result[name] = row
     return result
 

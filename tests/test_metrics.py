@@ -210,3 +210,63 @@ def test_parity_of_a_float16_output_allows_one_float16_step_at_each_value() -> N
     assert parity(two_steps, "float16") == 0.0
     assert load_target("ane").raw["output_dtype"] == "float16"
     assert "output_dtype" not in load_target("rpi").raw  # integer outputs have their own step
+
+
+# ---- token models: padded positions are no signal ------------------------------------------------
+def _token_graph():  # type: ignore[no-untyped-def]
+    """input_ids / attention_mask [1, 6] → hidden [1, 6, 4] (per token) and pooled [1, 4]."""
+    from onnx import helper
+
+    from edgeq.ir.onnx_io import model_to_graph
+    from tests.conftest import F32, I64, make_model
+
+    table = np.arange(40, dtype=np.float32).reshape(10, 4) / 10
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["hidden"], name="embed"),
+             helper.make_node("ReduceMean", ["hidden"], ["pooled"], axes=[1], keepdims=0)]  # fmt: skip
+    model = make_model(nodes, [("input_ids", I64, [1, 6]), ("attention_mask", I64, [1, 6])],
+                       [("hidden", F32, [1, 6, 4]), ("pooled", F32, [1, 4])],
+                       initializers={"table": table})  # fmt: skip
+    return model_to_graph(model)
+
+
+def test_generic_metrics_and_verdict_exclude_padded_token_positions() -> None:
+    from edgeq.export import _context
+
+    graph = _token_graph()
+    mask = np.array([[1, 1, 1, 0, 0, 0]], np.int64)  # three real tokens, three padded
+    feeds = [{"input_ids": np.array([[1, 2, 3, 0, 0, 0]]), "attention_mask": mask}] * 3
+    rng = np.random.default_rng(0)
+    ref = [{"hidden": rng.normal(0, 1, (1, 6, 4)), "pooled": np.ones((1, 4))} for _ in feeds]
+    quant = []
+    for r in ref:
+        h = r["hidden"].copy()
+        h[:, 3:] = rng.normal(0, 100, (1, 3, 4))  # padding: wildly different, even in sign
+        quant.append({"hidden": h, "pooled": r["pooled"]})
+    profile = load_target("onnx")  # default budget cosine=0.99
+    # padding counted (no masks): the worst output's cosine collapses and the verdict fails
+    blind = _context(graph, None)
+    assert blind.token_masks is None
+    _, rows = evaluate_task("generic", quant, ref, None, blind)
+    assert rows[0].quant_value < 0.5 and judge(rows, [], profile).status == "FAIL"
+    # padding excluded: real positions match exactly, so cosine 1, SQNR ∞, PASS
+    ctx = _context(graph, None, feeds)
+    assert ctx.token_masks is not None and len(ctx.token_masks) == 3
+    _, rows = evaluate_task("generic", quant, ref, None, ctx)
+    cos, sqnr = rows
+    assert cos.quant_value == pytest.approx(1.0) and sqnr.quant_value == np.inf
+    assert "padded token positions excluded" in cos.title
+    assert judge(rows, [], profile).status == "PASS"
+    # the per-output rows of the report agree (errors against float over real tokens)
+    from edgeq.verify import compare
+
+    rows_out = compare(quant, None, ref, None, ["hidden", "pooled"], token_masks=ctx.token_masks)
+    assert rows_out["hidden"]["vs_float"]["cosine"] == pytest.approx(1.0)
+    assert rows_out["hidden"]["vs_float"]["padding_excluded"]
+    assert "padding_excluded" not in rows_out["pooled"]["vs_float"]  # no token axis: whole
+    assert compare(quant, None, ref, None, ["hidden"])["hidden"]["vs_float"]["cosine"] < 0.5
+    # the pooled output has no axis of the mask's length: compared whole, so its error counts
+    quant[0]["pooled"] = -np.ones((1, 4))
+    _, rows = evaluate_task("generic", quant, ref, None, ctx)
+    assert rows[0].quant_value == pytest.approx(1 / 3) and "pooled" in rows[0].title
+    # a recipe without mask handling compares every position
+    assert _context(graph, None, feeds, mask_handling=False).token_masks is None

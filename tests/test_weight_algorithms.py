@@ -453,3 +453,62 @@ def test_conv_groups_each_equal_the_reference(rows: int) -> None:
     q, _, _ = solve_padded(w, h, gidx, view.groups, grid, GPTQConfig(), dtype=np.float64)
     for g in range(n):
         np.testing.assert_array_equal(q[g], gptq_reference(w[g], h[g], gidx, 0, 15, False))
+
+
+def test_mixed_precision_output_error_ignores_padded_token_positions() -> None:
+    """y = x + (x @ w) · padding: the weight changes only padded positions, so a wrong weight
+    costs nothing over the real tokens; counted blind to the mask, it does."""
+    from edgeq.algorithms.mixed_precision import OutputError
+    from edgeq.quant.plan import QuantPlan
+    from tests.conftest import I64
+
+    seq, dim = 6, 8
+    nodes = [helper.make_node("Cast", ["attention_mask"], ["mf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "ax"], ["m3"]),
+             helper.make_node("Sub", ["one", "m3"], ["pad"]),
+             helper.make_node("MatMul", ["x", "w"], ["p"], name="fc"),
+             helper.make_node("Mul", ["p", "pad"], ["pp"]),
+             helper.make_node("Add", ["x", "pp"], ["y"])]  # fmt: skip
+    w = RNG.normal(0, 1, (dim, dim)).astype(np.float32)
+    inits = {"w": w, "ax": np.array([2], np.int64), "one": np.ones((1,), np.float32)}
+    model = make_model(nodes, [("x", F32, [1, seq, dim]), ("attention_mask", I64, [1, seq])],
+                       [("y", F32, [1, seq, dim])], initializers=inits)  # fmt: skip
+    graph = model_to_graph(model)
+    mask = np.array([[1, 1, 1, 1, 0, 0]], np.int64)
+    feeds = [{"x": RNG.normal(0, 1, (1, seq, dim)).astype(np.float32), "attention_mask": mask}
+             for _ in range(3)]  # fmt: skip
+    plan = QuantPlan("onnx", {})
+    wrong = {"w": (w + RNG.normal(0, 5, w.shape)).astype(np.float32)}
+    masked = OutputError(graph, plan, ["w"], feeds, token_mask="attention_mask")(wrong)
+    blind = OutputError(graph, plan, ["w"], feeds)(wrong)
+    assert masked["noise"] == pytest.approx(0.0, abs=1e-12)
+    assert masked["cosine"] == pytest.approx(1.0)
+    assert blind["noise"] > 1.0 and blind["cosine"] < 0.9
+
+
+@pytest.mark.parametrize("mask_handling", [True, False])
+def test_mixed_precision_gets_the_token_mask_from_the_pipeline(
+    tmp_path: Path, mask_handling: bool
+) -> None:
+    from tests.conftest import I64
+
+    seq, dim = 8, 32
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["h"], name="embed"),
+             helper.make_node("MatMul", ["h", "w"], ["p"], name="fc"),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "ax"], ["m3"]),
+             helper.make_node("Mul", ["p", "m3"], ["y"])]  # fmt: skip
+    inits = {"table": RNG.normal(0, 1, (50, dim)).astype(np.float32),
+             "w": RNG.normal(0, 0.2, (dim, dim)).astype(np.float32),
+             "ax": np.array([2], np.int64)}  # fmt: skip
+    model = make_model(nodes, [("input_ids", I64, [1, seq]), ("attention_mask", I64, [1, seq])],
+                       [("y", F32, [1, seq, dim])], initializers=inits)  # fmt: skip
+    path = tmp_path / "tok.onnx"
+    onnx.save(model, path)
+    real = [2 + i % 4 for i in range(12)]  # 2 to 5 real tokens of 8
+    feeds = [{"input_ids": RNG.integers(1, 50, (1, seq)),
+              "attention_mask": np.array([[1] * r + [0] * (seq - r)])} for r in real]  # fmt: skip
+    recipe = Recipe(base=LayerConfig(weight_bits=4, act_bits=0, block_size=16, method="rtn"),
+                    mask_handling=mask_handling)  # fmt: skip
+    plan = calibrate_model(path, feeds, "onnx", recipe, samples=12, report_samples=0).plan
+    assert plan.calibration["mixed_precision"]["padding_excluded"] is mask_handling

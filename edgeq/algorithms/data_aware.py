@@ -228,8 +228,10 @@ def apply_mixed_precision(
     feeds: Sequence[Feeds],
     budget: Budget,
     progress: Callable[[int, int], None] | None = None,
+    token_mask: str | None = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
-    """Mixed precision on the 4-bit weights whose bits the user did not pin per node."""
+    """Mixed precision on the 4-bit weights whose bits the user did not pin per node (the
+    output error over real tokens only when `token_mask` names the attention-mask input)."""
     recipe = spec.recipe
     nodes = {n.name: n for n in graph.nodes}
     candidates = []
@@ -251,7 +253,7 @@ def apply_mixed_precision(
     alternatives = eight_bit_alternatives(graph, spec, plan, candidates)
     storage = Storage.of(spec.target.quant)
     result, report = choose_bits(graph, plan, alternatives, feeds, weight_sizes(graph), storage,
-                                 budget, progress)  # fmt: skip
+                                 budget, progress, token_mask)  # fmt: skip
     result = replace(result, tensors=derive_biases(graph, spec, result.tensors))
     return result, report
 

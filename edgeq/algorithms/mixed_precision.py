@@ -13,7 +13,9 @@
      `DOMINANT` of the all-4-bit output error — within the default size cap (`default_cap`:
      5 bits per weight, or `DEFAULT_EXTRA_BITS` above the all-4-bit size where a format's
      4-bit storage alone comes close to 5).
-Every layer's decision and its reason go into the report.
+Every layer's decision and its reason go into the report. On token models (an attention-mask
+input) the output error leaves out padded token positions (`edgeq.quant.padding`), as the
+export's accuracy metrics do.
 
 Pure: (graph, plan, alternatives, feeds, budgets) → plan choice; no formats.
 """
@@ -35,6 +37,7 @@ from edgeq.algorithms.registry import register_algorithm
 from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import evaluate
 from edgeq.ir.jit import jit
+from edgeq.quant.padding import token_keep
 from edgeq.quant.plan import QuantPlan, TensorQuant
 
 if TYPE_CHECKING:
@@ -115,10 +118,12 @@ def bits_per_weight(plan: QuantPlan, sizes: Mapping[str, int], storage: Storage)
 # output error of a candidate assignment
 # ---------------------------------------------------------------------------------------------
 class OutputError:
-    """Measures a weight assignment's outputs against float on fixed samples, compiled once."""
+    """Measures a weight assignment's outputs against float on fixed samples, compiled once.
+    With `token_mask` (a token model's attention-mask input), padded token positions of the
+    outputs are zero in both, so they count in no error, signal or cosine."""
 
     def __init__(self, graph: Graph, plan: QuantPlan, names: Sequence[str],
-                 feeds: Sequence[Feeds]) -> None:  # fmt: skip
+                 feeds: Sequence[Feeds], token_mask: str | None = None) -> None:  # fmt: skip
         self.names = list(names)
         acts = {
             t.name: t for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
@@ -134,6 +139,18 @@ class OutputError:
                 base[t.name] = t.dequantized().astype(base[t.name].dtype)
         g = replace(graph, constants={k: v for k, v in base.items() if k not in self.names})
         outs = graph.output_names
+        seq = int(graph.info(token_mask).shape[-1]) if token_mask else 0  # type: ignore[union-attr,index]
+
+        def flat(env: Mapping[str, Any], feed: Mapping[str, Any]) -> list[Any]:
+            values = [env[o] for o in outs]
+            if token_mask:
+                real = jnp.reshape(feed[token_mask] != 0, (-1,))
+                keeps = [token_keep(v.shape, real, seq) for v in values]
+                values = [
+                    v if k is None else jnp.where(k, v, 0)
+                    for v, k in zip(values, keeps, strict=True)
+                ]
+            return [jnp.ravel(v).astype(jnp.float32) for v in values]
 
         def transform(name: str, value: Any) -> Any:
             t = acts.get(name)
@@ -141,11 +158,10 @@ class OutputError:
 
         def forward(feed: Mapping[str, Any], weights: Mapping[str, Any]) -> Any:
             env = evaluate(g, {**feed, **weights}, transform=transform if acts else None)
-            return [jnp.ravel(env[o]).astype(jnp.float32) for o in outs]
+            return flat(env, feed)
 
         def float_forward(feed: Mapping[str, Any]) -> Any:
-            env = evaluate(graph, feed)
-            return [jnp.ravel(env[o]).astype(jnp.float32) for o in outs]
+            return flat(evaluate(graph, feed), feed)
 
         self._run = jit(jax.vmap(forward, in_axes=(0, None)))
         self.batch = {k: np.stack([np.asarray(f[k]) for f in feeds]) for k in feeds[0]}
@@ -200,14 +216,16 @@ def choose_bits(
     storage: Storage,
     budget: Budget = Budget(),
     progress: Callable[[int, int], None] | None = None,
+    token_mask: str | None = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
     """The plan with some 4-bit weights replaced by their 8-bit `alternatives`, and the
-    report: per layer bits and why, the plan's bits per weight and measured output metrics."""
+    report: per layer bits and why, the plan's bits per weight and measured output metrics
+    (over real tokens only when `token_mask` names a token model's attention-mask input)."""
     t0 = time.perf_counter()
     names = [n for n in alternatives if n in plan.tensors]
     low = {n: plan.tensors[n].dequantized().astype(graph.constants[n].dtype) for n in names}
     high = {n: alternatives[n].dequantized().astype(graph.constants[n].dtype) for n in names}
-    error = OutputError(graph, plan, names, feeds)
+    error = OutputError(graph, plan, names, feeds, token_mask)
     base = error(low)
     gains: dict[str, float] = {}
     for i, n in enumerate(names):
@@ -289,6 +307,7 @@ def choose_bits(
         "bpw_all_4bit": bpw4,
         "bpw": bits_now / total_elements,
         "samples": len(feeds),
+        "padding_excluded": token_mask is not None,
         "evaluations": error.evaluations,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -611,8 +611,9 @@ def _print_export_report(rep: dict, artifact: Path) -> None:  # type: ignore[typ
     if "outputs" in rep:
         for name, row in rep["outputs"].items():
             vs = row.get("vs_simulator", {})
+            real = " (real tokens)" if row["vs_float"].get("padding_excluded") else ""
             console.print(f"  output {name}: {vs.get('within_one_step', float('nan')):.2%} within "
-                          f"1 step of the simulator, SQNR vs float {row['vs_float']['sqnr_db']:.1f} dB",
+                          f"1 step of the simulator, SQNR vs float{real} {row['vs_float']['sqnr_db']:.1f} dB",
                           highlight=False)  # fmt: skip
     lat = rep.get("latency")
     if lat and "skipped" in lat:

@@ -17,6 +17,7 @@ from edgeq.ir.graph import Graph
 from edgeq.ir.interpreter import evaluate
 from edgeq.ir.jit import jit
 from edgeq.quant.observers import Observer
+from edgeq.quant.padding import find_token_mask, token_keep
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.planner import PlanSpec, finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
@@ -267,24 +268,8 @@ def _mask_padding(value: Any, real: Any, seq: int) -> Any:
     value = jax.numpy.asarray(value)
     if not jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
         return value
-    keep = None
-    for axis in range(1, value.ndim):
-        if value.shape[axis] == seq:
-            shape = [1] * value.ndim
-            shape[axis] = seq
-            m = jax.numpy.reshape(real, shape)
-            keep = m if keep is None else keep & m
+    keep = token_keep(value.shape, real, seq)
     return value if keep is None else jax.numpy.where(keep, value, jax.numpy.nan)
-
-
-def find_token_mask(graph: Graph) -> str | None:
-    """An integer [1, S] input named like an attention mask (S > 1), if the model has one."""
-    for v in graph.inputs:
-        shape = v.shape or ()
-        if ("mask" in v.name.lower() and np.issubdtype(v.dtype, np.integer)
-                and len(shape) == 2 and shape[0] == 1 and isinstance(shape[1], int) and shape[1] > 1):  # fmt: skip
-            return v.name
-    return None
 
 
 def _group_statistics(
