@@ -35,7 +35,7 @@ from edgeq.ir.onnx_io import load_model
 from edgeq.pipeline import calibrate_model, prepare_for_quantization
 from edgeq.quant.recipe import LayerConfig, Recipe
 from examples.models import CASES
-from tests.gptq_reference import minmax_params
+from tests.gptq_reference import gptq_reference, minmax_params
 
 Feeds = dict[str, np.ndarray]
 G = 32
@@ -55,32 +55,11 @@ def rtn(m: np.ndarray, symmetric: bool = False) -> np.ndarray:
 
 def gptq(w: np.ndarray, h: np.ndarray, static: bool, act_order: bool, symmetric: bool,
          damp: float = 0.01) -> np.ndarray:  # fmt: skip
-    """The paper's column loop (as tests/gptq_reference.py) with groups of G columns, params
+    """The paper's column loop (tests/gptq_reference.py) with groups of G columns, params
     from the original weights (`static`) or at each group's first column; dequantized."""
     qmin, qmax = (-8, 7) if symmetric else (0, 15)
-    w, h = np.array(w, np.float64), np.array(h, np.float64)
-    groups = np.arange(w.shape[1]) // G
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * np.mean(np.diag(h)) * np.eye(len(h))
-    params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    if static:
-        params = {g: minmax_params(w[:, groups == g], qmin, qmax, symmetric) for g in set(groups)}
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
-    w, h, groups = w[:, perm], h[perm][:, perm], groups[perm]
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
-    out = np.zeros_like(w)
-    for i in range(w.shape[1]):
-        g = int(groups[i])
-        if g not in params:
-            params[g] = minmax_params(w[:, groups == g], qmin, qmax, symmetric)
-        s, z = params[g]
-        q = np.clip(np.round(w[:, i] / s) + z, qmin, qmax)
-        out[:, i] = (q - z) * s
-        err = (w[:, i] - out[:, i]) / hinv[i, i]
-        w[:, i + 1 :] -= np.outer(err, hinv[i, i + 1 :])
-    return out[:, np.argsort(perm)]
+    return gptq_reference(w, h, np.arange(w.shape[1]) // G, qmin, qmax, symmetric, damp,
+                          act_order, static_groups=static, dequantize=True)  # fmt: skip
 
 
 def run_all(n_calib: int, n_eval: int, full: bool, work: Path) -> dict[str, Any]:

@@ -28,21 +28,27 @@ def gptq_reference(
     symmetric: bool,
     damp: float = 0.01,
     act_order: bool = True,
+    static_groups: bool = False,
+    dequantize: bool = False,
 ) -> np.ndarray:
     """Integer values of W [rows, cols] quantized column by column with error feedback through
     the upper Cholesky factor of H⁻¹; each group's params from its columns' current weights
-    when its first column is reached."""
+    when its first column is reached (`static_groups`: from the original weights, before
+    any update). `dequantize`: the float values (q - zero) * scale instead."""
     W = np.array(W, np.float64)
     H = np.array(H, np.float64)
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H += damp * np.mean(np.diag(H)) * np.eye(len(H))
+    params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if static_groups:
+        params = {int(g): minmax_params(W[:, group_of_column == g], qmin, qmax, symmetric)
+                  for g in set(group_of_column.tolist())}  # fmt: skip
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(len(H))
     W, H, groups = W[:, perm], H[perm][:, perm], group_of_column[perm]
     Hinv = np.linalg.cholesky(np.linalg.inv(H)).T
     Q = np.zeros_like(W)
-    params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in range(W.shape[1]):
         g = int(groups[i])
         if g not in params:
@@ -51,5 +57,5 @@ def gptq_reference(
         q = np.clip(np.round(W[:, i] / scale) + zero, qmin, qmax)
         err = (W[:, i] - (q - zero) * scale) / Hinv[i, i]
         W[:, i + 1 :] -= np.outer(err, Hinv[i, i + 1 :])
-        Q[:, i] = q
+        Q[:, i] = (q - zero) * scale if dequantize else q
     return Q[:, np.argsort(perm)]
