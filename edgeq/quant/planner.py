@@ -450,7 +450,12 @@ def _float_smoothed_norms(spec: PlanSpec, graph: Graph,
             continue
         y = node.outputs[0]
         readers = consumers.get(y, [])
-        muls = [r for r in readers if r.op_type == "Mul" and r.outputs[0] == f"{y}_smoothed"]
+        # a smoothing MUL: y times a constant, read only as the data input of MatMuls
+        muls = [r for r in readers if r.op_type == "Mul"
+                and sum(i in graph.constants for i in r.inputs) == 1
+                and consumers.get(r.outputs[0])
+                and all(u.op_type == "MatMul" and u.inputs[0] == r.outputs[0]
+                        for u in consumers[r.outputs[0]])]  # fmt: skip
         rest = [r for r in readers if r not in muls]
         if not muls or y in graph.output_names or any(
             r.op_type != "Add" or spec.tensors.get(r.outputs[0]) is None
