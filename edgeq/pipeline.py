@@ -391,11 +391,14 @@ def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe,
     def feeds() -> Any:
         return (validate(source.load(n), graph.inputs, n) for n in chosen)
 
+    mixed = recipe.mixed_precision == "auto"
+    blocked: dict[str, Any] = {}
     plan, _ = apply_weight_algorithms(
         graph, spec, plan, feeds, recipe=recipe, targets=targets, token_mask=token_mask,
         progress=(lambda d, t: progress("gptq", d, t)) if progress else None,
+        blocked=blocked if mixed else None,
     )  # fmt: skip
-    if recipe.mixed_precision == "auto" and any(
+    if mixed and any(
         t.role == "weight" and t.is_quantized and t.qdtype.bits == 4 for t in plan.tensors.values()
     ):
         from edgeq.algorithms.data_aware import apply_mixed_precision
@@ -404,7 +407,7 @@ def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe,
         plan, report = apply_mixed_precision(
             graph, spec, plan, search, search_budget(recipe),
             progress=(lambda d, t: progress("mixed precision", d, t)) if progress else None,
-            token_mask=token_mask,
+            token_mask=token_mask, blocked=blocked,
         )  # fmt: skip
         plan.calibration["mixed_precision"] = report
     return plan

@@ -39,7 +39,7 @@ def weight_report(
         out["quantized_layers"] = counts
         mixed = plan.calibration.get("mixed_precision")
         if mixed:
-            out["mixed_precision"] = {k: mixed[k] for k in ("eight_bit", "budget", "met", "all_4bit",
+            out["mixed_precision"] = {k: mixed[k] for k in ("eight_bit", "blocked", "budget", "met", "all_4bit",
                                                             "chosen", "bpw_all_4bit", "bpw", "seconds")
                                       if k in mixed}  # fmt: skip
         algos = plan.calibration.get("weights")
@@ -67,13 +67,17 @@ def weight_markdown(w: Mapping[str, Any]) -> list[str]:
     mixed = w.get("mixed_precision")
     if mixed:
         budget = mixed.get("budget", {})
-        lines.append(f"mixed precision: {len(mixed.get('eight_bit', []))} layer(s) kept at 8 bits "
+        lines.append(f"mixed precision: {len(mixed.get('eight_bit', []))} layer(s) kept at 8 bits, "
+                     f"{len(mixed.get('blocked', []))} in 4-bit blocks "
                      f"(budget: max-loss {budget.get('max_loss')}, bpw {budget.get('bpw')}, "
                      f"default cap {budget.get('default_cap')}); plan {mixed.get('bpw', 0):.3f} bits per weight "
                      f"vs {mixed.get('bpw_all_4bit', 0):.3f} all 4-bit; search output cosine "
                      f"{mixed.get('all_4bit', {}).get('cosine', float('nan')):.5f} → {mixed.get('chosen', {}).get('cosine', float('nan')):.5f}")  # fmt: skip
         for row in mixed.get("eight_bit", []):
             lines.append(f"- {row['node'] or row['weight']}: {row['reason']}")
+        for row in mixed.get("blocked", []):
+            lines.append(f"- {row['node'] or row['weight']} (4-bit blocks of {row['block']}): "
+                         f"{row['reason']}")  # fmt: skip
     algos = w.get("algorithms")
     if algos:
         secs = ", ".join(f"{k} {v}" for k, v in algos.get("seconds", {}).items())

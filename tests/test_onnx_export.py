@@ -131,6 +131,37 @@ def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                 shape[axis] = -1
                 s, z = s.reshape(shape), z.reshape(shape)
         out[n.output[0]] = ((v - z).astype(np.float32) * s).astype(np.float32)
+    # blocks decoded by ops onnxruntime folds at load: the weight is the Mul that ends the
+    # chain, evaluated by onnx's reference evaluator from the stored initializers alone
+    from onnx.reference import ReferenceEvaluator
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type != "Mul":
+            continue
+        chain, stack = [], list(n.input)
+        while stack:
+            name = stack.pop()
+            if name in init:
+                continue
+            if name not in producers:
+                chain = []
+                break
+            chain.append(producers[name])
+            stack.extend(producers[name].input)
+        if not chain or not any(c.op_type == "Cast" and c.input[0] in init for c in chain):
+            continue
+        nodes = [c for c in model.graph.node if c in chain or c is n]
+        used = {i for c in nodes for i in c.input}
+        graph = helper.make_graph(
+            nodes,
+            "decode",
+            [],
+            [helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None)],
+            [t for t in model.graph.initializer if t.name in used],
+        )
+        sub = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        out[n.output[0]] = np.asarray(ReferenceEvaluator(sub).run(None, {})[0], np.float32)
     return out
 
 
@@ -173,8 +204,11 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
         )
         dq = next(n for n in model.graph.node if n.output[0] == name)
         want = {"int8": onnx.TensorProto.INT8, "int4": onnx.TensorProto.INT4,
-                "int32": onnx.TensorProto.INT32}[t.dtype]  # fmt: skip
-        assert init_types[_stored_integers(model)[dq.input[0]]] == want
+                "uint4": onnx.TensorProto.UINT4, "int32": onnx.TensorProto.INT32}[t.dtype]  # fmt: skip
+        codes = dq.input[0]  # a folded block decode: Mul(Sub(Cast(codes), …), …)
+        while codes not in _stored_integers(model):
+            codes = next(n for n in model.graph.node if n.output[0] == codes).input[0]
+        assert init_types[_stored_integers(model)[codes]] == want
     if bits == 4:  # int4 packed two per byte: the file is smaller than an int8 one would be
         w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4)
         assert len(w.raw_data) == (int(np.prod(w.dims)) + 1) // 2
@@ -194,6 +228,57 @@ def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+
+
+def test_blocked_4bit_conv_weights_are_decoded_by_ops_onnxruntime_folds(tmp_path: Path) -> None:
+    """Blocked 4-bit Conv weights (a full-block 3x3 conv, a 1x1 conv whose 40 input channels
+    end in a partial block of 8): stored as int4 codes, a float scale and an int4 zero point
+    per block, decoded by Cast/Unsqueeze/Expand/Reshape/Slice/Sub/Mul — the same values as
+    the plan (onnx's reference evaluator on the stored initializers alone) — which
+    onnxruntime folds at load (no decode op left in the graph it runs, so no per-call
+    decoding); the output matches the simulator and the stored bits are the plan's."""
+    from edgeq.algorithms.data_aware import weight_sizes
+    from edgeq.algorithms.mixed_precision import Storage, bits_per_weight
+    from edgeq.exporters.onnx.qdq import weight_storage
+
+    rng = np.random.default_rng(5)  # its own draws: the module's RNG feeds the other tests
+    w1 = rng.normal(0, 0.2, (40, 32, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.2, (24, 40, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+    ]
+    graph = prepare(model_to_graph(make_model(nodes, [("x", F32, [1, 32, 6, 6])], [("y", F32, [1, 24, 6, 6])],
+                                              initializers={"w1": w1, "w2": w2})))  # fmt: skip
+    feeds = [{"x": rng.normal(0, 1, (1, 32, 6, 6)).astype(np.float32)} for _ in range(8)]
+    recipe = Recipe(base=LayerConfig(weight_bits=4, granularity="per_block", method="rtn"),
+                    mixed_precision="off")  # fmt: skip
+    plan = _plan(graph, feeds, "onnx", recipe)
+    weights = {t.name: t for t in plan.quantized("weight")}
+    assert {n: t.block for n, t in weights.items()} == {"w1": 32, "w2": 32}
+    art = _export(graph, plan, "onnx", tmp_path)
+    model = onnx.load(art.path)
+    ops = [n.op_type for n in model.graph.node]
+    blocked_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                  and any(a.name == "block_size" for a in n.attribute)]  # fmt: skip
+    assert not blocked_dq and ops.count("Expand") == 4 and ops.count("Slice") == 2, ops
+    stored = _dequantized_weights(model)
+    for name, t in weights.items():
+        np.testing.assert_array_equal(stored[name], t.dequantized().astype(np.float32))
+    optimized = _optimized_ops(art.path, tmp_path)
+    assert not {"Expand", "Unsqueeze", "Slice", "Sub", "Mul", "Cast"} & set(optimized), optimized
+    runner, sim = OrtRunner(art.path), Simulator(graph, plan)
+    for feed in feeds[:3]:
+        ref = np.asarray(sim(feed)["y"])
+        step = float(plan.tensors["y"].scale)
+        assert within_step(runner(feed)["y"], ref, step) >= 0.99
+    found = weight_storage(art.path)
+    assert {n: r["elements"] for n, r in found.items()} == {"w1": w1.size, "w2": w2.size}
+    rules = load_target("onnx").quant
+    storage = Storage(**{**Storage.of(rules).__dict__, "pad_blocks": False})
+    bpw = sum(r["bits"] for r in found.values()) / (w1.size + w2.size)
+    assert bpw == pytest.approx(bits_per_weight(plan, weight_sizes(graph), storage), rel=1e-6)
 
 
 def test_4bit_per_channel_weights_run_on_integer_kernels(tmp_path: Path) -> None:

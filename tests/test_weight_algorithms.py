@@ -319,6 +319,51 @@ def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path
     assert bpw == pytest.approx(run.plan.calibration["mixed_precision"]["bpw"], rel=0.02)
 
 
+def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
+    tmp_path: Path,
+) -> None:
+    """onnx plans 4-bit weights per channel (its integer kernels). A layer whose input rows
+    differ in scale by 20x (its producer's channels the other way round: the float function
+    is the same, through the Relu) loses half its inputs per channel (one scale over all rows)
+    and little in blocks: under a size budget with room for its blocks (about +0.5 bit per
+    weight here) but not for its 8-bit copy (+4), mixed precision puts it in 4-bit blocks,
+    the output error drops, and the artifact stores it blocked (MatMulNBits), matching the
+    simulator."""
+    path = _mlp(tmp_path)
+    model = onnx.load(path)
+    ws = {t.name: t for t in model.graph.initializer}
+    w0, w1 = (numpy_helper.to_array(ws[n]).copy() for n in ("w0", "w1"))
+    w0[:, 32:] *= 20.0
+    w1[32:, :] /= 20.0
+    for n, a in (("w0", w0), ("w1", w1)):
+        ws[n].CopyFrom(numpy_helper.from_array(a, n))
+    onnx.save(model, path)
+    base = LayerConfig(weight_bits=4, act_bits=0, method="rtn")
+    run = _calibrate(path, "onnx", Recipe(base=base, bpw=5.1))
+    mixed = run.plan.calibration["mixed_precision"]
+    blocked = {r["node"]: r for r in mixed["blocked"]}
+    assert "fc1" in blocked and "fc1" not in {r["node"] for r in mixed["eight_bit"]}, mixed
+    t = run.plan.tensors["w1"]
+    assert t.qdtype.bits == 4 and t.block == 32 and "4-bit in blocks of 32" in t.reason
+    assert mixed["bpw"] <= 5.1 and mixed["chosen"]["sqnr"] > mixed["all_4bit"]["sqnr"] + 3
+    layer = next(r for r in mixed["layers"] if r["node"] == "fc1")
+    assert layer["blocks_gain"] > 0.5 * layer["gain"] and layer["step"] == "blocks"
+    art = get_exporter("onnx_qdq").export(run.graph, run.plan, load_target("onnx"),
+                                          tmp_path / "m.onnx", ExportOptions())  # fmt: skip
+    nbits = [n for n in onnx.load(art.path).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == len(blocked) == 1, nbits  # fc1 alone runs MatMulNBits
+    stored = weight_storage(art.path)
+    bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
+    assert bpw == pytest.approx(mixed["bpw"], rel=0.02)
+    runner, sim = OrtRunner(art.path), Simulator(run.graph, run.plan)
+    for feed in _mlp_feeds(3):
+        ref = np.asarray(sim(feed)["y"])
+        np.testing.assert_allclose(runner(feed)["y"], ref, rtol=1e-4, atol=1e-4)
+    # a target whose 4-bit weights are blocks already has no middle step
+    ane = _calibrate(path, "ane", Recipe(base=base, bpw=5.1)).plan.calibration["mixed_precision"]
+    assert ane["blocked"] == []
+
+
 def test_default_size_cap_keeps_a_4bit_plan_at_5_bits_where_the_format_allows() -> None:
     from edgeq.algorithms.mixed_precision import default_cap
 

@@ -106,8 +106,12 @@ def apply_weight_algorithms(
     targets: Mapping[str, WeightTarget] | None = None,
     token_mask: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    blocked: dict[str, TensorQuant] | None = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
-    """The plan with its weights re-quantized by their algorithms (see the module doc)."""
+    """The plan with its weights re-quantized by their algorithms (see the module doc).
+    `blocked` (filled when given): for each GPTQ-solved per-channel 4-bit weight the target
+    also runs in blocks, its 4-bit blocked version solved by GPTQ on the same Hessian (the
+    middle step mixed precision may choose, `blocked_alternatives`)."""
     recipe = recipe or Recipe()
     targets = dict(targets) if targets is not None else weight_targets(graph, spec, plan)
     tensors = dict(plan.tensors)
@@ -129,6 +133,11 @@ def apply_weight_algorithms(
         rows[name] = {"weight": name, "node": t.node, "method": how}
     seconds: dict[str, float] = {"rtn": round(time.perf_counter() - t0, 3)}
     jobs = {wt.job.weight: wt for wt in targets.values() if wt.job is not None}
+    middle_grids = {}
+    if blocked is not None:
+        per_channel = [n for n, wt in jobs.items() if wt.method in HESSIAN_METHODS
+                       and plan.tensors[n].block is None and plan.tensors[n].qdtype.bits == 4]  # fmt: skip
+        middle_grids = _alternative_grids(graph, spec, plan, per_channel, 4, "per_block", "mse")
     if jobs:
         config = GPTQConfig(damp=recipe.gptq_damp, act_order=recipe.gptq_act_order,
                             static_groups=recipe.gptq_static_groups)  # fmt: skip
@@ -151,6 +160,10 @@ def apply_weight_algorithms(
             else:
                 h = H if job.groups > 1 else H[0] if H.ndim == 3 else H
                 new = gptq_weight(t, w, wt.view, wt.grid, h, config, groups=job.groups)
+                if job.weight in middle_grids and blocked is not None:
+                    tq, view, grid = middle_grids[job.weight]
+                    blocked[job.weight] = gptq_weight(tq, w, view, grid, h, config,
+                                                      groups=job.groups)  # fmt: skip
             tensors[job.weight] = new
             deq = new.dequantized()
             m, mh = wt.view.to_matrix(np.asarray(w, np.float64)), wt.view.to_matrix(deq)
@@ -183,30 +196,58 @@ def eight_bit_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
     """8-bit versions of planned 4-bit weights, as the target plans 8-bit weights (granularity,
     dtype), rounded to nearest with float16-exact scales where the target stores float16
     (symmetric there, so an affine bias −scale·128 stays exact too)."""
+    return _rtn_alternatives(graph, spec, plan, names, 8, None, "minmax")
+
+
+def blocked_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
+                         names: Iterable[str]) -> dict[str, TensorQuant]:  # fmt: skip
+    """4-bit versions in blocks (the target's block size and block symmetry, MSE-searched
+    scales, rounded to nearest) of planned 4-bit weights that are per channel, where the
+    target also runs that layer with blocked weights: the middle step between per-channel
+    4-bit and 8-bit (on onnx a blocked layer runs in float instead of on the integer
+    kernels: a little slower, about a bit per weight more, much more accurate)."""
+    names = [n for n in names if plan.tensors[n].block is None]
+    return _rtn_alternatives(graph, spec, plan, names, 4, "per_block", "mse")
+
+
+def _rtn_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan, names: Iterable[str],
+                      bits: int, granularity: str | None, search: str) -> dict[str, TensorQuant]:  # fmt: skip
+    return {n: rtn_weight(tq, graph.constants[n], view, grid)
+            for n, (tq, view, grid) in _alternative_grids(graph, spec, plan, names, bits,
+                                                          granularity, search).items()}  # fmt: skip
+
+
+def _alternative_grids(
+    graph: Graph, spec: PlanSpec, plan: QuantPlan, names: Iterable[str], bits: int,
+    granularity: str | None, search: str,
+) -> dict[str, tuple[TensorQuant, MatrixView, Grid]]:  # fmt: skip
+    """(layout, matrix view, grid) of each weight in `names` planned at `bits` and
+    `granularity` (None: the target's default) as the target plans it."""
     from edgeq.quant.planner import make_spec
 
     rules = spec.target.quant
-    base = replace(spec.recipe.base, weight_bits=8, method="rtn", weight_method="minmax",
-                   granularity=None, block_size=None)  # fmt: skip
-    spec8 = make_spec(graph, replace(spec.recipe, base=base), spec.target)
+    base = replace(spec.recipe.base, weight_bits=bits, method="rtn", weight_method=search,
+                   granularity=granularity, block_size=None)  # fmt: skip
+    # a node whose override pins its granularity keeps it (no blocked alternative then)
+    alt_spec = make_spec(graph, replace(spec.recipe, base=base), spec.target)
     index = {}
     for node in graph.nodes:
         w = weight_operand(node, graph)
         if w is not None:
             index.setdefault(node.inputs[w[0]], w)
-    out: dict[str, TensorQuant] = {}
+    out: dict[str, tuple[TensorQuant, MatrixView, Grid]] = {}
     for name in names:
-        t8, t4 = spec8.tensors.get(name), plan.tensors[name]
-        if t8 is None or t8.role != "weight" or name not in index:
+        ta, t4 = alt_spec.tensors.get(name), plan.tensors[name]
+        if ta is None or ta.role != "weight" or name not in index:
             continue
-        symmetric = t8.symmetric or rules.weight_scale_dtype == "float16"
-        tq = TensorQuant(name, "weight", t8.dtype, axis=t8.axis, block=t8.block,
-                         narrow=t8.narrow, symmetric=symmetric, node=t4.node, reason=t8.reason)  # fmt: skip
+        if granularity == "per_block" and not ta.block:
+            continue
+        symmetric = ta.symmetric or (bits == 8 and rules.weight_scale_dtype == "float16")
+        tq = TensorQuant(name, "weight", ta.dtype, axis=ta.axis, block=ta.block,
+                         narrow=ta.narrow, symmetric=symmetric, node=t4.node, reason=ta.reason)  # fmt: skip
         _, channel, contract = index[name]
-        w = graph.constants[name]
-        grid = grid_for(tq, "minmax", rules.weight_scale_dtype, rules.affine_bias)
-        view = view_of(tq, w.shape, channel, contract)
-        out[name] = rtn_weight(tq, w, view, grid)
+        grid = grid_for(tq, search, rules.weight_scale_dtype, rules.affine_bias)
+        out[name] = (tq, view_of(tq, graph.constants[name].shape, channel, contract), grid)
     return out
 
 
@@ -229,9 +270,12 @@ def apply_mixed_precision(
     budget: Budget,
     progress: Callable[[int, int], None] | None = None,
     token_mask: str | None = None,
+    blocked: Mapping[str, TensorQuant] | None = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
     """Mixed precision on the 4-bit weights whose bits the user did not pin per node (the
-    output error over real tokens only when `token_mask` names the attention-mask input)."""
+    output error over real tokens only when `token_mask` names the attention-mask input).
+    `blocked`: GPTQ-solved blocked versions from `apply_weight_algorithms`; per-channel
+    weights without one get a rounded-to-nearest one (`blocked_alternatives`)."""
     recipe = spec.recipe
     nodes = {n.name: n for n in graph.nodes}
     candidates = []
@@ -251,9 +295,12 @@ def apply_mixed_precision(
         if not pinned:  # a per-node override that sets weight_bits pins them
             candidates.append(name)
     alternatives = eight_bit_alternatives(graph, spec, plan, candidates)
+    given = {n: t for n, t in (blocked or {}).items() if n in candidates}
+    middle = {**blocked_alternatives(graph, spec, plan, [n for n in candidates if n not in given]),
+              **given}  # fmt: skip
     storage = Storage.of(spec.target.quant)
     result, report = choose_bits(graph, plan, alternatives, feeds, weight_sizes(graph), storage,
-                                 budget, progress, token_mask)  # fmt: skip
+                                 budget, progress, token_mask, middle)  # fmt: skip
     result = replace(result, tensors=derive_biases(graph, spec, result.tensors))
     return result, report
 
@@ -262,6 +309,7 @@ __all__ = [
     "WeightTarget",
     "apply_mixed_precision",
     "apply_weight_algorithms",
+    "blocked_alternatives",
     "eight_bit_alternatives",
     "requantized_weights",
     "weight_sizes",

@@ -626,12 +626,17 @@ def _print_export_report(rep: dict, artifact: Path) -> None:  # type: ignore[typ
         mixed = w.get("mixed_precision", {})
         kept = mixed.get("eight_bit", [])
         console.print(f"  weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from "
-                      f"the artifact); {len(kept)} layer(s) kept at 8 bits" if mixed else
+                      f"the artifact); {len(kept)} layer(s) kept at 8 bits"
+                      + (f", {len(mixed['blocked'])} in 4-bit blocks" if mixed.get("blocked") else "")
+                      if mixed else
                       f"  weights: {w['bits_per_weight']:.2f} bits per weight (scales included, from the artifact)")  # fmt: skip
         for row in kept[:8]:
             console.print(
                 f"    8-bit {row['node'] or row['weight']}: {row['reason']}", highlight=False
             )
+        for row in mixed.get("blocked", [])[:8]:
+            console.print(f"    4-bit blocks {row['node'] or row['weight']}: {row['reason']}",
+                          highlight=False)  # fmt: skip
     for note in a.get("notes", [])[:5]:
         console.print(f"  [yellow]note:[/] {_esc(note)}", highlight=False)
     if len(a.get("notes", [])) > 5:

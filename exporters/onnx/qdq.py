@@ -124,13 +124,67 @@ def _matmul_nbits(g: Graph, node: Node, t: TensorQuant) -> Node:
                 attrs, domain="com.microsoft")  # fmt: skip
 
 
+def _folded_blocks(g: Graph, t: TensorQuant, q: str, s: str, z: str | None) -> list[Node]:
+    """Nodes that decode blocked weight `t` from its stored codes `q`, scales `s` and zero
+    points `z` (laid out as a blocked DequantizeLinear reads them) with ops onnxruntime folds
+    into a float initializer when it loads the model: Cast the codes to float, widen each
+    block's scale and zero point to its `block` rows (Unsqueeze, Expand, Reshape, and a Slice
+    for a partial last block), subtract, multiply — the float arithmetic of DequantizeLinear,
+    so the same values. A blocked DequantizeLinear is not folded (it would run on every call,
+    slower than the float layer it feeds)."""
+    assert t.axis is not None and t.block and t.values is not None
+    shape = list(np.shape(t.values))
+    axis = int(t.axis) % len(shape)
+    k, block = shape[axis], int(t.block)
+    n_blocks = -(-k // block)
+    nodes: list[Node] = []
+
+    def const(base: str, value: np.ndarray) -> str:
+        name = g.unique_name(f"{t.name}_{base}")
+        g.constants[name] = value
+        return name
+
+    def node(op: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        out = g.unique_name(f"{t.name}_{base}")
+        nodes.append(Node(op, inputs, [out], f"{out}_{op}", attrs))
+        return out
+
+    wide = [*shape[:axis], n_blocks, block, *shape[axis + 1 :]]
+    flat = [*shape[:axis], n_blocks * block, *shape[axis + 1 :]]
+    axes = const("block_axis", np.array([axis + 1], np.int64))
+    size = const("block_shape", np.array(wide, np.int64))
+    flat_shape = const("padded_shape", np.array(flat, np.int64))
+
+    def per_row(name: str, base: str) -> str:  # [.., n_blocks, ..] → [.., k, ..]
+        v = node("Unsqueeze", [name, axes], f"{base}_unsqueezed")
+        v = node("Expand", [v, size], f"{base}_expanded")
+        v = node("Reshape", [v, flat_shape], f"{base}_rows")
+        if n_blocks * block != k:
+            v = node("Slice", [v, const("slice_start", np.array([0], np.int64)),
+                               const("slice_end", np.array([k], np.int64)),
+                               const("slice_axis", np.array([axis], np.int64))], f"{base}_cut")  # fmt: skip
+        return v
+
+    codes = node("Cast", [q], "codes_float", to=onnx.TensorProto.FLOAT)
+    if z is not None:
+        zf = node("Cast", [z], "zero_point_float", to=onnx.TensorProto.FLOAT)
+        codes = node("Sub", [codes, per_row(zf, "zero_point")], "centered")
+    nodes.append(
+        Node("Mul", [codes, per_row(s, "scale")], [t.name], g.unique_name(f"{t.name}_Mul"))
+    )
+    return nodes
+
+
 def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
-              omit_zero_points: bool = False, widen_int4: bool = False) -> Graph:  # fmt: skip
+              omit_zero_points: bool = False, widen_int4: bool = False,
+              fold_blocks: bool = False) -> Graph:  # fmt: skip
     """The prepared graph with the plan's quantization written as Q/DQ nodes (opset 21);
     `use_nbits`: blocked 4-bit MatMul weights as com.microsoft MatMulNBits (onnxruntime's
     kernel); `widen_int4`: 4-bit weights without blocks stored as int4 and widened by a Cast to
     int8 before their DequantizeLinear (onnxruntime folds the Cast at load, and its QDQ fusion
-    takes only 8-bit weights into QLinearConv / QLinearMatMul / MatMulIntegerToFloat)."""
+    takes only 8-bit weights into QLinearConv / QLinearMatMul / MatMulIntegerToFloat);
+    `fold_blocks`: other blocked weights decoded by ops onnxruntime folds at load
+    (`_folded_blocks`) instead of a blocked DequantizeLinear."""
     g = upgrade_opset(graph, TARGET_OPSET)
     _omit_unread_optional_outputs(g)
     nodes: list[Node] = []
@@ -171,6 +225,9 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
         ):
             del g.constants[z]  # symmetric weights: the default zero point 0, not stored
             dq_inputs = [q, s]
+        if fold_blocks and t.role == "weight" and t.block and t.axis is not None:
+            prefix += _folded_blocks(g, t, q, s, dq_inputs[2] if len(dq_inputs) > 2 else None)
+            continue
         prefix.append(Node("DequantizeLinear", dq_inputs, [t.name],
                            g.unique_name(f"{t.name}_DequantizeLinear"), _dq_attrs(t)))  # fmt: skip
 
@@ -237,9 +294,9 @@ def _omit_unread_optional_outputs(g: Graph) -> None:
 
 def build_model(graph: Graph, plan: QuantPlan | None, profile: TargetProfile) -> onnx.ModelProto:
     nbits, omit = bool(profile.raw.get("matmul_nbits")), bool(profile.raw.get("omit_zero_points"))
-    widen = bool(profile.raw.get("widen_int4"))
+    widen, fold = bool(profile.raw.get("widen_int4")), bool(profile.raw.get("fold_blocks"))
     g = (
-        qdq_graph(graph, plan, nbits, omit, widen)
+        qdq_graph(graph, plan, nbits, omit, widen, fold)
         if plan is not None
         else upgrade_opset(graph, TARGET_OPSET)
     )
@@ -349,12 +406,43 @@ _BITS = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorPr
 _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "Gather": 0}
 
 
+_CODES = (
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+)
+
+
+def _constant_inputs(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
+                     init: Mapping[str, onnx.TensorProto]) -> list[str]:  # fmt: skip
+    """The initializers a node's inputs are computed from (walking back through producers),
+    in the order first reached (the codes first); empty where a graph input feeds it (not a
+    constant: an activation)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = list(reversed(node.input))
+    while stack:
+        name = stack.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in init:
+            found.append(name)
+        elif name in producers:
+            stack.extend(reversed(producers[name].input))
+        else:
+            return []
+    return found
+
+
 def weight_storage(path: str | Path) -> dict[str, dict[str, int]]:
     """Stored bits of every layer weight of an ONNX artifact, read from the file itself: per
     weight operand of Conv/ConvTranspose/MatMul/Gemm/Gather (and MatMulNBits), its elements
     and the bits of what stores it (a float initializer, or the integer, scale and zero-point
     initializers of its DequantizeLinear — through the Cast that widens an int4 initializer —
-    or MatMulNBits' packed codes, scales, zero points)."""
+    or of the ops that decode folded blocks, or MatMulNBits' packed codes, scales, zero
+    points)."""
     model = onnx.load(str(path))
     init = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -383,6 +471,14 @@ def weight_storage(path: str | Path) -> dict[str, dict[str, int]]:
             out[name] = {"elements": int(np.prod(init[name].dims)), "bits": bits(name)}
             continue
         dq = producers.get(name)
+        if dq is not None and dq.op_type == "Mul":  # blocks decoded by ops folded at load
+            found = _constant_inputs(dq, producers, init)
+            codes = [i for i in found if init[i].data_type in _CODES]
+            if codes:
+                out[name] = {"elements": int(np.prod(init[codes[0]].dims)),
+                             "bits": sum(bits(i) for i in found
+                                         if init[i].data_type != onnx.TensorProto.INT64)}  # fmt: skip
+            continue
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         stored = list(dq.input)
