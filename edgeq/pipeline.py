@@ -438,7 +438,7 @@ def _awq(graph: Graph, spec: Any, recipe: Recipe, source: Any, names: Sequence[s
         tq = TensorQuant(t.name, "weight", t.dtype, axis=t.axis, block=t.block, narrow=t.narrow,
                          symmetric=t.symmetric)  # fmt: skip
         rules = spec.target.quant
-        grids[t.name] = (grid_for(tq, "minmax", rules.weight_scale_dtype, rules.affine_bias),
+        grids[t.name] = (grid_for(tq, "minmax", rules.scale_dtype(tq.block), rules.affine_bias),
                          view_of(tq, graph.constants[t.name].shape, w[1], w[2]))  # fmt: skip
     stats = {k: v for site in sites for k, v in statistics_for(site, graph).items()}
     chosen = list(names[: recipe.algorithm_samples])

@@ -66,9 +66,15 @@ class QuantRules:
     # an input dim that is not a multiple of the block: "ceil" (a partial last block),
     # "divisor" (the largest divisor of the dim not above the block), "none" (per-channel)
     partial_blocks: str = "none"
+    # the artifact stores a partial last block padded to the full block (MLX, MatMulNBits)
+    pad_partial_blocks: bool = True
     # how the artifact stores weight scales ("float16": plans round scales to float16 so the
     # artifact holds them exactly); affine_bias: it stores −scale·zero_point too (MLX)
     weight_scale_dtype: str = "float32"
+    # blocked weights' scales where they differ (None: weight_scale_dtype); onnx: float16,
+    # its blocked weights are decoded by folded float ops, its per-channel ones feed the
+    # integer kernels, which take float32 scales
+    block_scale_dtype: str | None = None
     affine_bias: bool = False
     weight_lut: bool = False  # palettized (look-up table) weights (Core ML iOS18)
     float_weight_bits: int = 32  # how the artifact stores a weight left float
@@ -94,6 +100,14 @@ class QuantRules:
     norm_outputs_16bit: bool = False
     shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
     fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+
+    def scale_dtype(self, block: int | None) -> str:
+        """How the artifact stores the scales of a weight with (or without) blocks."""
+        return (
+            (self.block_scale_dtype or self.weight_scale_dtype)
+            if block
+            else self.weight_scale_dtype
+        )
 
     @staticmethod
     def from_dict(data: dict[str, Any], where: str) -> QuantRules:

@@ -88,3 +88,39 @@ def make_model(
 
 F32 = TensorProto.FLOAT
 I64 = TensorProto.INT64
+
+
+def decode_folded_blocks(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Blocked weights an onnx artifact decodes with ops onnxruntime folds at load (Cast,
+    Unsqueeze, Expand, Reshape, Slice, Sub, Mul of initializers): each chain's final Mul,
+    evaluated by onnx's reference evaluator from the stored initializers alone."""
+    from onnx.reference import ReferenceEvaluator
+
+    init = {t.name for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out: dict[str, np.ndarray] = {}
+    for n in model.graph.node:
+        if n.op_type != "Mul":
+            continue
+        chain, stack = [], list(n.input)
+        while stack:
+            name = stack.pop()
+            if name in init:
+                continue
+            if name not in producers:  # an activation: not a weight decode
+                chain = []
+                break
+            chain.append(producers[name])
+            stack.extend(producers[name].input)
+        if not any(c.op_type == "Cast" and c.input[0] in init for c in chain):
+            continue
+        nodes = [c for c in model.graph.node if c in chain or c is n]
+        used = {i for c in nodes for i in c.input}
+        graph = helper.make_graph(
+            nodes, "decode", [],
+            [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None)],
+            [t for t in model.graph.initializer if t.name in used],
+        )  # fmt: skip
+        sub = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        out[n.output[0]] = np.asarray(ReferenceEvaluator(sub).run(None, {})[0], np.float32)
+    return out

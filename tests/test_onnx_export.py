@@ -26,7 +26,7 @@ from edgeq.quant.recipe import LayerConfig, Recipe
 from edgeq.quant.simulate import Simulator
 from edgeq.targets import load_target
 from edgeq.verify import within_step
-from tests.conftest import F32, make_model
+from tests.conftest import F32, decode_folded_blocks, make_model
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -131,37 +131,7 @@ def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                 shape[axis] = -1
                 s, z = s.reshape(shape), z.reshape(shape)
         out[n.output[0]] = ((v - z).astype(np.float32) * s).astype(np.float32)
-    # blocks decoded by ops onnxruntime folds at load: the weight is the Mul that ends the
-    # chain, evaluated by onnx's reference evaluator from the stored initializers alone
-    from onnx.reference import ReferenceEvaluator
-
-    producers = {o: n for n in model.graph.node for o in n.output}
-    for n in model.graph.node:
-        if n.op_type != "Mul":
-            continue
-        chain, stack = [], list(n.input)
-        while stack:
-            name = stack.pop()
-            if name in init:
-                continue
-            if name not in producers:
-                chain = []
-                break
-            chain.append(producers[name])
-            stack.extend(producers[name].input)
-        if not chain or not any(c.op_type == "Cast" and c.input[0] in init for c in chain):
-            continue
-        nodes = [c for c in model.graph.node if c in chain or c is n]
-        used = {i for c in nodes for i in c.input}
-        graph = helper.make_graph(
-            nodes,
-            "decode",
-            [],
-            [helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None)],
-            [t for t in model.graph.initializer if t.name in used],
-        )
-        sub = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-        out[n.output[0]] = np.asarray(ReferenceEvaluator(sub).run(None, {})[0], np.float32)
+    out.update(decode_folded_blocks(model))
     return out
 
 
@@ -179,11 +149,11 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
     art = _export(graph, plan, "onnx", tmp_path)
     model = onnx.load(art.path)
     assert model.ir_version == 10
-    # blocked 4-bit MatMul weights run as MatMulNBits (checked in test_weight_algorithms.py)
+    # blocked 4-bit MatMul weights: MatMulNBits only with `matmul_nbits` (test_weight_algorithms.py)
     from edgeq.exporters.onnx.qdq import matmul_nbits_weights
 
-    nbits = matmul_nbits_weights(graph, plan)
-    assert bool(nbits) == (granularity == "per_block")
+    nbits = matmul_nbits_weights(graph, plan) if load_target("onnx").raw.get("matmul_nbits") else {}
+    assert not nbits  # blocked MatMul weights are folded at load by default (targets/onnx.toml)
     domains = [("", 21), *([("com.microsoft", 1)] if nbits else [])]
     assert sorted((o.domain, o.version) for o in model.opset_import) == domains
     meta = {p.key: p.value for p in model.metadata_props}
@@ -212,7 +182,7 @@ def test_stored_weights_dequantize_exactly_to_the_plan(
     if bits == 4:  # int4 packed two per byte: the file is smaller than an int8 one would be
         w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4)
         assert len(w.raw_data) == (int(np.prod(w.dims)) + 1) // 2
-    # onnxruntime runs it (int4 blocked DQ → MatMul is fused into MatMulNBits when optimized)
+    # onnxruntime runs it, optimized (blocked weights folded at load) or not
     feed = _feeds(1)[0]
     for optimize in (False, True):
         y = OrtRunner(art.path, optimize=optimize)(feed)["y"]
@@ -233,7 +203,8 @@ def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
 def test_blocked_4bit_conv_weights_are_decoded_by_ops_onnxruntime_folds(tmp_path: Path) -> None:
     """Blocked 4-bit Conv weights (a full-block 3x3 conv, a 1x1 conv whose 40 input channels
     end in a partial block of 8): stored as int4 codes, a float scale and an int4 zero point
-    per block, decoded by Cast/Unsqueeze/Expand/Reshape/Slice/Sub/Mul — the same values as
+    per block (the scale stored as float16), decoded by Cast/Unsqueeze/Expand/Reshape/Slice/
+    Sub/Mul — the same values as
     the plan (onnx's reference evaluator on the stored initializers alone) — which
     onnxruntime folds at load (no decode op left in the graph it runs, so no per-call
     decoding); the output matches the simulator and the stored bits are the plan's."""
@@ -249,12 +220,16 @@ def test_blocked_4bit_conv_weights_are_decoded_by_ops_onnxruntime_folds(tmp_path
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
     ]
-    graph = prepare(model_to_graph(make_model(nodes, [("x", F32, [1, 32, 6, 6])], [("y", F32, [1, 24, 6, 6])],
-                                              initializers={"w1": w1, "w2": w2})))  # fmt: skip
+    from edgeq.pipeline import calibrate_model
+
+    onnx.save(make_model(nodes, [("x", F32, [1, 32, 6, 6])], [("y", F32, [1, 24, 6, 6])],
+                         initializers={"w1": w1, "w2": w2}), tmp_path / "two_convs.onnx")  # fmt: skip
     feeds = [{"x": rng.normal(0, 1, (1, 32, 6, 6)).astype(np.float32)} for _ in range(8)]
     recipe = Recipe(base=LayerConfig(weight_bits=4, granularity="per_block", method="rtn"),
                     mixed_precision="off")  # fmt: skip
-    plan = _plan(graph, feeds, "onnx", recipe)
+    run = calibrate_model(tmp_path / "two_convs.onnx", feeds, "onnx", recipe, samples=8,
+                          report_samples=0)  # fmt: skip
+    graph, plan = run.graph, run.plan
     weights = {t.name: t for t in plan.quantized("weight")}
     assert {n: t.block for n, t in weights.items()} == {"w1": 32, "w2": 32}
     art = _export(graph, plan, "onnx", tmp_path)
@@ -276,7 +251,7 @@ def test_blocked_4bit_conv_weights_are_decoded_by_ops_onnxruntime_folds(tmp_path
     found = weight_storage(art.path)
     assert {n: r["elements"] for n, r in found.items()} == {"w1": w1.size, "w2": w2.size}
     rules = load_target("onnx").quant
-    storage = Storage(**{**Storage.of(rules).__dict__, "pad_blocks": False})
+    storage = Storage.of(rules)  # float16 block scales, partial blocks unpadded
     bpw = sum(r["bits"] for r in found.values()) / (w1.size + w2.size)
     assert bpw == pytest.approx(bits_per_weight(plan, weight_sizes(graph), storage), rel=1e-6)
 

@@ -6,6 +6,7 @@ bits per weight recomputed from the artifact's own tensors."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from edgeq.quant.simulate import Simulator
 from edgeq.quant.statistics import ConvInputHessian
 from edgeq.targets import load_target
 from edgeq.verify import within_step
-from tests.conftest import F32, make_model
+from tests.conftest import F32, decode_folded_blocks, make_model
 from tests.gptq_reference import gptq_reference
 
 RNG = np.random.default_rng(7)
@@ -183,12 +184,13 @@ def _onnx_decoded(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("symmetric,nbits", [(True, False), (False, False), (False, True)])
 def test_partial_last_blocks_decode_to_the_plan_on_onnxruntime(
-    symmetric: bool, tmp_path: Path
+    symmetric: bool, nbits: bool, tmp_path: Path
 ) -> None:
-    """K = 40, 64, 48, 24 with blocks of 16 and 32: ceil(K/B) blocks, the last one partial,
-    stored as MatMulNBits (MatMuls) and blocked DequantizeLinear (the conv)."""
+    """K = 40, 64, 48, 24 with blocks of 32: ceil(K/B) blocks, the last one partial, stored
+    as int4 codes with float16 scales decoded by ops onnxruntime folds at load (the onnx
+    default) or, with `matmul_nbits`, as MatMulNBits (the MatMuls; float32 scales)."""
     recipe = Recipe(base=LayerConfig(weight_bits=4, act_bits=0, granularity="per_block",
                                      block_size=32, method="rtn", weight_symmetric=symmetric),
                     mixed_precision="off")  # fmt: skip
@@ -197,17 +199,22 @@ def test_partial_last_blocks_decode_to_the_plan_on_onnxruntime(
     assert {t.block for t in plan.quantized("weight")} == {32, None}  # the conv: K=24 < 32
     assert any("partial" in t.reason for t in plan.quantized("weight"))
     profile = load_target("onnx")
+    if nbits:
+        profile = replace(profile, raw={**profile.raw, "matmul_nbits": True})
     art = get_exporter(profile.exporter).export(
         graph, plan, profile, tmp_path / "m.onnx", ExportOptions()
     )
     model = onnx.load(art.path)
-    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4
-    decoded = _onnx_decoded(art.path)
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == (4 if nbits else 0)
+    half = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(half) == (0 if nbits else 4)  # the folded decode stores float16 scales
+    decoded = {**_onnx_decoded(art.path), **decode_folded_blocks(model)}
     producers = {o: n for n in model.graph.node for o in n.output}
     for t in plan.quantized("weight"):
         node = next(n for n in graph.nodes if t.name in n.inputs)
-        key = node.outputs[0] if node.op_type == "MatMul" else t.name
-        stored = decoded[key] if node.op_type != "MatMul" else decoded[producers[key].output[0]]
+        in_nbits = nbits and node.op_type == "MatMul"  # decoded under the MatMulNBits output
+        key = node.outputs[0] if in_nbits else t.name
+        stored = decoded[producers[key].output[0]] if in_nbits else decoded[key]
         np.testing.assert_array_equal(stored, t.dequantized(), err_msg=t.name)
     sim, ort = Simulator(graph, plan), OrtRunner(art.path)
     for feed in _mlp_feeds(4):
@@ -259,7 +266,7 @@ def test_blocked_4bit_weights_default_to_a_zero_point_where_the_target_stores_on
     """ane and onnx per-block 4-bit weights are asymmetric by default (a zero point per block:
     GPTQ on MiniLM g32 reached mean cosine 0.9911 asymmetric, 0.9889 symmetric); per-channel
     4-bit (onnx's default, integer kernels) and 8-bit stay symmetric, an explicit
-    weight_symmetric wins, and targets without zero points (rpi) keep symmetric blocks."""
+    weight_symmetric wins; rpi (no zero points, no blocks) keeps symmetric per-channel weights."""
     graph = prepare(model_to_graph(onnx.load(_mlp(tmp_path))))
 
     def weights(target: str, **config: object) -> dict[str, tuple[bool, int | None]]:
@@ -276,8 +283,12 @@ def test_blocked_4bit_weights_default_to_a_zero_point_where_the_target_stores_on
         assert all(s for s, _ in explicit.values())
         assert all(s for s, _ in weights(target, weight_bits=8).values())
     assert all(s and b is None for s, b in weights("onnx", weight_bits=4).values())
-    rpi = weights("rpi", weight_bits=4, act_bits=8, granularity="per_block")
-    assert all(s for s, _ in rpi.values())
+    # rpi stores no blocks (its exporter writes per-channel weights): asked for, a clear error
+    from edgeq.quant.planner import RecipeError
+
+    with pytest.raises(RecipeError, match="no per-block weights"):
+        weights("rpi", weight_bits=4, act_bits=8, granularity="per_block")
+    assert all(s and b is None for s, b in weights("rpi", weight_bits=4, act_bits=8).values())
 
 
 def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path: Path) -> None:
@@ -325,10 +336,11 @@ def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
     """onnx plans 4-bit weights per channel (its integer kernels). A layer whose input rows
     differ in scale by 20x (its producer's channels the other way round: the float function
     is the same, through the Relu) loses half its inputs per channel (one scale over all rows)
-    and little in blocks: under a size budget with room for its blocks (about +0.5 bit per
-    weight here) but not for its 8-bit copy (+4), mixed precision puts it in 4-bit blocks,
-    the output error drops, and the artifact stores it blocked (MatMulNBits), matching the
-    simulator."""
+    and little in blocks: under a size budget with room for its blocks (float16 scales and
+    4-bit zero points per 32 cost what a float32 scale and an int8 zero point per channel of 64
+    do) but not for its 8-bit copy (+4), mixed precision puts it in 4-bit blocks,
+    the output error drops, and the artifact stores it blocked (decoded by ops onnxruntime
+    folds at load), matching the simulator."""
     path = _mlp(tmp_path)
     model = onnx.load(path)
     ws = {t.name: t for t in model.graph.initializer}
@@ -350,8 +362,9 @@ def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
     assert layer["blocks_gain"] > 0.5 * layer["gain"] and layer["step"] == "blocks"
     art = get_exporter("onnx_qdq").export(run.graph, run.plan, load_target("onnx"),
                                           tmp_path / "m.onnx", ExportOptions())  # fmt: skip
-    nbits = [n for n in onnx.load(art.path).graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == len(blocked) == 1, nbits  # fc1 alone runs MatMulNBits
+    decoded = decode_folded_blocks(onnx.load(art.path))
+    assert set(decoded) == {r["weight"] for r in blocked.values()}  # decoded at load
+    np.testing.assert_array_equal(decoded["w1"], t.dequantized())
     stored = weight_storage(art.path)
     bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
     assert bpw == pytest.approx(mixed["bpw"], rel=0.02)

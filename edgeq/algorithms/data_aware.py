@@ -73,7 +73,7 @@ def weight_targets(graph: Graph, spec: PlanSpec, plan: QuantPlan,
         get_algorithm(t.method, "weights")  # an unknown method fails naming the registered
         i, (_, channel, contract) = index[name]
         view = view_of(tq, graph.constants[name].shape, channel, contract)
-        grid = grid_for(tq, t.observer or "mse", rules.weight_scale_dtype, rules.affine_bias)
+        grid = grid_for(tq, t.observer or "mse", rules.scale_dtype(tq.block), rules.affine_bias)
         job = layer_job(graph, i) if t.method in HESSIAN_METHODS else None
         out[name] = WeightTarget(name, i, t.method, view, grid, job)
     return out
@@ -246,7 +246,7 @@ def _alternative_grids(
         tq = TensorQuant(name, "weight", ta.dtype, axis=ta.axis, block=ta.block,
                          narrow=ta.narrow, symmetric=symmetric, node=t4.node, reason=ta.reason)  # fmt: skip
         _, channel, contract = index[name]
-        grid = grid_for(tq, search, rules.weight_scale_dtype, rules.affine_bias)
+        grid = grid_for(tq, search, rules.scale_dtype(tq.block), rules.affine_bias)
         out[name] = (tq, view_of(tq, graph.constants[name].shape, channel, contract), grid)
     return out
 

@@ -88,12 +88,16 @@ class Storage:
     float_bits: int = 32
     pad_blocks: bool = False  # a partial last block is stored padded to the full block
     symmetric_zero_point_bits: int = 0  # stored per channel of a symmetric weight without blocks
+    block_scale_bits: int = 0  # a blocked weight's scale where it differs (0: scale_bits)
 
     @staticmethod
     def of(rules: QuantRules) -> Storage:
         scale = 16 if rules.weight_scale_dtype == "float16" else 32
+        block = 16 if rules.scale_dtype(1) == "float16" else 32
         return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits,
-                       rules.partial_blocks == "ceil", rules.symmetric_zero_point_bits)  # fmt: skip
+                       rules.partial_blocks == "ceil" and rules.pad_partial_blocks,
+                       rules.symmetric_zero_point_bits,
+                       block if block != scale else 0)  # fmt: skip
 
 
 def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float:
@@ -107,7 +111,10 @@ def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float
     if storage.pad_blocks and t.block and t.axis is not None and t.values is not None:
         k = int(np.shape(t.values)[t.axis])
         elements = elements // k * (-(-k // t.block) * t.block)
-    bits = elements * t.qdtype.bits + n_params * storage.scale_bits
+    scale_bits = (
+        storage.block_scale_bits if t.block and storage.block_scale_bits else storage.scale_bits
+    )
+    bits = elements * t.qdtype.bits + n_params * scale_bits
     if storage.affine_bias_bits:
         bits += n_params * storage.affine_bias_bits
     elif not t.symmetric:

@@ -127,7 +127,8 @@ def _matmul_nbits(g: Graph, node: Node, t: TensorQuant) -> Node:
 def _folded_blocks(g: Graph, t: TensorQuant, q: str, s: str, z: str | None) -> list[Node]:
     """Nodes that decode blocked weight `t` from its stored codes `q`, scales `s` and zero
     points `z` (laid out as a blocked DequantizeLinear reads them) with ops onnxruntime folds
-    into a float initializer when it loads the model: Cast the codes to float, widen each
+    into a float initializer when it loads the model (float16 scales, where the plan's are
+    float16 values, stored as such and cast): Cast the codes to float, widen each
     block's scale and zero point to its `block` rows (Unsqueeze, Expand, Reshape, and a Slice
     for a partial last block), subtract, multiply — the float arithmetic of DequantizeLinear,
     so the same values. A blocked DequantizeLinear is not folded (it would run on every call,
@@ -165,6 +166,10 @@ def _folded_blocks(g: Graph, t: TensorQuant, q: str, s: str, z: str | None) -> l
                                const("slice_axis", np.array([axis], np.int64))], f"{base}_cut")  # fmt: skip
         return v
 
+    scale = np.asarray(g.constants[s])
+    if np.array_equal(scale.astype(np.float16).astype(np.float32), scale):
+        g.constants[s] = scale.astype(np.float16)  # the plan's float16 scales: half the bits
+        s = node("Cast", [s], "scale_float", to=onnx.TensorProto.FLOAT)
     codes = node("Cast", [q], "codes_float", to=onnx.TensorProto.FLOAT)
     if z is not None:
         zf = node("Cast", [z], "zero_point_float", to=onnx.TensorProto.FLOAT)
