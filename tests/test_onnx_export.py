@@ -207,7 +207,8 @@ def test_blocked_4bit_conv_weights_are_decoded_by_ops_onnxruntime_folds(tmp_path
     Sub/Mul — the same values as
     the plan (onnx's reference evaluator on the stored initializers alone) — which
     onnxruntime folds at load (no decode op left in the graph it runs, so no per-call
-    decoding); the output matches the simulator and the stored bits are the plan's."""
+    decoding) and runs as float convs with exactly those weights (not re-quantized to int8);
+    the output matches the simulator and the stored bits are the plan's."""
     from edgeq.algorithms.data_aware import weight_sizes
     from edgeq.algorithms.mixed_precision import Storage, bits_per_weight
     from edgeq.exporters.onnx.qdq import weight_storage
@@ -243,6 +244,9 @@ def test_blocked_4bit_conv_weights_are_decoded_by_ops_onnxruntime_folds(tmp_path
         np.testing.assert_array_equal(stored[name], t.dequantized().astype(np.float32))
     optimized = _optimized_ops(art.path, tmp_path)
     assert not {"Expand", "Unsqueeze", "Slice", "Sub", "Mul", "Cast"} & set(optimized), optimized
+    # the layers run float with the plan's weights: onnxruntime did not re-quantize them to
+    # per-tensor int8 (its WeightBiasQuantization, which a per-channel input DQ turns off)
+    assert optimized.count("Conv") == 2 and "QLinearConv" not in optimized, optimized
     runner, sim = OrtRunner(art.path), Simulator(graph, plan)
     for feed in feeds[:3]:
         ref = np.asarray(sim(feed)["y"])

@@ -34,6 +34,7 @@ from edgeq.quant.planner import PlanSpec, derive_biases, weight_operand
 from edgeq.quant.recipe import Recipe
 
 log = logging.getLogger(__name__)
+MIN_MIDDLE_BLOCK = 32  # finer blocks as a middle step: down to blocks of 32
 Feeds = Mapping[str, np.ndarray]
 HESSIAN_METHODS = ("gptq", "lut")
 
@@ -109,9 +110,8 @@ def apply_weight_algorithms(
     blocked: dict[str, TensorQuant] | None = None,
 ) -> tuple[QuantPlan, dict[str, Any]]:
     """The plan with its weights re-quantized by their algorithms (see the module doc).
-    `blocked` (filled when given): for each GPTQ-solved per-channel 4-bit weight the target
-    also runs in blocks, its 4-bit blocked version solved by GPTQ on the same Hessian (the
-    middle step mixed precision may choose, `blocked_alternatives`)."""
+    `blocked` (filled when given): for each GPTQ-solved 4-bit weight with a middle step
+    (`blocked_alternatives`), that step solved by GPTQ on the same Hessian."""
     recipe = recipe or Recipe()
     targets = dict(targets) if targets is not None else weight_targets(graph, spec, plan)
     tensors = dict(plan.tensors)
@@ -135,9 +135,8 @@ def apply_weight_algorithms(
     jobs = {wt.job.weight: wt for wt in targets.values() if wt.job is not None}
     middle_grids = {}
     if blocked is not None:
-        per_channel = [n for n, wt in jobs.items() if wt.method in HESSIAN_METHODS
-                       and plan.tensors[n].block is None and plan.tensors[n].qdtype.bits == 4]  # fmt: skip
-        middle_grids = _alternative_grids(graph, spec, plan, per_channel, 4, "per_block", "mse")
+        solved = [n for n, wt in jobs.items() if wt.method in HESSIAN_METHODS]
+        middle_grids = _middle_grids(graph, spec, plan, solved)
     if jobs:
         config = GPTQConfig(damp=recipe.gptq_damp, act_order=recipe.gptq_act_order,
                             static_groups=recipe.gptq_static_groups)  # fmt: skip
@@ -201,13 +200,36 @@ def eight_bit_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
 
 def blocked_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
                          names: Iterable[str]) -> dict[str, TensorQuant]:  # fmt: skip
-    """4-bit versions in blocks (the target's block size and block symmetry, MSE-searched
-    scales, rounded to nearest) of planned 4-bit weights that are per channel, where the
-    target also runs that layer with blocked weights: the middle step between per-channel
-    4-bit and 8-bit (on onnx a blocked layer runs in float instead of on the integer
-    kernels: a little slower, about a bit per weight more, much more accurate)."""
-    names = [n for n in names if plan.tensors[n].block is None]
-    return _rtn_alternatives(graph, spec, plan, names, 4, "per_block", "mse")
+    """The middle step mixed precision may choose between a 4-bit weight as planned and its
+    8-bit copy, rounded to nearest on an MSE-searched grid (`apply_weight_algorithms` solves
+    the GPTQ ones): 4-bit blocks (the target's block size and block symmetry) for a
+    per-channel 4-bit weight where the target also runs that layer blocked (onnx: a float
+    layer instead of the integer kernels — a little slower, as small where blocks' float16
+    scales cost what a float32 scale per channel does, much more accurate on layers with
+    outlier input channels), and blocks half as long for a blocked one of 64 or more (MLX:
+    groups of 32 instead of 64, +0.5 bit per weight)."""
+    return {n: rtn_weight(tq, graph.constants[n], view, grid)
+            for n, (tq, view, grid) in _middle_grids(graph, spec, plan, names).items()}  # fmt: skip
+
+
+def _middle_grids(graph: Graph, spec: PlanSpec, plan: QuantPlan,
+                  names: Iterable[str]) -> dict[str, tuple[TensorQuant, MatrixView, Grid]]:  # fmt: skip
+    rules = spec.target.quant
+    by_block: dict[int | None, list[str]] = {}
+    for n in names:
+        t = plan.tensors[n]
+        if t.qdtype.bits != 4 or getattr(t, "lut", None) is not None:
+            continue
+        if t.block is None:
+            by_block.setdefault(None, []).append(n)
+        elif t.block // 2 >= MIN_MIDDLE_BLOCK and t.block // 2 in rules.block_sizes:
+            by_block.setdefault(t.block // 2, []).append(n)
+    out: dict[str, tuple[TensorQuant, MatrixView, Grid]] = {}
+    for block, group in by_block.items():
+        found = _alternative_grids(graph, spec, plan, group, 4, "per_block", "mse", block)
+        out.update({n: g for n, g in found.items()
+                    if g[0].block and (block is None or g[0].block == block)})  # fmt: skip
+    return out
 
 
 def _rtn_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan, names: Iterable[str],
@@ -219,15 +241,15 @@ def _rtn_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan, names: Iter
 
 def _alternative_grids(
     graph: Graph, spec: PlanSpec, plan: QuantPlan, names: Iterable[str], bits: int,
-    granularity: str | None, search: str,
+    granularity: str | None, search: str, block_size: int | None = None,
 ) -> dict[str, tuple[TensorQuant, MatrixView, Grid]]:  # fmt: skip
-    """(layout, matrix view, grid) of each weight in `names` planned at `bits` and
-    `granularity` (None: the target's default) as the target plans it."""
+    """(layout, matrix view, grid) of each weight in `names` planned at `bits`, `granularity`
+    and `block_size` (None: the target's defaults) as the target plans it."""
     from edgeq.quant.planner import make_spec
 
     rules = spec.target.quant
     base = replace(spec.recipe.base, weight_bits=bits, method="rtn", weight_method=search,
-                   granularity=granularity, block_size=None)  # fmt: skip
+                   granularity=granularity, block_size=block_size)  # fmt: skip
     # a node whose override pins its granularity keeps it (no blocked alternative then)
     alt_spec = make_spec(graph, replace(spec.recipe, base=base), spec.target)
     index = {}
