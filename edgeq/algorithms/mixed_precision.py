@@ -252,13 +252,15 @@ def choose_bits(
     error = OutputError(graph, plan, names, feeds, token_mask)
     base = error(low)  # every candidate at 4 bits
     floor = error(high)  # every candidate at 8 bits
-    added = max(base["noise"] - floor["noise"], 1e-30)  # the output error 4 bits add
     alone: dict[str, float] = {}  # each layer alone at 4 bits, every other one at 8 bits
     for i, n in enumerate(names):
         alone[n] = error({**high, n: low[n]})["noise"]
         if progress is not None:
             progress(i + 1, len(names) + 1)
     gains = {n: alone[n] - floor["noise"] for n in names}
+    # the output error 4 bits add: the all-4-bit model's, or the layers' own errors added up
+    # where those exceed it (a broken all-4-bit model saturates), so shares stay within 100%
+    added = max(base["noise"] - floor["noise"], sum(g for g in gains.values() if g > 0), 1e-30)
     middle = {n: t for n, t in (middle or {}).items()
               if n in gains and gains[n] >= MIDDLE_MIN * added}  # fmt: skip
     mid = {n: middle[n].dequantized().astype(graph.constants[n].dtype) for n in middle}
