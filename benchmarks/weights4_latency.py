@@ -3,8 +3,9 @@ the same target's 8-bit one?
 
 For each model: edgeq `--bits 4` (target defaults: int4 per channel, widened to int8 by a
 Cast onnxruntime folds, so QLinearConv / QLinearMatMul run them; mixed precision), `--bits 4
---granularity per_block` (blocks of 32: MatMulNBits for MatMul/Gemm, blocked DequantizeLinear
-before a float Conv) and `--bits 8` (the target's W8A8 default) on the onnx target, and the
+--granularity per_block` (blocks of 32 with float16 scales, decoded by ops onnxruntime folds
+into float weights at load: float MatMul/Conv; before session 23 MatMulNBits for MatMul/Gemm and
+a blocked DequantizeLinear before a float Conv, `weights4_latency_s22.md`) and `--bits 8` (the target's W8A8 default) on the onnx target, and the
 float model, timed interleaved in one process (median ms, one intra-op thread), with the
 artifacts' sizes. Calibration is small (latency does not depend on it beyond which layers mixed
 precision keeps at 8 bits).

@@ -68,6 +68,9 @@ class QuantRules:
     partial_blocks: str = "none"
     # the artifact stores a partial last block padded to the full block (MLX, MatMulNBits)
     pad_partial_blocks: bool = True
+    # ops whose per-channel 4-bit weights mixed precision may put in 4-bit blocks (its middle
+    # step; None: every op the target runs blocked)
+    block_step_ops: tuple[str, ...] | None = None
     # how the artifact stores weight scales ("float16": plans round scales to float16 so the
     # artifact holds them exactly); affine_bias: it stores −scale·zero_point too (MLX)
     weight_scale_dtype: str = "float32"
@@ -116,7 +119,13 @@ class QuantRules:
         if unknown:
             raise InputError(f"target profile {where}: unknown [quant] key(s) {sorted(unknown)}")
         values = dict(data)
-        for key in ("per_channel_ops", "per_block_ops", "block_sizes", "shared_scale_ops"):
+        for key in (
+            "per_channel_ops",
+            "per_block_ops",
+            "block_sizes",
+            "shared_scale_ops",
+            "block_step_ops",
+        ):
             if key in values:
                 values[key] = tuple(values[key])
         values["fixed"] = {

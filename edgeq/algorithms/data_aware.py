@@ -215,13 +215,15 @@ def blocked_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
 def _middle_grids(graph: Graph, spec: PlanSpec, plan: QuantPlan,
                   names: Iterable[str]) -> dict[str, tuple[TensorQuant, MatrixView, Grid]]:  # fmt: skip
     rules = spec.target.quant
+    ops = {node.name: node.op_type for node in graph.nodes}
     by_block: dict[int | None, list[str]] = {}
     for n in names:
         t = plan.tensors[n]
         if t.qdtype.bits != 4 or getattr(t, "lut", None) is not None:
             continue
         if t.block is None:
-            by_block.setdefault(None, []).append(n)
+            if rules.block_step_ops is None or ops.get(t.node or "") in rules.block_step_ops:
+                by_block.setdefault(None, []).append(n)
         elif t.block // 2 >= MIN_MIDDLE_BLOCK and t.block // 2 in rules.block_sizes:
             by_block.setdefault(t.block // 2, []).append(n)
     out: dict[str, tuple[TensorQuant, MatrixView, Grid]] = {}
