@@ -377,6 +377,38 @@ def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
     assert ane["blocked"] == []
 
 
+def test_block_step_is_offered_only_on_the_ops_the_target_names(tmp_path: Path) -> None:
+    """onnx offers mixed precision's blocked middle step on MatMul/Gemm/Gather only (a float
+    Conv between integer ones is slow there); with `block_step_ops` unset every blocked op
+    gets it; MLX's groups of 64 get groups of 32."""
+    from edgeq.algorithms.data_aware import blocked_alternatives
+    from edgeq.quant.planner import make_spec
+
+    base = LayerConfig(weight_bits=4, act_bits=0, method="rtn")
+    head_k64 = _mlp(tmp_path, (40, 64, 64, 48, 64))  # the conv head reads 64 channels: blocks fit
+    run = _calibrate(head_k64, "onnx", Recipe(base=base, mixed_precision="off"))
+    profile = load_target("onnx")
+    names = [t.name for t in run.plan.quantized("weight")]
+    assert "wc" in names and all(run.plan.tensors[n].block is None for n in names)
+    onnx_alts = blocked_alternatives(run.graph, make_spec(run.graph, Recipe(base=base), profile),
+                                     run.plan, names)  # fmt: skip
+    assert set(onnx_alts) == {"w0", "w1", "w2", "w3"} and all(
+        t.block == 32 for t in onnx_alts.values()
+    )
+    anyop = replace(profile, quant=replace(profile.quant, block_step_ops=None))
+    every = blocked_alternatives(run.graph, make_spec(run.graph, Recipe(base=base), anyop),
+                                 run.plan, names)  # fmt: skip
+    assert set(every) == set(onnx_alts) | {"wc"}
+    mlx = _calibrate(
+        _mlp(tmp_path, (40, 128, 128, 64, 64)), "mlx", Recipe(base=base, mixed_precision="off")
+    )
+    mlx_names = [t.name for t in mlx.plan.quantized("weight") if t.block == 64]
+    assert mlx_names
+    finer = blocked_alternatives(mlx.graph, make_spec(mlx.graph, Recipe(base=base), load_target("mlx")),
+                                 mlx.plan, mlx_names)  # fmt: skip
+    assert set(finer) == set(mlx_names) and {t.block for t in finer.values()} == {32}
+
+
 def test_default_size_cap_keeps_a_4bit_plan_at_5_bits_where_the_format_allows() -> None:
     from edgeq.algorithms.mixed_precision import default_cap
 
