@@ -208,8 +208,7 @@ def blocked_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
     scales cost what a float32 scale per channel does, much more accurate on layers with
     outlier input channels), and blocks half as long for a blocked one of 64 or more (MLX:
     groups of 32 instead of 64, +0.5 bit per weight)."""
-    return {n: rtn_weight(tq, graph.constants[n], view, grid)
-            for n, (tq, view, grid) in _middle_grids(graph, spec, plan, names).items()}  # fmt: skip
+    return _rounded(graph, _middle_grids(graph, spec, plan, names))
 
 
 def _middle_grids(graph: Graph, spec: PlanSpec, plan: QuantPlan,
@@ -236,9 +235,15 @@ def _middle_grids(graph: Graph, spec: PlanSpec, plan: QuantPlan,
 
 def _rtn_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan, names: Iterable[str],
                       bits: int, granularity: str | None, search: str) -> dict[str, TensorQuant]:  # fmt: skip
-    return {n: rtn_weight(tq, graph.constants[n], view, grid)
-            for n, (tq, view, grid) in _alternative_grids(graph, spec, plan, names, bits,
-                                                          granularity, search).items()}  # fmt: skip
+    return _rounded(graph, _alternative_grids(graph, spec, plan, names, bits, granularity, search))
+
+
+def _rounded(graph: Graph, grids: Mapping[str, tuple[TensorQuant, MatrixView, Grid]]
+             ) -> dict[str, TensorQuant]:  # fmt: skip
+    """Each weight rounded to nearest on its (layout, view, grid)."""
+    return {
+        n: rtn_weight(tq, graph.constants[n], view, grid) for n, (tq, view, grid) in grids.items()
+    }
 
 
 def _alternative_grids(

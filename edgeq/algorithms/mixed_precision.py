@@ -16,10 +16,11 @@
      `DOMINANT` of the output error 4 bits add — within the default size cap (`default_cap`:
      5 bits per weight, or `DEFAULT_EXTRA_BITS` above the all-4-bit size where a format's
      4-bit storage alone comes close to 5).
-Where the target runs a layer both per channel (its 4-bit default) and in blocks (onnx: the
-integer kernels vs a float layer), 4-bit blocks are a middle step between the two: about one bit
-per weight more than per channel instead of four, and most of 8 bits' accuracy on layers with
-outlier weights; the search ranks every step of every layer by removed error per added bit.
+Where the target runs a layer both per channel (its 4-bit default) and in blocks (onnx
+MatMuls: the integer kernels vs a float layer), or in blocks half as long (MLX: groups of 32
+instead of 64), that blocked layout is a middle step: a fraction of a bit per weight more
+instead of four, and most of 8 bits' accuracy on layers with outlier input channels; the search
+ranks every step of every layer by removed error per added bit.
 Every layer's decision and its reason go into the report. On token models (an attention-mask
 input) the output error leaves out padded token positions (`edgeq.quant.padding`), as the
 export's accuracy metrics do.
@@ -93,7 +94,7 @@ class Storage:
     @staticmethod
     def of(rules: QuantRules) -> Storage:
         scale = 16 if rules.weight_scale_dtype == "float16" else 32
-        block = 16 if rules.scale_dtype(1) == "float16" else 32
+        block = 16 if (rules.block_scale_dtype or rules.weight_scale_dtype) == "float16" else 32
         return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits,
                        rules.partial_blocks == "ceil" and rules.pad_partial_blocks,
                        rules.symmetric_zero_point_bits,
