@@ -34,7 +34,7 @@ from edgeq.quant.calibrate import (
     shard_batch_size,
     stack_batches,
 )
-from edgeq.quant.plan import QuantPlan
+from edgeq.quant.plan import QuantPlan, TensorQuant
 from edgeq.quant.planner import finalize_plan, integer_derived, make_spec
 from edgeq.quant.recipe import Recipe
 from edgeq.quant.simulate import (
@@ -392,7 +392,7 @@ def _weight_algorithms(graph: Graph, spec: Any, plan: QuantPlan, recipe: Recipe,
         return (validate(source.load(n), graph.inputs, n) for n in chosen)
 
     mixed = recipe.mixed_precision == "auto"
-    blocked: dict[str, Any] = {}
+    blocked: dict[str, TensorQuant] = {}  # GPTQ-solved middle steps, for mixed precision
     plan, _ = apply_weight_algorithms(
         graph, spec, plan, feeds, recipe=recipe, targets=targets, token_mask=token_mask,
         progress=(lambda d, t: progress("gptq", d, t)) if progress else None,
