@@ -79,12 +79,12 @@ def _blocked(recipe: Recipe | None, profile: Any) -> bool:
     whose 4-bit default is per-block)? Then MatMuls stay MatMuls, where blocks are allowed."""
     base = (recipe or Recipe()).base
     rules = profile.quant
-    act_bits = base.act_bits if base.act_bits is not None else rules.default_act_bits
+    act_bits = base.act_bits if base.act_bits is not None else rules.act_bits_default(base.weight_bits)
     if rules.block_requires_act_bits and act_bits < rules.block_requires_act_bits:
         return False  # blocks are not possible at these activation bits anyway
     if base.granularity is not None:
         return base.granularity == "per_block"
-    return base.weight_bits == 4 and rules.default_granularity_4bit == "per_block"
+    return base.weight_bits == 4 and rules.granularity_default(4, act_bits) == "per_block"
 
 
 class PhaseTimer:

@@ -46,6 +46,9 @@ class QuantRules:
     act8: str | None = "int8"  # dtype used for 8-bit activations (None: not supported)
     act16: str | None = None  # dtype for 16-bit activations (None: not supported)
     default_act_bits: int = 8  # 0: float activations (weight-only) by default
+    # the default under --bits 4 where it differs (None: default_act_bits); onnx: 0, weight-only
+    # 4-bit as onnxruntime's own (MatMulNBits reads float activations)
+    default_act_bits_4bit: int | None = None
     float_activations: bool = True  # tensors may stay float (weight-only, keep_float, masks)
     w8: str | None = "int8"
     w4: str | None = None
@@ -59,6 +62,9 @@ class QuantRules:
     narrow_weights: bool = True  # int8 weights in [-127, 127]
     default_granularity: str = "per_channel"
     default_granularity_4bit: str = "per_block"
+    # the 4-bit default where activations are quantized, if it differs (None: the same); onnx:
+    # per_channel, the only 4-bit weights onnxruntime's integer kernels take
+    default_granularity_4bit_integer: str | None = None
     default_block_size: int = 32
     per_channel_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM")
     per_block_ops: tuple[str, ...] = ()
@@ -103,6 +109,20 @@ class QuantRules:
     norm_outputs_16bit: bool = False
     shared_scale_ops: tuple[str, ...] = SHARED_SCALE_OPS
     fixed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+
+    def act_bits_default(self, weight_bits: int | None) -> int:
+        """Activation bits when the user names none, for the model's weight bits."""
+        if weight_bits == 4 and self.default_act_bits_4bit is not None:
+            return self.default_act_bits_4bit
+        return self.default_act_bits
+
+    def granularity_default(self, weight_bits: int | None, act_bits: int) -> str:
+        """Weight granularity when the user names none, for a layer's weight and activation bits."""
+        if weight_bits != 4:
+            return self.default_granularity
+        if act_bits and self.default_granularity_4bit_integer:
+            return self.default_granularity_4bit_integer
+        return self.default_granularity_4bit
 
     def scale_dtype(self, block: int | None) -> str:
         """How the artifact stores the scales of a weight with (or without) blocks."""
@@ -199,9 +219,13 @@ def target_defaults(profile: TargetProfile) -> dict[str, str]:
     """What `edgeq export --target T` does with no other flag, in the flags' own words."""
     q = profile.quant
     act = "0 (float)" if q.default_act_bits == 0 else str(q.default_act_bits)
-    gran4 = q.default_granularity_4bit + (
-        f" {q.default_block_size}" if q.default_granularity_4bit == "per_block" else ""
-    )
+    act4 = q.act_bits_default(4)
+    if act4 != q.default_act_bits:
+        act += f"; with --bits 4: {'0 (float)' if act4 == 0 else act4}"
+    gran = q.granularity_default(4, act4)
+    gran4 = gran + (f" {q.default_block_size}" if gran == "per_block" else "")
+    if q.default_granularity_4bit_integer and act4 == 0:
+        gran4 += f"; {q.default_granularity_4bit_integer} with --act-bits 8"
     budgets = (profile.raw.get("budgets") or {}).get("max_loss", [])
     return {
         "bits": "8" + (f" (4: {q.w4}, {gran4})" if q.w4 else " (4 refused)"),

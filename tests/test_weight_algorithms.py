@@ -265,7 +265,7 @@ def test_blocked_4bit_weights_default_to_a_zero_point_where_the_target_stores_on
 ) -> None:
     """ane and onnx per-block 4-bit weights are asymmetric by default (a zero point per block:
     GPTQ on MiniLM g32 reached mean cosine 0.9911 asymmetric, 0.9889 symmetric); per-channel
-    4-bit (onnx's default, integer kernels) and 8-bit stay symmetric, an explicit
+    4-bit (onnx's default with 8-bit activations, integer kernels) and 8-bit stay symmetric, an explicit
     weight_symmetric wins; rpi (no zero points, no blocks) keeps symmetric per-channel weights."""
     graph = prepare(model_to_graph(onnx.load(_mlp(tmp_path))))
 
@@ -282,7 +282,9 @@ def test_blocked_4bit_weights_default_to_a_zero_point_where_the_target_stores_on
         explicit = weights(target, weight_bits=4, weight_symmetric=True, **config)
         assert all(s for s, _ in explicit.values())
         assert all(s for s, _ in weights(target, weight_bits=8).values())
-    assert all(s and b is None for s, b in weights("onnx", weight_bits=4).values())
+    # onnx --bits 4 is weight-only in blocks; with 8-bit activations per channel (integer kernels)
+    assert all(b and not s for s, b in weights("onnx", weight_bits=4).values())
+    assert all(s and b is None for s, b in weights("onnx", weight_bits=4, act_bits=8).values())
     # rpi stores no blocks (its exporter writes per-channel weights): asked for, a clear error
     from edgeq.quant.planner import RecipeError
 
@@ -333,7 +335,8 @@ def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path
 def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
     tmp_path: Path,
 ) -> None:
-    """onnx plans 4-bit weights per channel (its integer kernels). A layer whose input rows
+    """onnx plans 4-bit weights per channel with 8-bit activations (its integer kernels), and
+    on request without (here: weight-only, the same weights). A layer whose input rows
     differ in scale by 20x (its producer's channels the other way round: the float function
     is the same, through the Relu) loses half its inputs per channel (one scale over all rows)
     and little in blocks: under a size budget with room for its blocks (float16 scales and
@@ -350,7 +353,7 @@ def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
     for n, a in (("w0", w0), ("w1", w1)):
         ws[n].CopyFrom(numpy_helper.from_array(a, n))
     onnx.save(model, path)
-    base = LayerConfig(weight_bits=4, act_bits=0, method="rtn")
+    base = LayerConfig(weight_bits=4, act_bits=0, granularity="per_channel", method="rtn")
     run = _calibrate(path, "onnx", Recipe(base=base, bpw=5.1))
     mixed = run.plan.calibration["mixed_precision"]
     blocked = {r["node"]: r for r in mixed["blocked"]}
@@ -363,7 +366,9 @@ def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
     art = get_exporter("onnx_qdq").export(run.graph, run.plan, load_target("onnx"),
                                           tmp_path / "m.onnx", ExportOptions())  # fmt: skip
     decoded = decode_folded_blocks(onnx.load(art.path))
-    assert set(decoded) == {r["weight"] for r in blocked.values()}  # decoded at load
+    # decoded at load: the blocked layers, and (weight-only: float layers) every other one
+    assert {r["weight"] for r in blocked.values()} < set(decoded)
+    assert set(decoded) == {t.name for t in run.plan.quantized("weight")}
     np.testing.assert_array_equal(decoded["w1"], t.dequantized())
     stored = weight_storage(art.path)
     bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
@@ -373,6 +378,7 @@ def test_mixed_precision_puts_a_per_channel_layer_in_4bit_blocks_before_8_bits(
         ref = np.asarray(sim(feed)["y"])
         np.testing.assert_allclose(runner(feed)["y"], ref, rtol=1e-4, atol=1e-4)
     # a target whose 4-bit weights are blocks already has no middle step
+    base = replace(base, granularity=None)  # ane's own 4-bit default: blocks of 32
     ane = _calibrate(path, "ane", Recipe(base=base, bpw=5.1)).plan.calibration["mixed_precision"]
     assert ane["blocked"] == []
 
@@ -384,7 +390,7 @@ def test_block_step_is_offered_only_on_the_ops_the_target_names(tmp_path: Path) 
     from edgeq.algorithms.data_aware import blocked_alternatives
     from edgeq.quant.planner import make_spec
 
-    base = LayerConfig(weight_bits=4, act_bits=0, method="rtn")
+    base = LayerConfig(weight_bits=4, act_bits=0, granularity="per_channel", method="rtn")
     head_k64 = _mlp(tmp_path, (40, 64, 64, 48, 64))  # the conv head reads 64 channels: blocks fit
     run = _calibrate(head_k64, "onnx", Recipe(base=base, mixed_precision="off"))
     profile = load_target("onnx")
@@ -399,6 +405,7 @@ def test_block_step_is_offered_only_on_the_ops_the_target_names(tmp_path: Path) 
     every = blocked_alternatives(run.graph, make_spec(run.graph, Recipe(base=base), anyop),
                                  run.plan, names)  # fmt: skip
     assert set(every) == set(onnx_alts) | {"wc"}
+    base = replace(base, granularity=None)  # MLX's own 4-bit default: groups of 64
     mlx = _calibrate(
         _mlp(tmp_path, (40, 128, 128, 64, 64)), "mlx", Recipe(base=base, mixed_precision="off")
     )

@@ -152,10 +152,13 @@ class _Effective:
 def _effective(recipe: Recipe, rules: QuantRules, node: Node | None) -> _Effective:
     user, source = recipe.config_for(node.name, node.op_type) if node else (recipe.base, "global")
     bits = user.weight_bits or 8
+    # activations follow the model's --bits (not one layer's): a weight-only 4-bit model keeps
+    # every activation float, its 8-bit layers' too
+    act = user.act_bits if user.act_bits is not None else rules.act_bits_default(recipe.base.weight_bits)
     defaults = LayerConfig(
         weight_bits=8,
-        act_bits=rules.default_act_bits,
-        granularity=rules.default_granularity_4bit if bits == 4 else rules.default_granularity,  # type: ignore[arg-type]
+        act_bits=rules.act_bits_default(recipe.base.weight_bits),
+        granularity=rules.granularity_default(bits, act),  # type: ignore[arg-type]
         block_size=rules.default_block_size,
         weight_symmetric=rules.weight_symmetric,
         act_symmetric=False,
@@ -194,7 +197,7 @@ def _check_globals(recipe: Recipe, target: TargetProfile) -> None:
     if c.weight_format != "lut" and rules.weight_dtype(c.weight_bits or 8) is None:
         raise _fail(None, f"target '{target.name}' has no {c.weight_bits}-bit weights",
                     f"use --bits 8 (supported: {_weight_bits(rules)})")  # fmt: skip
-    act = c.act_bits if c.act_bits is not None else rules.default_act_bits
+    act = c.act_bits if c.act_bits is not None else rules.act_bits_default(c.weight_bits)
     if act == 0 and not rules.float_activations:
         raise _fail(None, f"target '{target.name}' runs only quantized activations (no float)",
                     "use --act-bits 8 or 16")  # fmt: skip

@@ -180,6 +180,49 @@ def _folded_blocks(g: Graph, t: TensorQuant, q: str, s: str, z: str | None) -> l
     return nodes
 
 
+def _folded_channels(g: Graph, t: TensorQuant, q: str, s: str, z: str | None) -> list[Node]:
+    """Nodes that decode per-channel (or per-tensor) weight `t` from its stored codes `q`,
+    scales `s` and zero points `z` with ops onnxruntime folds into a float initializer at load:
+    Cast the codes to float, subtract the zero point, multiply by the scale (reshaped to
+    broadcast along the weight's axis) — DequantizeLinear's arithmetic, so the same values. For
+    a weight whose layer reads a float input (weight-only plans, and the 8-bit layers of a
+    weight-only 4-bit plan): no integer kernel can take it, and a DequantizeLinear would run on
+    every call."""
+    assert t.values is not None
+    shape = list(np.shape(t.values))
+    nodes: list[Node] = []
+
+    def node(op: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        out = g.unique_name(f"{t.name}_{base}")
+        nodes.append(Node(op, inputs, [out], f"{out}_{op}", attrs))
+        return out
+
+    def broadcast(name: str) -> None:
+        value = np.asarray(g.constants[name])
+        if t.axis is not None and value.ndim == 1:
+            along = [1] * len(shape)
+            along[int(t.axis) % len(shape)] = value.shape[0]
+            g.constants[name] = value.reshape(along)
+
+    broadcast(s)
+    codes = node("Cast", [q], "codes_float", to=onnx.TensorProto.FLOAT)
+    if z is not None:
+        broadcast(z)
+        zf = node("Cast", [z], "zero_point_float", to=onnx.TensorProto.FLOAT)
+        codes = node("Sub", [codes, zf], "centered")
+    nodes.append(Node("Mul", [codes, s], [t.name], g.unique_name(f"{t.name}_Mul")))
+    return nodes
+
+
+def _reads_float(g: Graph, name: str, quantized: set[str]) -> bool:
+    """Does every layer that reads constant `name` read its other, non-constant inputs in float
+    (none of them quantized by the plan)? Then it runs as a float layer on onnxruntime."""
+    readers = [node for node in g.nodes if name in node.inputs]
+    return bool(readers) and not any(
+        i in quantized for node in readers for i in node.inputs if i and i not in g.constants
+    )
+
+
 def _own_channel_dq(g: Graph, nodes: list[Node], folded: set[str],
                     quantized_as: Mapping[str, tuple[str, str, str]]) -> list[Node]:  # fmt: skip
     """`nodes` with each Conv/ConvTranspose/Gemm whose weight is `folded` reading its
@@ -226,7 +269,8 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
     int8 before their DequantizeLinear (onnxruntime folds the Cast at load, and its QDQ fusion
     takes only 8-bit weights into QLinearConv / QLinearMatMul / MatMulIntegerToFloat);
     `fold_blocks`: other blocked weights decoded by ops onnxruntime folds at load
-    (`_folded_blocks`) instead of a blocked DequantizeLinear."""
+    (`_folded_blocks`) instead of a blocked DequantizeLinear, and so are the weights of layers
+    that read float inputs (`_folded_channels`: no integer kernel takes them)."""
     g = upgrade_opset(graph, TARGET_OPSET)
     _omit_unread_optional_outputs(g)
     nodes: list[Node] = []
@@ -244,6 +288,7 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
     nbits = matmul_nbits_weights(g, plan) if use_nbits else {}
     folded: set[str] = set()  # weights decoded by ops folded at load
     quantized_as: dict[str, tuple[str, str, str]] = {}  # dequantized activation → (Q out, s, z)
+    quantized_acts = {t.name for t in plan.quantized("activation")}
     # stored weights and biases: integer initializer → DequantizeLinear named as the float one
     for t in plan.tensors.values():
         if t.role not in ("weight", "bias") or not t.is_quantized or t.name not in g.constants:
@@ -254,7 +299,12 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
             raise EdgeqError(f"plan tensor '{t.name}' has no integer values", "re-calibrate")
         q = g.unique_name(f"{t.name}_quantized")
         g.constants[q] = np.asarray(t.values).astype(np.int64).astype(_storage(t))
+        float_layer = (
+            fold_blocks and t.role == "weight" and not t.block
+            and _reads_float(g, t.name, quantized_acts)
+        )  # fmt: skip
         widen = widen_int4 and t.role == "weight" and t.qdtype.bits == 4 and not t.block
+        widen = widen and not float_layer
         if widen:  # int4 initializer → Cast → the int8 tensor the DequantizeLinear reads
             q4, q = q, g.unique_name(f"{t.name}_quantized_int8")
             to = onnx.helper.np_dtype_to_tensor_dtype(_widened(t))
@@ -264,7 +314,7 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
         dq_inputs = [q, s, z]
         if (
             t.role == "weight"
-            and ((t.qdtype.bits == 4 and not widen) or omit_zero_points)
+            and ((t.qdtype.bits == 4 and not widen) or omit_zero_points or float_layer)
             and not np.any(np.asarray(t.zero_point))
         ):
             del g.constants[z]  # symmetric weights: the default zero point 0, not stored
@@ -272,6 +322,9 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
         if fold_blocks and t.role == "weight" and t.block and t.axis is not None:
             prefix += _folded_blocks(g, t, q, s, dq_inputs[2] if len(dq_inputs) > 2 else None)
             folded.add(t.name)
+            continue
+        if float_layer:
+            prefix += _folded_channels(g, t, q, s, dq_inputs[2] if len(dq_inputs) > 2 else None)
             continue
         prefix.append(Node("DequantizeLinear", dq_inputs, [t.name],
                            g.unique_name(f"{t.name}_DequantizeLinear"), _dq_attrs(t)))  # fmt: skip
