@@ -79,7 +79,9 @@ def _blocked(recipe: Recipe | None, profile: Any) -> bool:
     whose 4-bit default is per-block)? Then MatMuls stay MatMuls, where blocks are allowed."""
     base = (recipe or Recipe()).base
     rules = profile.quant
-    act_bits = base.act_bits if base.act_bits is not None else rules.act_bits_default(base.weight_bits)
+    act_bits = (
+        base.act_bits if base.act_bits is not None else rules.act_bits_default(base.weight_bits)
+    )
     if rules.block_requires_act_bits and act_bits < rules.block_requires_act_bits:
         return False  # blocks are not possible at these activation bits anyway
     if base.granularity is not None:

@@ -137,8 +137,14 @@ def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(
     "bits,act_bits,granularity",
-    [(8, 8, None), (4, 0, "per_block"), (8, 16, None), (4, 8, "per_channel"), (8, 0, None),
-     (4, 0, "per_channel")],
+    [
+        (8, 8, None),
+        (4, 0, "per_block"),
+        (8, 16, None),
+        (4, 8, "per_channel"),
+        (8, 0, None),
+        (4, 0, "per_channel"),
+    ],
 )
 def test_stored_weights_dequantize_exactly_to_the_plan(
     bits: int, act_bits: int, granularity: str | None, tmp_path: Path

@@ -154,7 +154,11 @@ def _effective(recipe: Recipe, rules: QuantRules, node: Node | None) -> _Effecti
     bits = user.weight_bits or 8
     # activations follow the model's --bits (not one layer's): a weight-only 4-bit model keeps
     # every activation float, its 8-bit layers' too
-    act = user.act_bits if user.act_bits is not None else rules.act_bits_default(recipe.base.weight_bits)
+    act = (
+        user.act_bits
+        if user.act_bits is not None
+        else rules.act_bits_default(recipe.base.weight_bits)
+    )
     defaults = LayerConfig(
         weight_bits=8,
         act_bits=rules.act_bits_default(recipe.base.weight_bits),
