@@ -1,11 +1,14 @@
 """4-bit against 8-bit on onnxruntime CPU (issue #13): is a 4-bit artifact ever much slower than
 the same target's 8-bit one?
 
-For each model: edgeq `--bits 4` (target defaults: int4 per channel, widened to int8 by a
-Cast onnxruntime folds, so QLinearConv / QLinearMatMul run them; mixed precision), `--bits 4
---granularity per_block` (blocks of 32 with float16 scales, decoded by ops onnxruntime folds
-into float weights at load: float MatMul/Conv; before session 23 MatMulNBits for MatMul/Gemm and
-a blocked DequantizeLinear before a float Conv, `weights4_latency_s22.md`) and `--bits 8` (the target's W8A8 default) on the onnx target, and the
+For each model: edgeq `--bits 4` (target defaults since session 24: weight-only, blocks of 32
+with float16 scales, every weight decoded by ops onnxruntime folds into float weights at load:
+float MatMul/Conv; mixed precision), `--bits 4 --act-bits 8` (W4A8: int4 per channel, widened
+to int8 by a Cast onnxruntime folds, so QLinearConv / QLinearMatMul run them — the session-23
+default, `weights4_latency_s23.md`), `--bits 4 --act-bits 8 --granularity per_block` (blocks
+decoded at load into float layers between Q/DQ pairs; before session 23 MatMulNBits for
+MatMul/Gemm and a blocked DequantizeLinear before a float Conv, `weights4_latency_s22.md`) and
+`--bits 8` (the target's W8A8 default) on the onnx target, and the
 float model, timed interleaved in one process (median ms, one intra-op thread), with the
 artifacts' sizes. Calibration is small (latency does not depend on it beyond which layers mixed
 precision keeps at 8 bits).
@@ -45,9 +48,14 @@ def run_model(name: str, n_calib: int, rounds: int, work: Path) -> list[dict[str
     exporter = get_exporter(profile.exporter)
     recipes = {
         "8-bit (W8A8 default)": Recipe(),
-        "4-bit (--bits 4 default: per channel)": Recipe(base=LayerConfig(weight_bits=4)),
-        "4-bit per block 32 (--granularity per_block)": Recipe(
-            base=LayerConfig(weight_bits=4, granularity="per_block")
+        "4-bit (--bits 4 default: weight-only, blocks of 32)": Recipe(
+            base=LayerConfig(weight_bits=4)
+        ),
+        "4-bit W4A8 per channel (--act-bits 8)": Recipe(
+            base=LayerConfig(weight_bits=4, act_bits=8)
+        ),
+        "4-bit W4A8 per block 32 (--act-bits 8 --granularity per_block)": Recipe(
+            base=LayerConfig(weight_bits=4, act_bits=8, granularity="per_block")
         ),
     }
     for label, recipe in recipes.items():
