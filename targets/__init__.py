@@ -74,6 +74,10 @@ class QuantRules:
     partial_blocks: str = "none"
     # the artifact stores a partial last block padded to the full block (MLX, MatMulNBits)
     pad_partial_blocks: bool = True
+    # the artifact stores every quantized weight as rows of groups of one of these sizes, each row
+    # padded to a multiple of its group (MLX: 128/64/32, the fewest stored bits): the size
+    # estimate counts the padding and a scale (and bias) per group, per-channel weights too
+    row_groups: tuple[int, ...] = ()
     # ops whose per-channel 4-bit weights mixed precision may put in 4-bit blocks (its middle
     # step; None: every op the target runs blocked)
     block_step_ops: tuple[str, ...] | None = None
@@ -145,6 +149,7 @@ class QuantRules:
             "block_sizes",
             "shared_scale_ops",
             "block_step_ops",
+            "row_groups",
         ):
             if key in values:
                 values[key] = tuple(values[key])

@@ -416,15 +416,46 @@ def test_block_step_is_offered_only_on_the_ops_the_target_names(tmp_path: Path) 
     assert set(finer) == set(mlx_names) and {t.block for t in finer.values()} == {32}
 
 
+def test_mlx_size_estimate_is_what_the_artifact_stores(tmp_path: Path) -> None:
+    """MLX stores every quantized weight as rows of groups (per-channel ones too: a scale and a
+    bias per group), each weight in the group size that stores it in the fewest bits, rows
+    padded to a multiple of it. The size estimate budgets use counts exactly that: input dims
+    of 40, 96 and 48 (partial blocks of 64, rows no group divides), per block and per channel,
+    and a mixed plan with 8-bit layers — equal to the bits read back from the artifact."""
+    from edgeq.algorithms.data_aware import weight_sizes
+    from edgeq.algorithms.mixed_precision import Storage, bits_per_weight
+
+    path = _mlp(tmp_path, (40, 96, 48, 64, 64))
+    base = LayerConfig(weight_bits=4, act_bits=0, method="rtn")
+    profile, exporter = load_target("mlx"), get_exporter("mlx")
+    storage = Storage.of(profile.quant)
+    recipes = {
+        "blocks": Recipe(base=base, mixed_precision="off"),
+        "channels": Recipe(base=replace(base, granularity="per_channel"), mixed_precision="off"),
+        "mixed": Recipe(base=base, bpw=6.0),
+    }
+    for label, recipe in recipes.items():
+        run = _calibrate(path, "mlx", recipe)
+        art = exporter.export(run.graph, run.plan, profile, tmp_path / label, ExportOptions())
+        stored = exporter.weight_storage(art.path, run.graph)
+        assert len(stored) == 5
+        bpw = sum(r["bits"] for r in stored.values()) / sum(r["elements"] for r in stored.values())
+        estimate = bits_per_weight(run.plan, weight_sizes(run.graph), storage)
+        assert bpw == pytest.approx(estimate, rel=1e-9), label
+    assert run.plan.calibration["mixed_precision"]["eight_bit"]  # the mixed plan has 8-bit layers
+
+
 def test_default_size_cap_keeps_a_4bit_plan_at_5_bits_where_the_format_allows() -> None:
     from edgeq.algorithms.mixed_precision import default_cap
 
     # int4 blocks of 32 with a float16 scale and an int4 offset: 4.625 bits all-4-bit
     assert default_cap(4.625) == 5.0
     assert default_cap(4.16) == 5.0  # per channel: room for more 8-bit layers, still <= 5
-    # MLX: a float16 scale and bias per 32 weights are 5 bits already: +0.5 over that
+    # MLX groups of 64 with padded rows (PP-OCRv4 rec: 4.83): a little room, still <= 5
+    assert default_cap(4.85) == 5.0
+    # a float16 scale and bias per 32 weights are 5 bits already: +0.5 over that
     assert default_cap(5.0) == pytest.approx(5.5)
-    assert default_cap(4.9) == pytest.approx(5.4)
+    assert default_cap(4.95) == pytest.approx(5.45)
 
 
 def _awq_graph():  # type: ignore[no-untyped-def]

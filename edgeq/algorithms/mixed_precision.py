@@ -56,7 +56,7 @@ Feeds = Mapping[str, np.ndarray]
 DOMINANT = 0.01  # default: a layer whose 8-bit copy removes ≥ 1% of the error 4 bits add
 DEFAULT_CAP = 5.0  # default size cap of a 4-bit plan, bits per weight (scales included)
 DEFAULT_EXTRA_BITS = 0.5  # ... or this much over the all-4-bit plan, where that is larger
-MIN_HEADROOM = 0.25  # the absolute cap applies when the all-4-bit plan leaves at least this
+MIN_HEADROOM = 0.1  # the absolute cap applies when the all-4-bit plan leaves at least this
 MIDDLE_MIN = DOMINANT  # 4-bit blocks are measured for layers that may count as dominant
 EIGHT, BLOCKS = "8-bit", "blocks"  # the steps a per-channel 4-bit layer can climb
 
@@ -90,6 +90,7 @@ class Storage:
     pad_blocks: bool = False  # a partial last block is stored padded to the full block
     symmetric_zero_point_bits: int = 0  # stored per channel of a symmetric weight without blocks
     block_scale_bits: int = 0  # a blocked weight's scale where it differs (0: scale_bits)
+    row_groups: tuple[int, ...] = ()  # rows stored in groups of one of these sizes (MLX)
 
     @staticmethod
     def of(rules: QuantRules) -> Storage:
@@ -98,7 +99,22 @@ class Storage:
         return Storage(scale, 0, scale if rules.affine_bias else 0, rules.float_weight_bits,
                        rules.partial_blocks == "ceil" and rules.pad_partial_blocks,
                        rules.symmetric_zero_point_bits,
-                       block if block != scale else 0)  # fmt: skip
+                       block if block != scale else 0, rules.row_groups)  # fmt: skip
+
+
+def row_group_bits(rows: int, k: int, bits: int, block: int | None, group_bits: int,
+                   sizes: Sequence[int]) -> float | None:  # fmt: skip
+    """Stored bits of `rows` rows of `k` weights kept as groups (MLX): for each group size the
+    plan's blocks allow (one dividing the block; any for one scale per row), the row padded to
+    a multiple of it plus `group_bits` per group; the fewest (None: no size fits)."""
+    best: float | None = None
+    for g in sizes:
+        if block and block % g:
+            continue
+        kp = -(-k // g) * g
+        stored = float(rows * (kp * bits + kp // g * group_bits))
+        best = stored if best is None else min(best, stored)
+    return best
 
 
 def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float:
@@ -109,6 +125,14 @@ def weight_bits(t: TensorQuant | None, elements: int, storage: Storage) -> float
     if lut is not None:
         return float(elements * t.qdtype.bits + np.size(lut) * storage.scale_bits)
     n_params = int(np.size(t.scale))
+    if storage.row_groups and t.axis is not None and t.values is not None:
+        shape = np.shape(t.values)
+        along = int(shape[int(t.axis)])  # blocks run along the axis; channels are rows
+        rows, k = (elements // along, along) if t.block else (along, elements // along)
+        group_bits = storage.scale_bits + storage.affine_bias_bits
+        stored = row_group_bits(rows, k, t.qdtype.bits, t.block, group_bits, storage.row_groups)
+        if stored is not None:
+            return stored
     if storage.pad_blocks and t.block and t.axis is not None and t.values is not None:
         k = int(np.shape(t.values)[t.axis])
         elements = elements // k * (-(-k // t.block) * t.block)

@@ -10,8 +10,9 @@ MLX groups run along the last dim of the weight as stored, so each weight is fir
 MLX order (MatMul W[K, N] → [N, K]; Conv W[O, I, kh, kw] → [O, kh, kw, I], MLX's conv layout;
 Gather tables stay [vocab, dim]) and viewed as rows × K. The plan's blocks run along the input
 dim, which is then the last one. Per-channel / per-tensor weights use one scale per row, so any
-group size works; rows whose length is not a multiple of 32 are padded with zero-valued codes
-(q = zero point) and the runtime pads the activation with zeros to match (exact). A weight whose
+group size works; each weight takes the group size (32/64/128) that stores it in the fewest bits,
+rows whose length is not a multiple of it padded with zero-valued codes (q = zero point) and
+the activation zero-padded at run time to match (exact). A weight whose
 parameters cannot be written as groups of 32/64/128 along its last dim is stored as float32,
 dequantized from the plan, and the artifact notes say so.
 
@@ -104,25 +105,33 @@ def affine_groups(t: TensorQuant, shape: tuple[int, ...], perm: tuple[int, ...],
     def rows(a: np.ndarray) -> np.ndarray:
         return np.transpose(a, perm).reshape(-1, k)
 
-    v = rows(t.values.astype(np.int64)) + offset
-    s2, z2 = rows(s), rows(z) + offset
-    kp = -(-k // 32) * 32
-    if kp != k:
-        pad = ((0, 0), (0, kp - k))
-        s2, z2 = np.pad(s2, pad, mode="edge"), np.pad(z2, pad, mode="edge")
-        codes = z2.copy()  # padding codes equal the zero point: they dequantize to 0
-        codes[:, :k] = v
-        v = codes
-    if v.min() < 0 or v.max() >= (1 << q.bits):
+    v0 = rows(t.values.astype(np.int64)) + offset
+    s0, z0 = rows(s), rows(z) + offset
+    if v0.min() < 0 or v0.max() >= (1 << q.bits):
         return None
+    # the group size (and K padded to a multiple of it) that stores the fewest bits among those
+    # the plan's parameters allow: a per-channel row of 480 in groups of 32 would store 15
+    # scales and biases, padded to 512 in groups of 128 four (`row_group_bits` estimates it)
+    best: tuple[int, int, int] | None = None  # (stored bits per row, group, padded K)
+    scale_bits = 8 * np.dtype(scale_dtype).itemsize
     for g in GROUP_SIZES:
-        if kp % g:
-            continue
+        kp = -(-k // g) * g
+        s2 = np.pad(s0, ((0, 0), (0, kp - k)), mode="edge")
+        z2 = np.pad(z0, ((0, 0), (0, kp - k)), mode="edge")
         sg, zg = s2.reshape(-1, kp // g, g), z2.reshape(-1, kp // g, g)
-        if np.all(sg == sg[..., :1]) and np.all(zg == zg[..., :1]):
-            break
-    else:
+        if not (np.all(sg == sg[..., :1]) and np.all(zg == zg[..., :1])):
+            continue
+        stored = kp * q.bits + kp // g * 2 * scale_bits
+        if best is None or stored < best[0]:
+            best = (stored, g, kp)
+    if best is None:
         return None
+    _, g, kp = best
+    s2 = np.pad(s0, ((0, 0), (0, kp - k)), mode="edge")
+    z2 = np.pad(z0, ((0, 0), (0, kp - k)), mode="edge")
+    v = z2.copy()  # padding codes equal the zero point: they dequantize to 0
+    v[:, :k] = v0
+    sg, zg = s2.reshape(-1, kp // g, g), z2.reshape(-1, kp // g, g)
     scales = sg[..., 0].astype(np.float32)
     biases = -(scales.astype(np.float64) * zg[..., 0])
     return {
@@ -272,7 +281,7 @@ class MlxExporter:
                          f"scales and biases as {scale_name} (max dequantized-weight change vs the plan: "
                          f"{max_rel:.2e} of the weight's range)")  # fmt: skip
         if padded:
-            notes.append(f"{len(padded)} weights had an input dim that is not a multiple of 32; rows padded "
+            notes.append(f"{len(padded)} weights had an input dim that is not a multiple of their group; rows padded "
                          f"with zero-valued codes and the activation zero-padded at run time: "
                          f"{', '.join(padded[:5])}{' ...' if len(padded) > 5 else ''}")  # fmt: skip
         if kept_float:
