@@ -214,13 +214,18 @@ def _folded_channels(g: Graph, t: TensorQuant, q: str, s: str, z: str | None) ->
     return nodes
 
 
-def _reads_float(g: Graph, name: str, quantized: set[str]) -> bool:
-    """Does every layer that reads constant `name` read its other, non-constant inputs in float
-    (none of them quantized by the plan)? Then it runs as a float layer on onnxruntime."""
-    readers = [node for node in g.nodes if name in node.inputs]
-    return bool(readers) and not any(
-        i in quantized for node in readers for i in node.inputs if i and i not in g.constants
-    )
+def _float_layer_weights(g: Graph, quantized: set[str]) -> set[str]:
+    """The constants whose every reader reads its other, non-constant inputs in float (none
+    of them quantized by the plan): layers that run as float layers on onnxruntime."""
+    readers: dict[str, list[Node]] = {}
+    for node in g.nodes:
+        for i in node.inputs:
+            if i in g.constants:
+                readers.setdefault(i, []).append(node)
+    return {
+        name for name, nodes in readers.items()
+        if not any(i in quantized for n in nodes for i in n.inputs if i and i not in g.constants)
+    }  # fmt: skip
 
 
 def _own_channel_dq(g: Graph, nodes: list[Node], folded: set[str],
@@ -288,7 +293,11 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
     nbits = matmul_nbits_weights(g, plan) if use_nbits else {}
     folded: set[str] = set()  # weights decoded by ops folded at load
     quantized_as: dict[str, tuple[str, str, str]] = {}  # dequantized activation → (Q out, s, z)
-    quantized_acts = {t.name for t in plan.quantized("activation")}
+    float_layers = (
+        _float_layer_weights(g, {t.name for t in plan.quantized("activation")})
+        if fold_blocks
+        else set()
+    )
     # stored weights and biases: integer initializer → DequantizeLinear named as the float one
     for t in plan.tensors.values():
         if t.role not in ("weight", "bias") or not t.is_quantized or t.name not in g.constants:
@@ -299,10 +308,7 @@ def qdq_graph(graph: Graph, plan: QuantPlan, use_nbits: bool = False,
             raise EdgeqError(f"plan tensor '{t.name}' has no integer values", "re-calibrate")
         q = g.unique_name(f"{t.name}_quantized")
         g.constants[q] = np.asarray(t.values).astype(np.int64).astype(_storage(t))
-        float_layer = (
-            fold_blocks and t.role == "weight" and not t.block
-            and _reads_float(g, t.name, quantized_acts)
-        )  # fmt: skip
+        float_layer = t.role == "weight" and not t.block and t.name in float_layers
         widen = widen_int4 and t.role == "weight" and t.qdtype.bits == 4 and not t.block
         widen = widen and not float_layer
         if widen:  # int4 initializer → Cast → the int8 tensor the DequantizeLinear reads
