@@ -640,3 +640,47 @@ def test_mixed_precision_gets_the_token_mask_from_the_pipeline(
                     mask_handling=mask_handling)  # fmt: skip
     plan = calibrate_model(path, feeds, "onnx", recipe, samples=12, report_samples=0).plan
     assert plan.calibration["mixed_precision"]["padding_excluded"] is mask_handling
+
+
+def test_layerwise_segments_of_one_structure_share_a_compiled_program(tmp_path: Path) -> None:
+    """Weight-only layer-by-layer passes: the forward segments between solved layers of
+    identical blocks (MatMul → Relu, four times, same widths) run one compiled program with
+    the weights as arguments; the Hessians every solve sees are those of segments compiled one
+    by one (what a transform forces: fake-quantized activations are looked up by name), and
+    each solved weight feeds the next segment (not the first block's)."""
+    from edgeq.algorithms.layerwise import layer_job, run_layerwise
+
+    graph = prepare(model_to_graph(onnx.load(_mlp(tmp_path, (40, 40, 40, 40, 40)))))
+    jobs = [j for i in range(len(graph.nodes)) if (j := layer_job(graph, i)) is not None]
+    assert [j.weight for j in jobs] == ["w0", "w1", "w2", "w3", "wc"]
+    feeds = _mlp_feeds(10)
+
+    def run(transform: object) -> tuple[dict[str, np.ndarray], object]:
+        seen: dict[str, np.ndarray] = {}
+
+        def solve(job, H, rescale):  # type: ignore[no-untyped-def]
+            seen[job.weight] = H
+            w = graph.constants[job.weight]
+            return (np.round(w * 4) / 4).astype(w.dtype)  # a coarse grid: the next input changes
+
+        result = run_layerwise(graph, jobs, feeds, solve, transform=transform, chunk=4)  # type: ignore[arg-type]
+        return seen, result
+
+    shared, r1 = run(None)
+    alone, r2 = run(lambda name, value: value)
+    assert r1.segments == r2.segments == 4  # type: ignore[attr-defined]
+    assert 0 < r1.programs < r1.segments and r2.programs == 0  # type: ignore[attr-defined]
+    assert set(shared) == set(alone) == {j.weight for j in jobs}
+    for name in shared:
+        np.testing.assert_allclose(shared[name], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # the solved (rounded) weights reach later blocks through the shared program's arguments:
+    # with the float weights kept, w3's Hessian is another one
+    kept: dict[str, np.ndarray] = {}
+
+    def keep_float(job, H, rescale):  # type: ignore[no-untyped-def]
+        kept[job.weight] = H
+        return graph.constants[job.weight]
+
+    assert run_layerwise(graph, jobs, feeds, keep_float, chunk=4).programs == r1.programs  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(kept["w0"], shared["w0"])
+    assert np.max(np.abs(kept["w3"] - shared["w3"])) > 1e-3 * np.max(np.abs(kept["w3"]))

@@ -184,6 +184,7 @@ def apply_weight_algorithms(
         seconds.update({f"layerwise_{k}": v for k, v in result.seconds.items()})
         seconds["samples"] = result.samples
         seconds["spilled_mb"] = round(result.spilled_bytes / 2**20, 1)
+        seconds["segments"], seconds["programs"] = result.segments, result.programs
     tensors = derive_biases(graph, spec, tensors)
     report = {"layers": list(rows.values()), "seconds": seconds}
     calibration = {**plan.calibration, "weights": report}

@@ -9,7 +9,10 @@ layers before it — GPTQ's sequential mode, for any graph, not only stacks of b
 The samples are not re-run from the input for every layer: the graph is cut into segments at
 the solved layers whose input is not yet computed (layers reading one tensor, such as Q/K/V
 projections, are solved one after the other with no segment between them), and only the
-tensors still needed later (the live cut) are kept, per chunk of samples, between segments. Each segment is one jitted, vmapped function, compiled once.
+tensors still needed later (the live cut) are kept, per chunk of samples, between segments. Each
+segment is one jitted, vmapped function; without fake-quantized activations (weight-only plans)
+its weights are arguments, so segments of one structure (a transformer's blocks) share one
+compiled program.
 Kept chunks spill to a temporary folder above `spill_bytes`, so resident memory stays flat in
 the number of samples; only one layer's Hessian is held at a time (two layers reading the
 same tensor, such as Q/K/V projections, share it).
@@ -19,6 +22,7 @@ Pure with respect to formats: (graph, constants, feeds, solve) → solved weight
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -148,6 +152,8 @@ class LayerwiseResult:
     samples: int = 0
     spilled_bytes: int = 0
     kept_bytes: int = 0
+    segments: int = 0  # forward segments run
+    programs: int = 0  # distinct compiled programs they shared (0: none shared)
 
 
 def _chunks(
@@ -212,6 +218,7 @@ def run_layerwise(
         info = graph.info(token_mask)
         seq = int(info.shape[-1]) if info is not None and info.shape else 0  # type: ignore[arg-type]
     store = ChunkStore(spill_bytes)
+    programs: dict[Any, Any] = {}  # compiled segments by structure (see `_shared_program`)
     row_weights: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     seconds = {"forward": 0.0, "hessian": 0.0, "solve": 0.0, "compile_and_load": 0.0}
@@ -239,7 +246,8 @@ def run_layerwise(
             if job.data not in store:  # else (Q/K/V reading one tensor) solve it right away:
                 # the nodes since `start` run later in one segment, with this weight solved
                 _run_segment(nodes[start : job.index], graph, consts, store, last_use, job.index,
-                             last_job, n_chunks, transform)  # fmt: skip
+                             last_job, n_chunks, transform, programs)  # fmt: skip
+                result.segments += 1
                 for name in store.names():
                     if last_use.get(name, -1) < job.index and name != token_mask:
                         store.drop(name)
@@ -262,6 +270,7 @@ def run_layerwise(
                 progress(k + 1, len(jobs))
             result.kept_bytes = max(result.kept_bytes, store.in_memory)
         result.spilled_bytes = store.spilled
+        result.programs = len(programs)
     finally:
         store.close()
     seconds["total"] = time.perf_counter() - t_start
@@ -282,14 +291,102 @@ def _rescale(store: ChunkStore, name: str, factor: np.ndarray, n_chunks: int, jo
         store._chunks[name][i] = (x / factor.reshape(shape)).astype(x.dtype)
 
 
-_SEGMENTS: dict[Any, Any] = {}
+# float constants at least this big are arguments of a segment's program (weights, biases,
+# norm parameters), not baked into it: segments of the same structure (a transformer's blocks)
+# then run one compiled program; smaller and integer constants (shapes, axes, scalars) stay
+# static, their values part of the program's key
+ARG_MIN_ELEMENTS = 64
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for an attribute or constant value (arrays by dtype, shape and a
+    digest of their bytes); None where it has none (a subgraph)."""
+    if isinstance(value, np.ndarray | jax.Array):
+        a = np.ascontiguousarray(np.asarray(value))
+        return ("array", str(a.dtype), a.shape, hashlib.sha1(a.tobytes()).hexdigest())
+    if isinstance(value, dict):
+        items = [(k, _frozen(v)) for k, v in sorted(value.items())]
+        return None if any(v is None for _, v in items) else ("dict", tuple(items))
+    if isinstance(value, list | tuple):
+        items = [_frozen(v) for v in value]
+        return None if any(v is None for v in items) else ("seq", tuple(items))
+    if isinstance(value, str | bytes | int | float | bool | np.generic) or value is None:
+        return ("value", type(value).__name__, value if value is not None else "none")
+    return None
+
+
+@dataclass
+class _Program:
+    """One compiled segment, shared by segments of the same structure: `names` maps the
+    segment's own tensor names to the program's, `weights` its argument constants."""
+
+    step: Any
+    names: dict[str, str]
+    weights: dict[str, str]  # program name → the segment's constant
+
+
+def _shared_program(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any],
+                    needed: Sequence[str], keep: Sequence[str],
+                    programs: dict[Any, Any]) -> _Program | None:  # fmt: skip
+    """The segment as a program on canonical names (needed inputs, then constants and outputs
+    in order of first use), compiled once per structure in `programs`; None where it cannot be
+    shared (a subgraph, an attribute with no stable value)."""
+    names: dict[str, str] = {}
+
+    def canon(name: str) -> str:
+        return names.setdefault(name, f"v{len(names)}")
+
+    for name in needed:
+        canon(name)
+    weights: dict[str, str] = {}
+    static: dict[str, Any] = {}
+    key: list[Any] = [graph.opset, len(needed)]
+    nodes: list[Node] = []
+    for node in seg:
+        attrs = _frozen(node.attrs)
+        if attrs is None or any(True for _ in node.subgraphs()):
+            return None
+        for i in node.inputs:
+            if i and i in consts and i not in names:
+                value = consts[i]
+                n = canon(i)
+                dtype = np.asarray(value).dtype if not isinstance(value, jax.Array) else value.dtype
+                if np.issubdtype(dtype, np.floating) and np.size(value) >= ARG_MIN_ELEMENTS:
+                    weights[n] = i
+                    key.append((n, "argument", tuple(np.shape(value)), str(dtype)))
+                else:
+                    static[n] = value
+                    key.append((n, _frozen(value)))
+        inputs = [canon(i) if i else "" for i in node.inputs]
+        outputs = [canon(o) if o else "" for o in node.outputs]
+        key.append((node.op_type, node.domain, tuple(inputs), tuple(outputs), attrs))
+        nodes.append(Node(node.op_type, inputs, outputs, node.name, node.attrs, node.domain))
+    kept = [names[o] for o in keep]
+    key.append(tuple(kept))
+    frozen_key = tuple(key)
+    step = programs.get(frozen_key)
+    if step is None:
+        opset = graph.opset
+
+        def fn(inputs: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
+            env: dict[str, Any] = dict(static)
+            env.update(args)
+            env.update(inputs)
+            for node in nodes:
+                run_node(node, env, opset)
+            return {o: env[o] for o in kept}
+
+        step = programs[frozen_key] = jit(jax.vmap(fn, in_axes=(0, None)))
+    return _Program(step, names, weights)
 
 
 def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], store: ChunkStore,
                  last_use: Mapping[str, int], end: int, last_job: int, n_chunks: int,
-                 transform: Transform | None) -> None:  # fmt: skip
+                 transform: Transform | None, programs: dict[Any, Any] | None = None) -> None:  # fmt: skip
     """Run nodes `seg` over every chunk; keep their outputs that later nodes (up to the last
-    job) read."""
+    job) read. Without a `transform`, segments of one structure share a compiled program
+    (`programs`); with one (fake-quantized activations, looked up by tensor name) each segment
+    compiles its own."""
     if not seg:
         return
     produced = {o for n in seg for o in n.outputs if o}
@@ -302,6 +399,19 @@ def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], s
     missing = [i for i in needed if i not in store]
     if missing:
         raise RuntimeError(f"layerwise: tensors {missing[:3]} were not kept")
+    shared = (
+        _shared_program(seg, graph, consts, needed, keep, programs)
+        if transform is None and programs is not None
+        else None
+    )
+    if shared is not None:
+        args = {n: consts[real] for n, real in shared.weights.items()}
+        with jax.enable_x64(True):
+            for i in range(n_chunks):
+                out = shared.step({shared.names[n]: store.get(n, i) for n in needed}, args)
+                for name in keep:
+                    store.put(name, np.asarray(out[shared.names[name]]))
+        return
     used = {i for n in seg for i in node_inputs_all(n) if i in consts}
     local = {k: consts[k] for k in used}
 
