@@ -134,10 +134,12 @@ def mlx_rtn(graph: Graph, group: int) -> tuple[dict[str, np.ndarray], float]:
 
 
 def coreml_peer(
-    graph: Graph, work: Path, kind: str, **config: Any
+    graph: Graph, work: Path, kind: str, model: str, **config: Any
 ) -> tuple[dict[str, np.ndarray], float]:
-    """coremltools 9 on edgeq's float (fp16) Core ML program: `linear` (linear_quantize_weights)
-    or `palettize` (palettize_weights); weights decoded from the saved program."""
+    """coremltools 9 on edgeq's float (fp16) Core ML program of `model` (one per model: the
+    second model once reused the first one's program, so nothing of it was quantized):
+    `linear` (linear_quantize_weights) or `palettize` (palettize_weights); weights decoded from
+    the saved program."""
     import coremltools as ct
     import coremltools.optimize as cto
 
@@ -145,7 +147,7 @@ def coreml_peer(
     from edgeq.exporters.coreml.check import stored_bits
     from edgeq.exporters.coreml.evaluate import _CONSTEXPR, SavedProgram
 
-    src = work / "float.mlpackage"
+    src = work / f"{model}-float.mlpackage"
     if not src.exists():
         get_exporter("coreml").export(graph, None, load_target("ane"), src,
                                       ExportOptions(deployment_target="iOS18"))  # fmt: skip
@@ -160,7 +162,7 @@ def coreml_peer(
         out_model = cto.coreml.palettize_weights(
             model, cto.coreml.OptimizationConfig(global_config=op)
         )
-    dst = work / f"{kind}-{abs(hash(str(config)))}.mlpackage"
+    dst = work / f"{model}-{kind}-{abs(hash(str(config)))}.mlpackage"
     out_model.save(str(dst))
     prog = SavedProgram(dst)
     by_name = {o.name: op for op in prog.ops for o in op.outputs}
@@ -191,11 +193,24 @@ def coreml_peer(
 
 
 def ort_peer(
-    graph: Graph, work: Path, group: int, algo: str, symmetric: bool
+    graph: Graph, work: Path, group: int, algo: str, symmetric: bool, calib: Sequence[Feeds]
 ) -> tuple[dict[str, np.ndarray], float]:
     """onnxruntime MatMulNBitsQuantizer on the float model (MatMul weights only); its
-    MatMulNBits weights decoded back, other layers stay float32."""
+    MatMulNBits weights decoded back, other layers stay float32. GPTQ reads the calibration
+    samples (its CalibrationDataReader)."""
+    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.items = iter(calib)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            feed = next(self.items, None)
+            return None if feed is None else {k: np.asarray(v) for k, v in feed.items()}
+
+        def rewind(self) -> None:
+            self.items = iter(calib)
 
     src = float_onnx(graph, work / "float.onnx")
     model = onnx.load(src)
@@ -203,7 +218,7 @@ def ort_peer(
     if algo == "hqq":
         config = mnq.HQQWeightOnlyQuantConfig(block_size=group, bits=4)
     elif algo == "gptq":
-        config = mnq.GPTQWeightOnlyQuantConfig(block_size=group)
+        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(), block_size=group)
     quant = mnq.MatMulNBitsQuantizer(model, bits=4, block_size=group, is_symmetric=symmetric,
                                      algo_config=config)  # fmt: skip
     quant.process()
@@ -362,17 +377,18 @@ def run_model(
     for mode in ("linear_symmetric", "linear"):
         for threshold in (2048, 0):
             add(f"coremltools linear_quantize_weights int4 {mode} per_block (weight_threshold {threshold})",
-                peer(lambda m=mode, t=threshold: coreml_peer(graph, work, "linear", mode=m, block_size=group,
-                                                            weight_threshold=t), 16), "peer")  # fmt: skip
+                peer(lambda m=mode, t=threshold: coreml_peer(graph, work, "linear", name, mode=m,
+                                                            block_size=group, weight_threshold=t), 16),
+                "peer")  # fmt: skip
     add("coremltools palettize_weights kmeans 4-bit per_tensor (weight_threshold 0)",
-        peer(lambda: coreml_peer(graph, work, "palettize", granularity="per_tensor", weight_threshold=0), 16),
+        peer(lambda: coreml_peer(graph, work, "palettize", name, granularity="per_tensor", weight_threshold=0), 16),
         "peer")  # fmt: skip
     add("coremltools palettize_weights kmeans 4-bit per_grouped_channel 16 (weight_threshold 0)",
-        peer(lambda: coreml_peer(graph, work, "palettize", granularity="per_grouped_channel", group_size=16,
+        peer(lambda: coreml_peer(graph, work, "palettize", name, granularity="per_grouped_channel", group_size=16,
                                  weight_threshold=0), 16), "peer")  # fmt: skip
     for algo, sym in (("rtn", True), ("rtn", False), ("hqq", False), ("gptq", False)):
         add(f"onnxruntime MatMulNBitsQuantizer {algo.upper()}{' symmetric' if sym else ''} (MatMul only)",
-            peer(lambda a=algo, s=sym: ort_peer(graph, work, group, a, s)), "peer")  # fmt: skip
+            peer(lambda a=algo, s=sym: ort_peer(graph, work, group, a, s, calib)), "peer")  # fmt: skip
     return {"model": name, "calib_samples": n_calib, "eval_samples": n_eval, "group": group, "rows": rows,
             "metric": "CER % (lower is better)" if name == "ppocr-rec" else "mean cosine to float (higher is better)"}  # fmt: skip
 
