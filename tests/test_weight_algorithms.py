@@ -684,3 +684,41 @@ def test_layerwise_segments_of_one_structure_share_a_compiled_program(tmp_path: 
     assert run_layerwise(graph, jobs, feeds, keep_float, chunk=4).programs == r1.programs  # type: ignore[attr-defined]
     np.testing.assert_array_equal(kept["w0"], shared["w0"])
     assert np.max(np.abs(kept["w3"] - shared["w3"])) > 1e-3 * np.max(np.abs(kept["w3"]))
+
+
+def test_layerwise_shares_programs_with_fake_quantized_activations(tmp_path: Path) -> None:
+    """With 8-bit activations (W4A8) the layer-by-layer pass fake-quantizes every planned
+    activation as the simulator does; as a `FakeQuant` its scales and zero points are
+    arguments, so identical blocks still share a program, and every Hessian equals the one of
+    segments compiled one by one (the same transform as an opaque function)."""
+    from edgeq.algorithms.layerwise import FakeQuant, layer_job, run_layerwise
+
+    path = _mlp(tmp_path, (40, 40, 40, 40, 40))
+    recipe = Recipe(base=LayerConfig(weight_bits=4, act_bits=8, granularity="per_channel",
+                                     method="rtn"), mixed_precision="off")  # fmt: skip
+    run = _calibrate(path, "onnx", recipe)
+    graph, plan = run.graph, run.plan
+    acts = {t.name: t for t in plan.quantized("activation")}
+    assert len(acts) >= 4
+    quant = FakeQuant(acts, plan.rounding)
+    jobs = [j for i in range(len(graph.nodes)) if (j := layer_job(graph, i)) is not None]
+    feeds = _mlp_feeds(10)
+
+    def hessians(transform: object) -> tuple[dict[str, np.ndarray], object]:
+        seen: dict[str, np.ndarray] = {}
+
+        def solve(job, H, rescale):  # type: ignore[no-untyped-def]
+            seen[job.weight] = H
+            return graph.constants[job.weight]
+
+        result = run_layerwise(graph, jobs, feeds, solve, transform=transform, chunk=4)  # type: ignore[arg-type]
+        return seen, result
+
+    shared, r1 = hessians(quant)
+    alone, r2 = hessians(lambda name, value: quant(name, value))
+    assert 0 < r1.programs < r1.segments and r2.programs == 0  # type: ignore[attr-defined]
+    for name in shared:
+        np.testing.assert_allclose(shared[name], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # and the activations are quantized: without the transform the Hessians differ
+    plain, _ = hessians(None)
+    assert any(not np.allclose(plain[n], shared[n], rtol=1e-4, atol=1e-6) for n in shared)

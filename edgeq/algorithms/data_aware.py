@@ -24,7 +24,7 @@ import numpy as np
 
 from edgeq.algorithms.gptq import GPTQConfig, gptq_weight, output_error
 from edgeq.algorithms.grids import Grid, MatrixView, grid_for, rtn_weight, view_of
-from edgeq.algorithms.layerwise import LayerJob, layer_job, run_layerwise
+from edgeq.algorithms.layerwise import FakeQuant, LayerJob, layer_job, run_layerwise
 from edgeq.algorithms.lut import lut_weight
 from edgeq.algorithms.mixed_precision import Budget, Storage, choose_bits
 from edgeq.algorithms.registry import get_algorithm
@@ -144,9 +144,7 @@ def apply_weight_algorithms(
             t.name: t for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
         }
 
-        def transform(name: str, value: Any) -> Any:
-            t = acts.get(name)
-            return value if t is None else t.fake_quant(value, plan.rounding)
+        transform = FakeQuant(acts, plan.rounding)
 
         def solve(job: LayerJob, H: np.ndarray, rescale: Any) -> np.ndarray:
             wt = jobs[job.weight]

@@ -10,9 +10,9 @@ The samples are not re-run from the input for every layer: the graph is cut into
 the solved layers whose input is not yet computed (layers reading one tensor, such as Q/K/V
 projections, are solved one after the other with no segment between them), and only the
 tensors still needed later (the live cut) are kept, per chunk of samples, between segments. Each
-segment is one jitted, vmapped function; without fake-quantized activations (weight-only plans)
-its weights are arguments, so segments of one structure (a transformer's blocks) share one
-compiled program.
+segment is one jitted, vmapped function whose weights (and the scales and zero points of the
+activations it fake-quantizes, `FakeQuant`) are arguments, so segments of one structure (a
+transformer's blocks) share one compiled program.
 Kept chunks spill to a temporary folder above `spill_bytes`, so resident memory stays flat in
 the number of samples; only one layer's Hessian is held at a time (two layers reading the
 same tensor, such as Q/K/V projections, share it).
@@ -40,11 +40,28 @@ from edgeq.ir.graph import Graph, Node, node_inputs_all
 from edgeq.ir.interpreter import run_node, trace
 from edgeq.ir.jit import jit
 from edgeq.quant.calibrate import _mask_padding
+from edgeq.quant.plan import TensorQuant
+from edgeq.quant.qtypes import fake_quant
 from edgeq.quant.statistics import ConvInputHessian, InputHessian
 
 log = logging.getLogger(__name__)
 Feeds = Mapping[str, np.ndarray]
 Transform = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class FakeQuant:
+    """The simulator's activation quantization as a transform: each tensor of `tensors`
+    quantized and dequantized by name. Segments of one structure still share a compiled
+    program with it (its scales and zero points become arguments); any other callable
+    transform makes each segment compile its own."""
+
+    tensors: Mapping[str, TensorQuant]
+    rounding: str = "half_even"
+
+    def __call__(self, name: str, value: Any) -> Any:
+        t = self.tensors.get(name)
+        return value if t is None else t.fake_quant(value, self.rounding)
 
 
 @dataclass(frozen=True)
@@ -323,14 +340,16 @@ class _Program:
     step: Any
     names: dict[str, str]
     weights: dict[str, str]  # program name → the segment's constant
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # fake-quant scales, zero points
 
 
 def _shared_program(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any],
-                    needed: Sequence[str], keep: Sequence[str],
-                    programs: dict[Any, Any]) -> _Program | None:  # fmt: skip
+                    needed: Sequence[str], keep: Sequence[str], programs: dict[Any, Any],
+                    quant: FakeQuant | None = None) -> _Program | None:  # fmt: skip
     """The segment as a program on canonical names (needed inputs, then constants and outputs
     in order of first use), compiled once per structure in `programs`; None where it cannot be
-    shared (a subgraph, an attribute with no stable value)."""
+    shared (a subgraph, an attribute with no stable value). With `quant`, the floating outputs
+    it names are fake-quantized, their scales and zero points arguments of the program."""
     names: dict[str, str] = {}
 
     def canon(name: str) -> str:
@@ -340,8 +359,9 @@ def _shared_program(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any]
         canon(name)
     weights: dict[str, str] = {}
     static: dict[str, Any] = {}
-    key: list[Any] = [graph.opset, len(needed)]
+    key: list[Any] = [graph.opset, len(needed), quant.rounding if quant else None]
     nodes: list[Node] = []
+    quantized: dict[str, TensorQuant] = {}  # program name → the activation's plan entry
     for node in seg:
         attrs = _frozen(node.attrs)
         if attrs is None or any(True for _ in node.subgraphs()):
@@ -361,12 +381,19 @@ def _shared_program(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any]
         outputs = [canon(o) if o else "" for o in node.outputs]
         key.append((node.op_type, node.domain, tuple(inputs), tuple(outputs), attrs))
         nodes.append(Node(node.op_type, inputs, outputs, node.name, node.attrs, node.domain))
+        for o in node.outputs:
+            t = quant.tensors.get(o) if quant is not None and o else None
+            if t is not None:
+                quantized[names[o]] = t
+                key.append((names[o], t.dtype, t.axis, t.block, np.shape(t.scale)))
     kept = [names[o] for o in keep]
     key.append(tuple(kept))
     frozen_key = tuple(key)
     step = programs.get(frozen_key)
     if step is None:
         opset = graph.opset
+        rounding = quant.rounding if quant is not None else "half_even"
+        forms = {n: (t.qdtype, t.axis, t.block) for n, t in quantized.items()}
 
         def fn(inputs: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
             env: dict[str, Any] = dict(static)
@@ -374,19 +401,25 @@ def _shared_program(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any]
             env.update(inputs)
             for node in nodes:
                 run_node(node, env, opset)
+                for o in node.outputs:
+                    if o in forms and jnp.issubdtype(jnp.asarray(env[o]).dtype, jnp.floating):
+                        q, axis, block = forms[o]
+                        env[o] = fake_quant(env[o], args[f"{o}:scale"], args[f"{o}:zero_point"],
+                                            q, axis, block, rounding)  # type: ignore[arg-type]  # fmt: skip
             return {o: env[o] for o in kept}
 
         step = programs[frozen_key] = jit(jax.vmap(fn, in_axes=(0, None)))
-    return _Program(step, names, weights)
+    params = {f"{n}:{k}": np.asarray(getattr(t, k)) for n, t in quantized.items()
+              for k in ("scale", "zero_point")}  # fmt: skip
+    return _Program(step, names, weights, params)
 
 
 def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], store: ChunkStore,
                  last_use: Mapping[str, int], end: int, last_job: int, n_chunks: int,
                  transform: Transform | None, programs: dict[Any, Any] | None = None) -> None:  # fmt: skip
     """Run nodes `seg` over every chunk; keep their outputs that later nodes (up to the last
-    job) read. Without a `transform`, segments of one structure share a compiled program
-    (`programs`); with one (fake-quantized activations, looked up by tensor name) each segment
-    compiles its own."""
+    job) read. Segments of one structure share a compiled program (`programs`) without a
+    `transform` or with a `FakeQuant` one; another callable makes each segment compile its own."""
     if not seg:
         return
     produced = {o for n in seg for o in n.outputs if o}
@@ -399,13 +432,14 @@ def _run_segment(seg: Sequence[Node], graph: Graph, consts: Mapping[str, Any], s
     missing = [i for i in needed if i not in store]
     if missing:
         raise RuntimeError(f"layerwise: tensors {missing[:3]} were not kept")
+    shareable = transform is None or isinstance(transform, FakeQuant)
     shared = (
-        _shared_program(seg, graph, consts, needed, keep, programs)
-        if transform is None and programs is not None
+        _shared_program(seg, graph, consts, needed, keep, programs, transform)  # type: ignore[arg-type]
+        if shareable and programs is not None
         else None
     )
     if shared is not None:
-        args = {n: consts[real] for n, real in shared.weights.items()}
+        args = {n: consts[real] for n, real in shared.weights.items()} | shared.params
         with jax.enable_x64(True):
             for i in range(n_chunks):
                 out = shared.step({shared.names[n]: store.get(n, i) for n in needed}, args)
@@ -463,4 +497,4 @@ def _hessian(job: LayerJob, store: ChunkStore, n_chunks: int, row_weights: Seque
     return stat.finalize({k: np.asarray(v) for k, v in state.items()})
 
 
-__all__ = ["ChunkStore", "LayerJob", "LayerwiseResult", "layer_job", "run_layerwise"]
+__all__ = ["ChunkStore", "FakeQuant", "LayerJob", "LayerwiseResult", "layer_job", "run_layerwise"]
