@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--targets", default="onnx,qnn,rpi")
     parser.add_argument("--ort", default="MinMax,Percentile,Entropy")
     parser.add_argument("--calib", type=int, default=32)
+    parser.add_argument("--eval", type=int, default=0,
+                        help="held-out samples per case (0: the case's default in EVAL)")  # fmt: skip
     parser.add_argument("--skip-ort", action="store_true")
     parser.add_argument("--name", default="robust_w8a8")
     parser.add_argument("--merge", action="store_true",
@@ -139,7 +141,7 @@ def main() -> None:
     for case in args.cases.split(","):
         task, c = TASKS[case], CASES[case]
         calib = c.make_feeds(args.calib, "calib")
-        feeds, labels = task.data(EVAL[case])
+        feeds, labels = task.data(args.eval or EVAL[case])
         float_out: list[dict] | None = None
         base: dict[str, float] | None = None
         runs = [("edgeq default", t) for t in args.targets.split(",")]

@@ -134,9 +134,9 @@ def mlx_rtn(graph: Graph, group: int) -> tuple[dict[str, np.ndarray], float]:
 
 
 def coreml_peer(
-    graph: Graph, work: Path, kind: str, model: str, **config: Any
+    graph: Graph, work: Path, kind: str, model_name: str, **config: Any
 ) -> tuple[dict[str, np.ndarray], float]:
-    """coremltools 9 on edgeq's float (fp16) Core ML program of `model` (one per model: the
+    """coremltools 9 on edgeq's float (fp16) Core ML program of `model_name` (one per model: the
     second model once reused the first one's program, so nothing of it was quantized):
     `linear` (linear_quantize_weights) or `palettize` (palettize_weights); weights decoded from
     the saved program."""
@@ -147,7 +147,7 @@ def coreml_peer(
     from edgeq.exporters.coreml.check import stored_bits
     from edgeq.exporters.coreml.evaluate import _CONSTEXPR, SavedProgram
 
-    src = work / f"{model}-float.mlpackage"
+    src = work / f"{model_name}-float.mlpackage"
     if not src.exists():
         get_exporter("coreml").export(graph, None, load_target("ane"), src,
                                       ExportOptions(deployment_target="iOS18"))  # fmt: skip
@@ -162,7 +162,7 @@ def coreml_peer(
         out_model = cto.coreml.palettize_weights(
             model, cto.coreml.OptimizationConfig(global_config=op)
         )
-    dst = work / f"{model}-{kind}-{abs(hash(str(config)))}.mlpackage"
+    dst = work / f"{model_name}-{kind}-{abs(hash(str(config)))}.mlpackage"
     out_model.save(str(dst))
     prog = SavedProgram(dst)
     by_name = {o.name: op for op in prog.ops for o in op.outputs}
