@@ -17,8 +17,8 @@ zero points or biases, and float weights at the width they are stored) over thei
   group) on every layer; coremltools 9 `linear_quantize_weights` int4 per-block symmetric and
   asymmetric (its default weight_threshold 2048, and 0 = every layer) and `palettize_weights`
   4-bit k-means per tensor and per grouped channel (16), on edgeq's float Core ML program;
-  onnxruntime `MatMulNBitsQuantizer` (its default RTN, symmetric and not, and HQQ; GPTQ needs
-  Intel Neural Compressor, tried and reported).
+  onnxruntime `MatMulNBitsQuantizer` (its default RTN, symmetric and not, HQQ, and GPTQ on the
+  calibration samples; HQQ and GPTQ import torch: without it their rows report the error).
 
     .venv/bin/python -m benchmarks.weights4 [--models ppocr-rec,minilm] [--calib 128] [--eval 200]
 
