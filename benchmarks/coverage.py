@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import traceback
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", default="",
                         help="comma-separated result names to combine into --name (later ones "
                              "override cells of earlier ones); runs nothing")  # fmt: skip
+    argv = sys.argv[1:] if argv is None else argv  # recorded in the results' header
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args, argv)
