@@ -223,28 +223,37 @@ def ort_peer(
                                      algo_config=config)  # fmt: skip
     quant.process()
     qmodel = quant.model.model
-    init = {t.name: numpy_helper.to_array(t) for t in qmodel.graph.initializer}
+    init = {t.name: t for t in qmodel.graph.initializer}
     matmul_out = {n.outputs[0]: n.inputs[1] for n in graph.nodes if n.op_type == "MatMul"}
     weights, bits = {}, 0.0
     for n in qmodel.graph.node:
-        if n.op_type != "MatMulNBits":
-            continue
-        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
-        k, cols, block = a["K"], a["N"], a["block_size"]
-        nb = -(-k // block)
-        packed = init[n.input[1]].astype(np.int64)
-        codes = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1)[:, :k]
-        scale = init[n.input[2]].astype(np.float64).reshape(cols, nb)
-        zp = np.full((cols, nb), 8.0)
-        if len(n.input) > 3 and n.input[3] in init:
-            z = init[n.input[3]].astype(np.int64).reshape(cols, -1)
-            zp = np.stack([z & 15, z >> 4], -1).reshape(cols, -1)[:, :nb].astype(np.float64)
-        deq = (codes - np.repeat(zp, block, 1)[:, :k]) * np.repeat(scale, block, 1)[:, :k]
         name = matmul_out.get(n.output[0])
-        if name is not None:
-            weights[name] = deq.T.astype(np.float32)
-            bits += sum(8 * init[i].nbytes for i in n.input[1:4] if i in init)
+        if n.op_type != "MatMulNBits" or name is None:
+            continue
+        weights[name] = _nbits_weight(n, init)
+        bits += sum(8 * numpy_helper.to_array(init[i]).nbytes for i in n.input[1:4] if i in init)
     return weights, bits
+
+
+def _nbits_weight(node: onnx.NodeProto, init: Mapping[str, onnx.TensorProto]) -> np.ndarray:
+    """The float weight [K, N] a MatMulNBits node multiplies by, as onnxruntime itself decodes
+    it: the node alone (float32 compute) applied to the K x K identity. Its zero points may be
+    packed 4-bit codes (RTN, GPTQ) or float values (HQQ); this reads either as the kernel does."""
+    import onnxruntime as ort
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    k = int(attrs["K"])
+    used = [i for i in node.input[1:] if i in init]
+    single = helper.make_node("MatMulNBits", ["A", *node.input[1:]], ["Y"], domain="com.microsoft",
+                              **{**attrs, "accuracy_level": 0})  # fmt: skip
+    graph = helper.make_graph([single], "decode", [helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, [k, k])],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+                              [init[i] for i in used])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])  # fmt: skip
+    model.ir_version = 10
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"A": np.eye(k, dtype=np.float32)})[0], np.float32)
 
 
 def peer_bpw(
