@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import traceback
@@ -193,7 +194,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
           "LiteRT/XNNPACK for rpi). Goal: loss ≤ 1 point of float's task metric, or output cosine "
           "≥ 0.99 where the metric has no ground truth (MiniLM, YOLOv8n on photos). calib_s is "
           "calibration time on a shared, loaded 2-core machine (compare within a row set only).\n\n"
-          f"Command: `python -m benchmarks.robust_w8a8 --calib {args.calib}`\n\n")  # fmt: skip
+          f"Command: `python -m benchmarks.robust_w8a8 {' '.join(sys.argv[1:])}`\n\n")  # fmt: skip
     md += md_table(rows, cols) + f"\n![chart]({args.name}.png)\n"
     write_results(args.name, {"machine": machine(), "rows": rows}, md)
     chart([r for r in rows if r.get("loss_pts") is not None], RESULTS / f"{args.name}.png")
