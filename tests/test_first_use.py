@@ -127,10 +127,10 @@ def test_broken_export_prints_fail_with_the_task_metric_and_exits_1(
 ) -> None:
     cwd = first_use["cwd"]
     assert (cwd / "work" / "rec.onnx").is_file(), "the first-use path did not write the model"
-    # the old plain 4-bit: min-max per-channel int4, no GPTQ, no mixed precision (reachable only
-    # by an explicit recipe since the 4-bit defaults changed)
+    # the old plain 4-bit: min-max per-channel int4 with 8-bit activations (W4A8), no GPTQ, no
+    # mixed precision (reachable only by an explicit recipe since the 4-bit defaults changed)
     (cwd / "int4.toml").write_text(
-        'mixed_precision = "off"\n[recipe]\nweight_bits = 4\n'
+        'mixed_precision = "off"\n[recipe]\nweight_bits = 4\nact_bits = 8\n'
         'granularity = "per_channel"\nmethod = "rtn"\n'
     )
     assert tomllib.loads((cwd / "int4.toml").read_text())["recipe"]["weight_bits"] == 4
