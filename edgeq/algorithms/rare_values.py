@@ -28,6 +28,8 @@ from edgeq.algorithms.registry import register_algorithm
 
 FRACTIONS = tuple(float(0.75**k) for k in range(1, 11))  # 0.75 ... 0.056
 TAIL = 1e-4  # the share of values allowed beyond the range (a 99.99th percentile)
+# the cuts the pipeline chooses between by output noise (None: min-max, no cut)
+RARE_TAILS: tuple[float | None, ...] = (None, TAIL, 1e-3)
 MAX_VALUES = 1 << 18  # values counted per tensor and batch (a strided subsample beyond)
 State = dict[str, Any]
 
@@ -69,11 +71,16 @@ def clip_rare_values(ranges: Mapping[str, tuple[float, float]], counts: Mapping[
 
 __all__ = [
     "FRACTIONS",
+    "RARE_TAILS",
     "TAIL",
+    "TailCounts",
     "clip_rare_values",
     "compile_tail_counts",
+    "count_tails",
     "cut_rare_values",
+    "cut_states",
     "tail_counts_program",
+    "tail_facts",
 ]
 
 
@@ -145,14 +152,23 @@ class CompiledTailCounts:
         return self.shapes == {k: (v.shape, v.dtype) for k, v in batch.items()}
 
 
-def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batches: Any,
-                    tail: float = TAIL, token_mask: str | None = None, program: Any = None,
-                    keep_max: Collection[str] = ()) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
+@dataclass(frozen=True)
+class TailCounts:
+    """The min-max ranges of the counted tensors and, per tensor, how many values lay beyond
+    each fraction of them ({above, below, valid}), over `samples` calibration samples."""
+
+    ranges: dict[str, tuple[float, float]]
+    counts: dict[str, State]
+    samples: int
+    seconds: float
+
+
+def count_tails(graph: Any, states: Mapping[str, State], names: list[str], batches: Any,
+                token_mask: str | None = None, program: Any = None) -> TailCounts:  # fmt: skip
     """The second calibration pass: tail counts for the min-max `states` of `names` over
-    `batches` (one jitted, vmapped forward; the thresholds are inputs, so one compile), then
-    their min/max cut (`clip_rare_values`). `program`: `compile_tail_counts` of the same
-    `names` (compiled ahead), used for batches of its shape. Returns (states, facts for the
-    plan). `keep_max`: names whose maximum stays (see `clip_rare_values`)."""
+    `batches` (one jitted, vmapped forward; the thresholds are inputs, so one compile).
+    `program`: `compile_tail_counts` of the same `names` (compiled ahead), used for batches of
+    its shape."""
     import time
 
     import jax
@@ -161,7 +177,7 @@ def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batc
     ranges = {n: (float(states[n]["min"]), float(states[n]["max"])) for n in names
               if np.isfinite(states[n]["min"]) and np.isfinite(states[n]["max"])}  # fmt: skip
     if not ranges:
-        return states, {"tensors": 0}
+        return TailCounts({}, {}, 0, 0.0)
     keys = list(names)  # every name keeps its slot (a program compiled ahead has them all)
     his = np.array([max(ranges[n][1], 0.0) if n in ranges else 0.0 for n in keys], np.float32)
     los = np.array([min(ranges[n][0], 0.0) if n in ranges else 0.0 for n in keys], np.float32)
@@ -182,13 +198,40 @@ def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batc
             counts = step(counts, batch, his, los)
             samples += len(next(iter(batch.values())))
     host = {n: {k: np.asarray(v) for k, v in counts[n].items()} for n in ranges}
-    cut = clip_rare_values(ranges, host, tail, keep_max=keep_max)
+    return TailCounts(ranges, host, samples, time.perf_counter() - t0)
+
+
+def cut_states(states: Mapping[str, State], tails: TailCounts, tail: float | None = TAIL,
+               keep_max: Collection[str] = ()) -> tuple[dict[str, State], int]:  # fmt: skip
+    """`states` with the counted tensors' min/max cut at `tail` (`clip_rare_values`; None:
+    left at min-max) and how many changed."""
     out = dict(states)
+    if tail is None or not tails.ranges:
+        return out, 0
+    cut = clip_rare_values(tails.ranges, tails.counts, tail, keep_max=keep_max)
     changed = 0
     for n, (lo, hi) in cut.items():
-        if (lo, hi) != ranges[n]:
+        if (lo, hi) != tails.ranges[n]:
             changed += 1
             out[n] = {**states[n], "min": np.float32(lo), "max": np.float32(hi)}
-    kept = sorted(n for n in keep_max if n in ranges)
-    return out, {"tensors": len(ranges), "cut": changed, "samples": samples, "tail": tail,
-                 "max_kept": kept, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    return out, changed
+
+
+def cut_rare_values(graph: Any, states: dict[str, State], names: list[str], batches: Any,
+                    tail: float = TAIL, token_mask: str | None = None, program: Any = None,
+                    keep_max: Collection[str] = ()) -> tuple[dict[str, State], dict[str, Any]]:  # fmt: skip
+    """`count_tails`, then the min/max cut at `tail` (`cut_states`). Returns (states, facts for
+    the plan). `keep_max`: names whose maximum stays (see `clip_rare_values`)."""
+    tails = count_tails(graph, states, names, batches, token_mask, program)
+    if not tails.ranges:
+        return dict(states), {"tensors": 0}
+    out, changed = cut_states(states, tails, tail, keep_max)
+    return out, tail_facts(tails, changed, tail, keep_max)
+
+
+def tail_facts(tails: TailCounts, changed: int, tail: float | None,
+               keep_max: Collection[str]) -> dict[str, Any]:  # fmt: skip
+    """What the plan's calibration section records about the cut."""
+    kept = sorted(n for n in keep_max if n in tails.ranges)
+    return {"tensors": len(tails.ranges), "cut": changed, "samples": tails.samples,
+            "tail": tail, "max_kept": kept, "seconds": round(tails.seconds, 3)}  # fmt: skip

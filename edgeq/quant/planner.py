@@ -985,6 +985,20 @@ def finalize_plan(
     )
 
 
+def with_activation_stats(plan: QuantPlan, graph: Graph, spec: PlanSpec,
+                          stats: Mapping[str, Any]) -> QuantPlan:  # fmt: skip
+    """`plan` (from `finalize_plan`) with its activations planned again from other observer
+    `stats` (e.g. ranges cut at another tail) and the int32 biases re-derived; the weights
+    are kept as they are."""
+    ranges = _group_ranges(spec, spec.observers(), stats)
+    tensors = dict(plan.tensors)
+    for name, t in spec.tensors.items():
+        if t.role == "activation":
+            tensors[name] = _activation_quant(t, ranges, spec.target.quant)
+    return replace(plan, tensors=derive_biases(graph, spec, tensors),
+                   calibration=dict(plan.calibration))  # fmt: skip
+
+
 def derive_biases(
     graph: Graph, spec: PlanSpec, tensors: Mapping[str, TensorQuant]
 ) -> dict[str, TensorQuant]:

@@ -132,6 +132,9 @@ class Recipe(_Validated):
     refine_samples: int = 16
     rare_values: bool = True  # min-max ranges set by rare values are cut (default observer)
     rare_values_samples: int = 8
+    # the share of values a cut range may leave outside: "auto" picks the cut (none, 1e-4,
+    # 1e-3) whose simulated outputs are closest to float on calibration samples
+    rare_values_tail: str | float = "auto"
     # mixed precision (4-bit plans): "auto" keeps at 8 bits the layers whose measured 4-bit
     # error dominates, within the budgets below; "off" keeps every planned layer at its bits
     mixed_precision: str = "auto"
@@ -151,6 +154,7 @@ class Recipe(_Validated):
         if self.bpw is not None and not 1.0 <= self.bpw <= 32.0:
             raise InputError(f"--bpw {self.bpw} is not an average bits per weight",
                              "e.g. --bpw 4.5 (between 1 and 32)")  # fmt: skip
+        _tail(self.rare_values_tail)
         if self.algorithm_samples < 1 or not 0.0 <= self.gptq_damp < 1.0:
             raise InputError("algorithm_samples must be ≥ 1 and gptq_damp in [0, 1)")
 
@@ -183,6 +187,7 @@ class Recipe(_Validated):
             "refine_samples": self.refine_samples,
             "rare_values": self.rare_values,
             "rare_values_samples": self.rare_values_samples,
+            "rare_values_tail": self.rare_values_tail,
             **{k: getattr(self, k) for k in _ALGORITHM_KEYS if getattr(self, k) is not None},
             "override": [{"match": o.match, **o.config.set_fields()} for o in self.overrides],
         }
@@ -191,7 +196,7 @@ class Recipe(_Validated):
     def from_dict(data: dict[str, Any]) -> Recipe:
         known = {"version", "recipe", "keep_float", "mask_handling", "override", "refine_top",
                  "refine_samples", "norm_inputs_16bit", "branch_scales", "smoothing", "rare_values",
-                 "rare_values_samples",
+                 "rare_values_samples", "rare_values_tail",
                  *_ALGORITHM_KEYS}  # fmt: skip
         unknown = set(data) - known
         if unknown:
@@ -218,6 +223,7 @@ class Recipe(_Validated):
             refine_samples=int(data.get("refine_samples", 16)),
             rare_values=bool(data.get("rare_values", True)),
             rare_values_samples=int(data.get("rare_values_samples", 8)),
+            rare_values_tail=_tail(data.get("rare_values_tail", "auto")),
             **{k: data[k] for k in _ALGORITHM_KEYS if k in data},
         )
 
@@ -242,6 +248,20 @@ _ALGORITHM_KEYS = (
     "gptq_act_order",
     "gptq_static_groups",
 )
+
+
+def _tail(value: Any) -> str | float:
+    """A recipe's rare_values_tail: "auto" or a share of values in (0, 0.1)."""
+    if value == "auto":
+        return "auto"
+    try:
+        tail = float(value)
+    except (TypeError, ValueError):
+        tail = -1.0
+    if not 0.0 < tail < 0.1:
+        raise InputError(f"rare_values_tail must be auto or a share of values in (0, 0.1), got {value!r}",
+                         'e.g. rare_values_tail = 1e-4 (a 99.99th percentile) or "auto"')  # fmt: skip
+    return tail
 
 
 def _layer_config(data: dict[str, Any], where: str) -> LayerConfig:

@@ -275,6 +275,77 @@ def layer_sqnr(
     return _sqnr_rows(graph, {k: (float(v[0]), float(v[1])) for k, v in sums.items()})
 
 
+@dataclass(frozen=True)
+class NoisePrograms:
+    """`output_noise`'s two programs for batches of `chunk` feeds: the float outputs, and per
+    sample the simulated outputs' mean noise/signal ratio (the plan comes as arguments)."""
+
+    layout: SimLayout
+    outputs: tuple[str, ...]
+    chunk: int
+    float_outputs: Any
+    noise: Any
+
+
+def _float_outputs(graph: Graph) -> tuple[str, ...]:
+    return tuple(o for o in graph.output_names
+                 if np.issubdtype(np.dtype(_dtype(graph, o)), np.floating))  # fmt: skip
+
+
+def noise_programs(
+    graph: Graph, layout: SimLayout, chunk: int, compile: bool = False
+) -> NoisePrograms:
+    """`NoisePrograms` for `layout` (jitted; `compile`: compiled now for batches of `chunk`,
+    thread-safe, so it can run while calibration streams)."""
+    import jax.numpy as jnp
+
+    outs = _float_outputs(graph)
+
+    def one(feed: Mapping[str, Any], ref: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
+        got = simulate_env(graph, layout, feed, args)
+        ratios = []
+        for o in outs:
+            x = jnp.asarray(ref[o], jnp.float64)
+            d = x - jnp.asarray(got[o], jnp.float64)
+            ratios.append(jnp.sum(d * d) / jnp.maximum(jnp.sum(x * x), 1e-30))
+        return jnp.mean(jnp.stack(ratios))
+
+    noise = jit(jax.vmap(one, in_axes=(0, 0, None)))
+    taps = float_taps_program(graph, outs)
+    if compile and outs:
+        batch = _batch_specs(graph, chunk)
+        ref = {o: jax.ShapeDtypeStruct((chunk, *graph.info(o).shape), graph.info(o).dtype)  # type: ignore[union-attr,misc]
+               for o in outs}  # fmt: skip
+        with jax.enable_x64(True):
+            taps = taps.lower(batch).compile()
+            noise = noise.lower(batch, ref, layout.argument_specs(graph)).compile()
+    return NoisePrograms(layout, outs, chunk, taps, noise)
+
+
+def output_noise(graph: Graph, plans: Sequence[QuantPlan], feeds: list[Mapping[str, np.ndarray]],
+                 programs: NoisePrograms) -> list[float]:  # fmt: skip
+    """For each plan (all admitted by `programs.layout`), how far its simulated outputs are
+    from float on `feeds`: per sample, the mean over the graph's float outputs of noise
+    energy / signal energy (1/SQNR, so outputs of any scale weigh alike); over samples, the
+    median (one sample with a flipped decision must not decide). Feeds go in batches of
+    `programs.chunk` (a last partial batch is dropped); one float forward serves every plan."""
+    chunk = programs.chunk
+    used = len(feeds) // chunk * chunk
+    if not programs.outputs or used == 0:
+        return [0.0 for _ in plans]
+    interp = Interpreter(graph)
+    prepared = [interp.prepare_feeds(f) for f in feeds[:used]]
+    per_plan: list[list[float]] = [[] for _ in plans]
+    with jax.enable_x64(True):
+        args = [programs.layout.arguments(p, graph) for p in plans]
+        for i in range(0, used, chunk):
+            batch = {k: np.stack([f[k] for f in prepared[i : i + chunk]]) for k in interp.specs}
+            ref = programs.float_outputs(batch)
+            for j, a in enumerate(args):
+                per_plan[j].extend(np.asarray(programs.noise(batch, ref, a), np.float64).tolist())
+    return [float(np.median(v)) for v in per_plan]
+
+
 def report_tensors(plan: QuantPlan, graph: Graph) -> list[str]:
     """The tensors a per-layer report watches: the outputs, then every quantized activation."""
     acts = [t.name for t in plan.tensors.values() if t.role == "activation" and t.is_quantized
@@ -323,9 +394,12 @@ def _sqnr_rows(graph: Graph, sums: Mapping[str, tuple[float, float]]) -> list[di
 
 
 __all__ = [
+    "NoisePrograms",
     "SimLayout",
     "Simulator",
     "layer_sqnr",
+    "noise_programs",
+    "output_noise",
     "quantized_graph",
     "report_tensors",
     "simulate_env",
