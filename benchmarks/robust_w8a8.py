@@ -55,7 +55,9 @@ def _edgeq(
     path = work / f"{case}-{target}{exporter.suffix}"
     art = exporter.export(run.graph, run.plan, profile, path, ExportOptions())
     runner = exporter.open(art.path)
-    return {"outputs": [runner(f) for f in feeds], "calib_s": round(seconds, 1), "graph": run.graph}
+    rare = run.plan.calibration.get("rare_values", {})
+    return {"outputs": [runner(f) for f in feeds], "calib_s": round(seconds, 1), "graph": run.graph,
+            "rare_tail": rare.get("tail"), "rare_sqnr": rare.get("output_sqnr_db")}  # fmt: skip
 
 
 def _ort(
@@ -162,6 +164,10 @@ def main() -> None:
                         raise RuntimeError("no float reference (every edgeq run failed)")
                 assert base is not None
                 score = task.score(res["outputs"], labels, float_out)
+                if "rare_sqnr" in res:  # the rare-value cut the pipeline chose, and why
+                    sq = res["rare_sqnr"] or {}
+                    score = {**score, "rare_tail": res["rare_tail"],
+                             **{f"sqnr_db@{k}": v for k, v in sq.items()}}  # fmt: skip
                 rows.append(_row(case, method, target, score, base, {"calib_s": res["calib_s"],
                                  "tuned": TUNED[case]}))  # fmt: skip
             except Exception as exc:

@@ -15,6 +15,7 @@ from edgeq.algorithms.bias_correction import correct_bias, output_shift
 from edgeq.algorithms.equalize import cross_layer_equalization
 from edgeq.algorithms.rare_values import FRACTIONS, clip_rare_values, cut_rare_values
 from edgeq.algorithms.smoothing import smooth_layernorm_outputs
+from edgeq.errors import InputError
 from edgeq.ir.interpreter import Interpreter
 from edgeq.ir.onnx_io import model_to_graph
 from edgeq.ir.passes import prepare
@@ -305,3 +306,67 @@ def test_diagnosis_names_a_clipped_softmax_top(tmp_path) -> None:  # type: ignor
     clean = diagnose(g, plan, feeds[:2])
     row = next(r for r in clean.rows if r["tensor"] == "logits")
     assert "top_clipped" not in {c["code"] for c in row["causes"]}
+
+
+def _rare_value_model(tmp_path, signal: bool):  # type: ignore[no-untyped-def]
+    """x [1, 20000] → Relu → MatMul (→ 8 outputs), with one rare large value per sample.
+    `signal`: the rare value sits anywhere, on a bulk of tiny values, and carries the output
+    (cutting it off loses the output); otherwise it sits where the weights are zero, on a
+    bulk of ordinary values (the range it sets starves the bulk of levels)."""
+    n = 20000
+    w = RNG.standard_normal((n, 8)).astype(np.float32)
+    if not signal:
+        w[0] = 0.0
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="mm")]  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, n])], [("y", F32, [1, 8])], initializers={"w": w})
+    path = tmp_path / ("signal.onnx" if signal else "waste.onnx")
+    onnx.save(model, path)
+    rng = np.random.default_rng(3)
+
+    def feed() -> dict[str, np.ndarray]:
+        x = np.abs(rng.standard_normal((1, n))) * (0.01 if signal else 1.0)
+        x[0, rng.integers(n) if signal else 0] = rng.uniform(30, 60) if signal else 1000.0
+        return {"x": x.astype(np.float32)}
+
+    return path, feed
+
+
+@pytest.mark.parametrize("signal", [True, False])
+def test_rare_value_cut_is_chosen_by_the_output_it_leaves(tmp_path, signal: bool) -> None:
+    from edgeq.pipeline import calibrate_model
+    from edgeq.quant.simulate import layer_sqnr
+
+    path, feed = _rare_value_model(tmp_path, signal)
+    calib, fresh = [feed() for _ in range(32)], [feed() for _ in range(16)]
+
+    def run(tail):  # type: ignore[no-untyped-def]
+        return calibrate_model(path, calib, "onnx", Recipe(rare_values_tail=tail), samples=32,
+                               eval_samples=0)  # fmt: skip
+
+    auto, fixed = run("auto"), run(1e-4)
+    facts = auto.plan.calibration["rare_values"]
+    sqnr = facts["output_sqnr_db"]
+    assert (
+        set(sqnr) == {"None", "0.0001", "0.001"} and "16 calibration samples" in facts["chosen_by"]
+    )
+
+    def held_out(r) -> float:  # type: ignore[no-untyped-def]
+        return next(x["sqnr_db"] for x in layer_sqnr(r.graph, r.plan, fresh) if x["output"])
+
+    if signal:  # the rare values are the output: no cut
+        assert facts["tail"] is None and sqnr["None"] > sqnr["0.0001"] + 10
+        assert held_out(auto) > held_out(fixed) + 10
+    else:  # the rare value only wastes levels: the usual cut stays
+        assert facts["tail"] == 1e-4 and sqnr["0.0001"] > sqnr["None"] + 5
+        assert held_out(auto) == held_out(fixed)
+
+
+def test_rare_value_tail_in_a_recipe() -> None:
+    r = Recipe.from_dict({"rare_values_tail": 1e-3})
+    assert r.rare_values_tail == 1e-3 and Recipe.from_dict(r.to_dict()) == r
+    assert Recipe().rare_values_tail == 1e-4  # "auto" is opt-in (see the recipe field)
+    assert Recipe.from_dict({"rare_values_tail": "auto"}).rare_values_tail == "auto"
+    for bad in ("often", 0.5, 0):
+        with pytest.raises(InputError, match="rare_values_tail"):
+            Recipe.from_dict({"rare_values_tail": bad})
