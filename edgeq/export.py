@@ -537,6 +537,10 @@ def _export_one(model: Path, target: str, graph: Graph, plan: QuantPlan, exporte
     verdict = judge([_metric(m) for m in report.get("task", {}).get("metrics", [])], budgets,
                     profile, where)  # fmt: skip
     report["verdict"] = verdict.as_dict()
+    if verdict.status == "FAIL":
+        from edgeq.verdict import next_steps
+
+        report["verdict"]["next_steps"] = next_steps(plan, profile)
     return report, verdict
 
 
@@ -648,6 +652,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"**{v.get('line', 'no verdict')}**",
         "",
+        *(["What to try next:", "", *(f"- {s}" for s in v["next_steps"]), ""]
+          if v.get("next_steps") else []),
         f"artifact `{a.get('file', '')}` ({a['format']}, plan {report.get('recipe', {}).get('label', '')}): "
         f"{a['bytes'] / 1e6:.2f} MB, {a['size_ratio']:.3f}x the float {a['format']} "
         f"({a['float_bytes'] / 1e6:.2f} MB); plan {report['plan_hash'][:12]}; edgeq {report['edgeq_version']}",

@@ -144,4 +144,36 @@ def judge(metrics: Sequence[MetricValue], budgets: Sequence[LossBudget], profile
     return Verdict(status, tuple(checks), source, where)
 
 
-__all__ = ["TASK_METRICS", "Check", "Verdict", "check_measurable", "default_budgets", "judge"]
+def next_steps(plan: Any, profile: Any) -> list[str]:
+    """What to try when an artifact FAILs, from what the plan did and what the target runs
+    (every suggestion is an option this plan did not use and this target accepts)."""
+    tensors = list(plan.tensors.values())
+    acts8 = any(t.role == "activation" and t.is_quantized and t.qdtype.bits == 8 for t in tensors)
+    weights4 = any(t.role == "weight" and t.is_quantized and t.qdtype.bits == 4 for t in tensors)
+    recipe = plan.recipe or {}
+    steps = []
+    if acts8:
+        if "diagnosis" not in (plan.report or {}):
+            steps.append("--diagnose: the report names the tensor whose quantization breaks the "
+                         "output, and why")  # fmt: skip
+        if recipe.get("rare_values") is not False and recipe.get("rare_values_tail") != "auto":
+            steps.append('a --recipe file with rare_values_tail = "auto": the activation ranges\' '
+                         "cut is chosen by the simulated output error (or set a share, e.g. 1e-3)")  # fmt: skip
+        if profile.quant.act_dtype(16) is not None:
+            steps.append(f"--act-bits 16: 16-bit activations ({profile.name} runs them; larger "
+                         "and slower)")  # fmt: skip
+    if weights4:
+        steps.append("--max-loss cosine=0.99 or --bpw: keep more layers at 8 bits; --bits 8 for "
+                     "8-bit weights")  # fmt: skip
+    return steps
+
+
+__all__ = [
+    "TASK_METRICS",
+    "Check",
+    "Verdict",
+    "check_measurable",
+    "default_budgets",
+    "judge",
+    "next_steps",
+]

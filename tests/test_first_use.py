@@ -148,6 +148,11 @@ def test_broken_export_prints_fail_with_the_task_metric_and_exits_1(
     ).is_file()
     rep = json.loads((cwd / "broken" / "export_report.json").read_text())
     assert rep["verdict"]["status"] == "FAIL" and rep["recipe"]["label"] == "W4A8"
+    # what to try next: options this plan did not use and the onnx target accepts
+    tries = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith("try:")]
+    assert len(tries) == len(rep["verdict"]["next_steps"]) == 4, proc.stdout
+    for flag in ("--diagnose", "rare_values_tail", "--act-bits 16", "--max-loss"):
+        assert sum(flag in t for t in tries) == 1, (flag, tries)
     # the same plan, accepted with --allow-loss: exit 0, still FAIL in the report
     proc = run([*base, "--plan", "broken/plan", "--allow-loss", "-o", "broken-allowed"], cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr

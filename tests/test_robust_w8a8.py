@@ -370,3 +370,19 @@ def test_rare_value_tail_in_a_recipe() -> None:
     for bad in ("often", 0.5, 0):
         with pytest.raises(InputError, match="rare_values_tail"):
             Recipe.from_dict({"rare_values_tail": bad})
+
+
+def test_next_steps_after_a_fail_name_only_what_the_target_runs() -> None:
+    from edgeq.verdict import next_steps
+
+    g = _conv_stack(False, "Relu")
+    feeds = [{"x": RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    for target, sixteen in (("rpi", True), ("qnn", True), ("tflm", False)):
+        plan = _plan(g, feeds, target, Recipe())
+        steps = next_steps(plan, load_target(target))
+        assert any("--diagnose" in s for s in steps) and any("rare_values_tail" in s for s in steps)
+        assert any("--act-bits 16" in s for s in steps) == sixteen, (target, steps)
+        assert not any("--max-loss" in s for s in steps)  # 8-bit weights: nothing to steer
+        # a plan that already chose its cut by output error is not told to do it again
+        auto = replace(plan, recipe={**plan.recipe, "rare_values_tail": "auto"})
+        assert not any("rare_values_tail" in s for s in next_steps(auto, load_target(target)))

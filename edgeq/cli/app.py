@@ -562,6 +562,8 @@ def export(
         color = {"PASS": "green", "FAIL": "red"}.get(v["status"], "yellow")
         prefix = f"{t}: " if len(results) > 1 else ""
         console.print(f"[bold {color}]{prefix}{_esc(v['line'])}[/]", highlight=False)
+        for step in v.get("next_steps", []):
+            console.print(f"  try: {_esc(step)}", highlight=False)
     if failed and allow_loss:
         console.print("[yellow]--allow-loss: exit 0 although the verdict is not PASS[/]")
     elif failed:
