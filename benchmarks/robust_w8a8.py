@@ -166,7 +166,7 @@ def main() -> None:
                 score = task.score(res["outputs"], labels, float_out)
                 if "rare_sqnr" in res:  # the rare-value cut the pipeline chose, and why
                     sq = res["rare_sqnr"] or {}
-                    score = {**score, "rare_tail": res["rare_tail"],
+                    score = {**score, "rare_tail": str(res["rare_tail"]),
                              **{f"sqnr_db@{k}": v for k, v in sq.items()}}  # fmt: skip
                 rows.append(_row(case, method, target, score, base, {"calib_s": res["calib_s"],
                                  "tuned": TUNED[case]}))  # fmt: skip
