@@ -202,6 +202,10 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
           "calibration time on a shared, loaded 2-core machine (compare within a row set only).\n\n"
           f"Command: `python -m benchmarks.robust_w8a8 {' '.join(sys.argv[1:])}`\n\n")  # fmt: skip
     md += md_table(rows, cols) + f"\n![chart]({args.name}.png)\n"
+    old = RESULTS / f"{args.name}.md"
+    if args.merge and old.exists():  # the notes written under an earlier run's chart stay
+        notes = old.read_text().split(f"![chart]({args.name}.png)\n", 1)
+        md += notes[1] if len(notes) == 2 else ""
     write_results(args.name, {"machine": machine(), "rows": rows}, md)
     chart([r for r in rows if r.get("loss_pts") is not None], RESULTS / f"{args.name}.png")
     return md
