@@ -22,7 +22,7 @@ from edgeq.ir.onnx_io import model_to_graph
 from edgeq.ir.passes import prepare
 from edgeq.pipeline import calibrate_model
 from edgeq.quant.planner import make_spec
-from edgeq.quant.recipe import LayerConfig, Override, Recipe
+from edgeq.quant.recipe import LayerConfig, Override, Recipe, recipe_from_cli
 from edgeq.quant.simulate import Simulator
 from edgeq.quant.statistics import ConvInputHessian
 from edgeq.targets import load_target
@@ -291,6 +291,20 @@ def test_blocked_4bit_weights_default_to_a_zero_point_where_the_target_stores_on
     with pytest.raises(RecipeError, match="no per-block weights"):
         weights("rpi", weight_bits=4, act_bits=8, granularity="per_block")
     assert all(s and b is None for s, b in weights("rpi", weight_bits=4, act_bits=8).values())
+
+
+def test_bits_4_on_a_target_without_blocks_calibrates_and_exports(tmp_path: Path) -> None:
+    """`--bits 4 --target rpi`: GPTQ and mixed precision run with no blocked middle step (the
+    target stores none; asking the planner for one was refused, so the whole export failed)."""
+    path = _mlp(tmp_path)
+    run = _calibrate(path, "rpi", recipe_from_cli(bits=4), n=16)
+    weights = [t for t in run.plan.tensors.values() if t.role == "weight" and t.is_quantized]
+    assert weights and all(t.block is None for t in weights)
+    assert any(t.qdtype.bits == 4 for t in weights)
+    profile = load_target("rpi")
+    exporter = get_exporter(profile.exporter)
+    art = exporter.export(run.graph, run.plan, profile, tmp_path / "m.tflite", ExportOptions())
+    assert art.path.stat().st_size > 0
 
 
 def test_budgets_change_the_chosen_bits_and_bpw_comes_from_the_artifact(tmp_path: Path) -> None:

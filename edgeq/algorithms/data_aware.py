@@ -213,6 +213,8 @@ def blocked_alternatives(graph: Graph, spec: PlanSpec, plan: QuantPlan,
 def _middle_grids(graph: Graph, spec: PlanSpec, plan: QuantPlan,
                   names: Iterable[str]) -> dict[str, tuple[TensorQuant, MatrixView, Grid]]:  # fmt: skip
     rules = spec.target.quant
+    if not rules.per_block_ops:  # no blocked weights on this target (rpi): no middle step
+        return {}
     ops = {node.name: node.op_type for node in graph.nodes}
     by_block: dict[int | None, list[str]] = {}
     for n in names:
