@@ -39,9 +39,12 @@ def ort_quantize_static(
     method: str = "MinMax",
     per_channel: bool = True,
     ready: Path | None = None,
+    max_intermediate: int | None = None,
 ) -> Path:
     """quantize_static on `model` (`ready`: the output of `ort_ready_model`, to keep that
-    preparation out of a timing)."""
+    preparation out of a timing). `max_intermediate`: onnxruntime's CalibMaxIntermediateOutputs
+    (fold the collected outputs into the statistics every that many samples: its histogram
+    methods otherwise keep every intermediate tensor of every sample in memory)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -65,7 +68,9 @@ def ort_quantize_static(
     quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    extra_options=({"CalibMaxIntermediateOutputs": max_intermediate}
+                                   if max_intermediate else {}))  # fmt: skip
     if ready is None:
         src.unlink(missing_ok=True)
     return out
