@@ -134,6 +134,7 @@ def run_cell(model: CoverageModel, target: str, bits: int, calib: list[Feeds],
             )
         cell["status"] = "ok"
         cell["parity"] = min(r["vs_simulator"]["within_one_step"] for r in rows.values())
+        cell["max_steps"] = max(r["vs_simulator"]["max_steps"] for r in rows.values())
         cell["cosine"] = min(r["vs_float"]["cosine"] for r in rows.values())
         cell["simulator_cosine"] = min(r["simulator_vs_float"]["cosine"] for r in rows.values())
         cell["notes"] = len(art.notes)
@@ -150,8 +151,13 @@ def run_cell(model: CoverageModel, target: str, bits: int, calib: list[Feeds],
 
 def cell_text(cell: dict[str, Any]) -> str:
     if cell["status"] == "ok":
-        mark = "ok" if cell["parity"] >= 0.99 else "LOW PARITY"
-        return f"{mark} {100 * cell['parity']:.1f}% / cos {cell['cosine']:.3f}"
+        if cell["parity"] >= 0.99:
+            return f"ok {100 * cell['parity']:.1f}% / cos {cell['cosine']:.3f}"
+        steps = f", max {cell['max_steps']:.0f} steps" if "max_steps" in cell else ""
+        sim = (
+            f", simulator cos {cell['simulator_cosine']:.3f}" if "simulator_cosine" in cell else ""
+        )
+        return f"LOW PARITY {100 * cell['parity']:.1f}%{steps} / cos {cell['cosine']:.3f}{sim}"
     if cell["status"] == "not run":
         return "not run: " + cell["reason"]
     return f"{cell['status'].upper()}: {cell['reason'][:120]}"
