@@ -1,7 +1,10 @@
 """onnxruntime's own static quantizer on our models (the peer every ONNX benchmark compares to).
 
 quantize_static needs the opset raised to 13+ and fixed input shapes on the PP-OCR models
-(TARGETS.md); this does both, then quantizes with QDQ, per-channel int8 weights, uint8
+(TARGETS.md); this does both (and, with `pre_process`, the `quant_pre_process` step its
+quantizer's warning recommends: shape inference and onnxruntime's graph optimizations, which
+fold Constant nodes into initializers, so a -3.4e38 attention-mask fill is no longer an
+activation its histogram calibrators choke on), then quantizes with QDQ, per-channel int8 weights, uint8
 activations, as its documentation recommends for CPU.
 """
 
@@ -13,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 
-def ort_ready_model(model: Path, input_shapes: Mapping[str, Sequence[int]], out: Path) -> Path:
-    """The model as quantize_static needs it: opset >= 13 and fixed input shapes."""
+def ort_ready_model(model: Path, input_shapes: Mapping[str, Sequence[int]], out: Path,
+                    pre_process: bool = False) -> Path:  # fmt: skip
+    """The model as quantize_static needs it: opset >= 13 and fixed input shapes
+    (`pre_process`: then onnxruntime's `quant_pre_process`)."""
     import onnx
     from onnx import version_converter
 
@@ -28,6 +33,10 @@ def ort_ready_model(model: Path, input_shapes: Mapping[str, Sequence[int]], out:
                 dim.Clear()
                 dim.dim_value = int(v)
     onnx.save(m, out)
+    if pre_process:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(out), str(out))
     return out
 
 
@@ -40,6 +49,7 @@ def ort_quantize_static(
     per_channel: bool = True,
     ready: Path | None = None,
     max_intermediate: int | None = None,
+    pre_process: bool = False,
 ) -> Path:
     """quantize_static on `model` (`ready`: the output of `ort_ready_model`, to keep that
     preparation out of a timing). `max_intermediate`: onnxruntime's CalibMaxIntermediateOutputs
@@ -54,7 +64,8 @@ def ort_quantize_static(
         quantize_static,
     )  # fmt: skip
 
-    src = ready or ort_ready_model(model, input_shapes, out.with_name(out.stem + "_src.onnx"))
+    src = ready or ort_ready_model(model, input_shapes, out.with_name(out.stem + "_src.onnx"),
+                                   pre_process)  # fmt: skip
     names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
 
     class Reader(CalibrationDataReader):

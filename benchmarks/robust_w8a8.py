@@ -66,7 +66,7 @@ def _ort(
     calib: list[dict],
     feeds: list[dict],
     work: Path,
-    max_intermediate: int | None = None,
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -75,7 +75,7 @@ def _ort(
     c = CASES[case]
     t0 = time.perf_counter()
     out = ort_quantize_static(c.model_path(work), c.input_shapes, calib, work / f"{case}-ort-{method}.onnx",
-                              method, max_intermediate=max_intermediate)  # fmt: skip
+                              method, **options)  # fmt: skip
     seconds = time.perf_counter() - t0
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -140,11 +140,18 @@ def main() -> None:
     parser.add_argument("--ort-max-intermediate", type=int, default=0,
                         help="onnxruntime's CalibMaxIntermediateOutputs (0: off): bounds the "
                         "memory of its Percentile/Entropy calibration on big detectors")  # fmt: skip
+    parser.add_argument("--ort-pre-process", action="store_true",
+                        help="run onnxruntime's quant_pre_process first, as its quantizer advises")  # fmt: skip
     parser.add_argument("--name", default="robust_w8a8")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of an earlier run that this run does not redo")  # fmt: skip
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgeq-robust-"))
+    ort_options: dict[str, Any] = {}
+    if args.ort_max_intermediate:
+        ort_options["max_intermediate"] = args.ort_max_intermediate
+    if args.ort_pre_process:
+        ort_options["pre_process"] = True
     rows: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []
     if args.merge and (RESULTS / f"{args.name}.json").exists():
@@ -167,14 +174,7 @@ def main() -> None:
                         float_out = [ref(f) for f in feeds]
                         base = task.score(float_out, labels, float_out)
                 else:
-                    res = _ort(
-                        case,
-                        method.split()[1],
-                        calib,
-                        feeds,
-                        work,
-                        args.ort_max_intermediate or None,
-                    )
+                    res = _ort(case, method.split()[1], calib, feeds, work, ort_options)
                     if float_out is None:
                         raise RuntimeError("no float reference (every edgeq run failed)")
                 assert base is not None
@@ -183,8 +183,8 @@ def main() -> None:
                     sq = res["rare_sqnr"] or {}
                     score = {**score, "rare_tail": str(res["rare_tail"]),
                              **{f"sqnr_db@{k}": v for k, v in sq.items()}}  # fmt: skip
-                if not method.startswith("edgeq") and args.ort_max_intermediate:
-                    score = {**score, "ort_max_intermediate": args.ort_max_intermediate}
+                if not method.startswith("edgeq"):
+                    score = {**score, **{f"ort_{k}": v for k, v in ort_options.items()}}
                 rows.append(_row(case, method, target, score, base, {"calib_s": res["calib_s"],
                                  "tuned": TUNED[case]}))  # fmt: skip
             except Exception as exc:
