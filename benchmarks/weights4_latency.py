@@ -8,8 +8,10 @@ to int8 by a Cast onnxruntime folds, so QLinearConv / QLinearMatMul run them —
 default, `weights4_latency_s23.md`), `--bits 4 --act-bits 8 --granularity per_block` (blocks
 decoded at load into float layers between Q/DQ pairs; before session 23 MatMulNBits for
 MatMul/Gemm and a blocked DequantizeLinear before a float Conv, `weights4_latency_s22.md`) and
-`--bits 8` (the target's W8A8 default) on the onnx target, and the
-float model, timed interleaved in one process (median ms, one intra-op thread), with the
+`--bits 8` (the target's W8A8 default) on the onnx target, onnxruntime's own 4-bit
+(`MatMulNBitsQuantizer` RTN, blocks of 32 with zero points, MatMul weights only; at
+accuracy_level 1, float compute, and 4, int8 compute on the activations quantized per block at
+run time: the kernels a user of onnxruntime's 4-bit gets), and the float model, timed interleaved in one process (median ms, one intra-op thread), with the
 artifacts' sizes. Calibration is small (latency does not depend on it beyond which layers mixed
 precision keeps at 8 bits).
 
@@ -64,12 +66,29 @@ def run_model(name: str, n_calib: int, rounds: int, work: Path) -> list[dict[str
         art = exporter.export(run.graph, run.plan, profile, work / f"{name}-{len(paths)}.onnx",
                               ExportOptions())  # fmt: skip
         paths[label] = Path(art.path)
+    for level in (1, 4):
+        paths[f"onnxruntime MatMulNBits RTN (accuracy_level {level})"] = ort_nbits(
+            paths["float"], level, work / f"{name}-nbits{level}.onnx"
+        )
     runners = {k: OrtRunner(p, threads=1) for k, p in paths.items()}
     ms = interleaved_ms({k: (lambda r=r: r(feed)) for k, r in runners.items()}, rounds)
     base8 = ms["8-bit (W8A8 default)"]
     return [{"model": name, "artifact": k, "median_ms": round(v, 2),
              "vs_8bit": round(base8 / v, 3), "vs_float": round(ms["float"] / v, 3),
              "size_kb": round(os.path.getsize(paths[k]) / 1024, 1)} for k, v in ms.items()]  # fmt: skip
+
+
+def ort_nbits(float_model: Path, accuracy_level: int, out: Path) -> Path:
+    """onnxruntime's MatMulNBitsQuantizer (RTN, blocks of 32, asymmetric) on the float model."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    cfg = mnq.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False,
+                                           accuracy_level=accuracy_level)  # fmt: skip
+    quant = mnq.MatMulNBitsQuantizer(onnx.load(str(float_model)), algo_config=cfg)
+    quant.process()
+    onnx.save(quant.model.model, str(out))
+    return out
 
 
 def main() -> None:
