@@ -48,13 +48,14 @@ def ort_quantize_static(
     method: str = "MinMax",
     per_channel: bool = True,
     ready: Path | None = None,
-    max_intermediate: int | None = None,
+    stride: int | None = None,
     pre_process: bool = False,
 ) -> Path:
     """quantize_static on `model` (`ready`: the output of `ort_ready_model`, to keep that
-    preparation out of a timing). `max_intermediate`: onnxruntime's CalibMaxIntermediateOutputs
-    (fold the collected outputs into the statistics every that many samples: its histogram
-    methods otherwise keep every intermediate tensor of every sample in memory)."""
+    preparation out of a timing). `stride`: onnxruntime's CalibStridedMinMax (collect `stride`
+    samples at a time and merge: its histogram methods otherwise hold every intermediate tensor
+    of every sample in memory; onnxruntime 1.32's CalibMaxIntermediateOutputs does not help
+    there — the histogram calibrators ignore it, and MinMax discards the data it collected)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -72,6 +73,12 @@ def ort_quantize_static(
         def __init__(self) -> None:
             self.it = iter(calib)
 
+        def __len__(self) -> int:
+            return len(calib)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.it = iter(calib[start_index:end_index])
+
         def get_next(self) -> dict[str, np.ndarray] | None:
             feed = next(self.it, None)
             return None if feed is None else {k: v for k, v in feed.items() if k in names}
@@ -80,8 +87,7 @@ def ort_quantize_static(
                     per_channel=per_channel, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method),
-                    extra_options=({"CalibMaxIntermediateOutputs": max_intermediate}
-                                   if max_intermediate else {}))  # fmt: skip
+                    extra_options={"CalibStridedMinMax": stride} if stride else {})  # fmt: skip
     if ready is None:
         src.unlink(missing_ok=True)
     return out

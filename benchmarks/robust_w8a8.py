@@ -137,9 +137,10 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=0,
                         help="held-out samples per case (0: the case's default in EVAL)")  # fmt: skip
     parser.add_argument("--skip-ort", action="store_true")
-    parser.add_argument("--ort-max-intermediate", type=int, default=0,
-                        help="onnxruntime's CalibMaxIntermediateOutputs (0: off): bounds the "
-                        "memory of its Percentile/Entropy calibration on big detectors")  # fmt: skip
+    parser.add_argument("--ort-stride", type=int, default=0,
+                        help="onnxruntime's CalibStridedMinMax (0: off): calibrate that many "
+                        "samples at a time, which bounds the memory of its Percentile/Entropy "
+                        "calibration on big detectors")  # fmt: skip
     parser.add_argument("--ort-pre-process", action="store_true",
                         help="run onnxruntime's quant_pre_process first, as its quantizer advises")  # fmt: skip
     parser.add_argument("--name", default="robust_w8a8")
@@ -148,8 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgeq-robust-"))
     ort_options: dict[str, Any] = {}
-    if args.ort_max_intermediate:
-        ort_options["max_intermediate"] = args.ort_max_intermediate
+    if args.ort_stride:
+        ort_options["stride"] = args.ort_stride
     if args.ort_pre_process:
         ort_options["pre_process"] = True
     rows: list[dict[str, Any]] = []
