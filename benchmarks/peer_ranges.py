@@ -11,7 +11,9 @@ recovers the metric names the ranges (and where in the graph) that cost it.
 Variants, comma-separated, each `PART:SELECTOR`: PART is `full` (the peer's whole range),
 `top` (the peer's upper bound, edgeq's lower) or `low` (the peer's lower bound, edgeq's upper);
 SELECTOR is `all`, `op:<OpType>` (tensors that op produces) or `first:<N>` (the first N shared
-tensors in graph order).
+tensors in graph order). `jitter:<A>:<SEED>` is a control with no peer in it: every one of
+edgeq's activation scales times exp(U(-A, A)) (zero points kept), to see how far the metric
+moves when the ranges move a little.
 
     .venv/bin/python -m benchmarks.peer_ranges --case layout-cdla --eval 48 \
         --variants full:all,full:op:HardSwish,full:op:Conv,full:first:50,top:all,low:all
@@ -104,6 +106,17 @@ def transplant(plan: QuantPlan, peer: dict[str, Range], names: list[str], part: 
     return replace(plan, tensors=tensors)
 
 
+def jittered(plan: QuantPlan, amount: float, seed: int) -> QuantPlan:
+    """Every per-tensor activation scale of `plan` times exp(U(-amount, amount))."""
+    rng = np.random.default_rng(seed)
+    tensors = dict(plan.tensors)
+    for name, t in plan.tensors.items():
+        if t.role == "activation" and t.is_quantized and np.ndim(t.scale) == 0:
+            factor = float(np.exp(rng.uniform(-amount, amount)))
+            tensors[name] = replace(t, scale=np.float32(float(np.asarray(t.scale)) * factor))
+    return replace(plan, tensors=tensors)
+
+
 def main() -> None:
     from benchmarks.ort_baseline import ort_quantize_static
 
@@ -113,7 +126,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=48)
     ap.add_argument("--method", default="Percentile", help="onnxruntime calibration method")
     ap.add_argument("--variants", default="full:all,full:op:HardSwish,full:op:Conv,full:first:50,"
-                    "full:first:100,top:all,low:all,top:first:50")  # fmt: skip
+                    "full:first:100,top:all,low:all,top:first:50,jitter:0.05:0,jitter:0.05:1,"
+                    "jitter:0.05:2")  # fmt: skip
     args = ap.parse_args()
     case, task = CASES[args.case], TASKS[args.case]
     work = Path(tempfile.mkdtemp(prefix="edgeq-peer-ranges-"))
@@ -156,6 +170,12 @@ def main() -> None:
              **score(plan, peer_out)}]  # fmt: skip
     for v in args.variants.split(","):
         part, _, selector = v.partition(":")
+        if part == "jitter":
+            amount, _, seed = selector.partition(":")
+            rows.append({"plan": f"edgeq, scales x exp(U(-{amount}, {amount})), seed {seed}",
+                         "tensors": 0, **score(jittered(plan, float(amount), int(seed or 0)))})  # fmt: skip
+            print(rows[-1], flush=True)
+            continue
         chosen = select(graph, shared, selector)
         rows.append({"plan": f"edgeq + peer {part} on {selector}", "tensors": len(chosen),
                      **score(transplant(plan, peer, chosen, part))})  # fmt: skip
