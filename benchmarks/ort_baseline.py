@@ -4,8 +4,8 @@ quantize_static needs the opset raised to 13+ and fixed input shapes on the PP-O
 (TARGETS.md); this does both (and, with `pre_process`, the `quant_pre_process` step its
 quantizer's warning recommends: shape inference and onnxruntime's graph optimizations, which
 fold Constant nodes into initializers, so a -3.4e38 attention-mask fill is no longer an
-activation its histogram calibrators choke on), then quantizes with QDQ, per-channel int8 weights, uint8
-activations, as its documentation recommends for CPU.
+activation its histogram calibrators choke on), then quantizes with QDQ, per-channel int8
+weights, uint8 activations, as its documentation recommends for CPU.
 """
 
 from __future__ import annotations
