@@ -40,6 +40,11 @@ def ort_ready_model(model: Path, input_shapes: Mapping[str, Sequence[int]], out:
     return out
 
 
+def _divisor(n: int, stride: int) -> int:
+    """The largest stride <= `stride` that divides `n` (onnxruntime refuses any other)."""
+    return next(k for k in range(min(stride, n), 0, -1) if n % k == 0)
+
+
 def ort_quantize_static(
     model: Path,
     input_shapes: Mapping[str, Sequence[int]],
@@ -87,7 +92,8 @@ def ort_quantize_static(
                     per_channel=per_channel, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method),
-                    extra_options={"CalibStridedMinMax": stride} if stride else {})  # fmt: skip
+                    extra_options={"CalibStridedMinMax": _divisor(len(calib), stride)}
+                    if stride else {})  # fmt: skip
     if ready is None:
         src.unlink(missing_ok=True)
     return out
